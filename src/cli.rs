@@ -1,0 +1,225 @@
+//! The command line: global flags, subcommands, and the step that turns
+//! flags and environment into the settings commands use.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+use crate::command;
+use crate::diagnostics::{self, Exit, UsageError};
+use crate::env;
+use crate::host::SshSettings;
+use crate::output::{ColorChoice, Printer};
+
+/// Deploy NixOS hosts and the apps on them, with magic rollback.
+#[derive(Debug, Parser)]
+#[command(
+    name = "berth",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GlobalArgs {
+    /// More output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG wins)
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    /// Write NDJSON events to stdout (messages for humans stay on stderr)
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// When to colour messages (NO_COLOR turns `auto` off)
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t, global = true)]
+    pub color: ColorChoice,
+
+    /// An ssh_config for every SSH connection, berth's own and nix's
+    #[arg(long, value_name = "FILE", env = env::BERTH_SSH_CONFIG, global = true)]
+    pub ssh_config: Option<PathBuf>,
+
+    /// Trust and record the key of a host never seen before (a changed key is refused anyway)
+    #[arg(long, global = true)]
+    pub accept_new_host_keys: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Throwaway target hosts on this machine, to try berth and to test it
+    #[command(subcommand)]
+    Lab(command::lab::LabCommand),
+    /// Print a shell completion script
+    Completions(command::completions::Args),
+    /// Print berth's man page (roff)
+    Man(command::man::Args),
+}
+
+/// What every command gets: where output goes and how to reach hosts.
+#[derive(Debug)]
+pub struct Context {
+    pub printer: Printer,
+    pub ssh: SshSettings,
+}
+
+impl Context {
+    fn resolve(global: &GlobalArgs) -> Result<Context, UsageError> {
+        if let Some(config) = &global.ssh_config {
+            if !config.is_file() {
+                return Err(UsageError::new(format!(
+                    "the ssh_config {} does not exist",
+                    config.display()
+                ))
+                .hint(format!("check --ssh-config or {}", env::BERTH_SSH_CONFIG)));
+            }
+            // Nix splits NIX_SSHOPTS on whitespace.
+            if config.to_string_lossy().contains(char::is_whitespace) {
+                return Err(UsageError::new(format!(
+                    "the ssh_config path {} contains whitespace, which nix cannot pass to ssh",
+                    config.display()
+                ))
+                .hint("move or link it to a path without spaces"));
+            }
+        }
+        Ok(Context {
+            printer: Printer::new(global.json, global.color.enabled()),
+            ssh: SshSettings {
+                config_file: global.ssh_config.clone(),
+                accept_new_host_keys: global.accept_new_host_keys,
+                ..SshSettings::default()
+            },
+        })
+    }
+}
+
+/// `--color` as given on the command line, read before clap parses so that
+/// clap's own messages honour it too.
+fn color_from_args(args: &[OsString]) -> ColorChoice {
+    let mut choice = ColorChoice::Auto;
+    let mut iter = args.iter().map(|a| a.to_string_lossy());
+    while let Some(arg) = iter.next() {
+        let value = match arg.strip_prefix("--color") {
+            Some("") => iter.next().map(|v| v.into_owned()),
+            Some(rest) => rest.strip_prefix('=').map(str::to_owned),
+            None => None,
+        };
+        if let Some(value) = value {
+            choice = clap::ValueEnum::from_str(&value, false).unwrap_or(choice);
+        }
+    }
+    choice
+}
+
+fn init_tracing(verbose: u8, color: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var(env::RUST_LOG)
+        .ok()
+        .and_then(|spec| EnvFilter::try_new(spec).ok())
+        .unwrap_or_else(|| {
+            EnvFilter::new(match verbose {
+                0 => "warn",
+                1 => "berth=info",
+                2 => "berth=debug",
+                _ => "trace",
+            })
+        });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(color)
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
+
+/// Parses the command line, runs the command, and maps the outcome to an
+/// exit code.
+pub fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let color = color_from_args(&args);
+    let clap_color = match color {
+        ColorChoice::Always => clap::ColorChoice::Always,
+        ColorChoice::Never => clap::ColorChoice::Never,
+        ColorChoice::Auto if !color.enabled() => clap::ColorChoice::Never,
+        ColorChoice::Auto => clap::ColorChoice::Auto,
+    };
+    let matches = match Cli::command().color(clap_color).try_get_matches_from(&args) {
+        Ok(matches) => matches,
+        // Help and version exit 0, usage errors 2.
+        Err(err) => err.exit(),
+    };
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(err) => err.exit(),
+    };
+    init_tracing(cli.global.verbose, cli.global.color.enabled());
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            return report(
+                &anyhow::Error::new(err).context("could not start the async runtime"),
+                color,
+            )
+        }
+    };
+    let result = runtime.block_on(async {
+        let ctx = Context::resolve(&cli.global)?;
+        run(ctx, cli.command).await
+    });
+    match result {
+        Ok(exit) => exit.into(),
+        Err(err) => report(&err, color),
+    }
+}
+
+fn report(err: &anyhow::Error, color: ColorChoice) -> ExitCode {
+    let (text, exit) = diagnostics::render(err, color.enabled());
+    eprint!("{text}");
+    exit.into()
+}
+
+async fn run(ctx: Context, command: Command) -> anyhow::Result<Exit> {
+    match command {
+        Command::Lab(cmd) => command::lab::run(&ctx, cmd).await,
+        Command::Completions(args) => command::completions::run(args),
+        Command::Man(args) => command::man::run(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn color_is_read_before_parsing() {
+        let args = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
+        assert_eq!(
+            color_from_args(&args(&["berth", "--color", "never"])),
+            ColorChoice::Never
+        );
+        assert_eq!(
+            color_from_args(&args(&["berth", "--color=always", "lab"])),
+            ColorChoice::Always
+        );
+        assert_eq!(color_from_args(&args(&["berth", "lab"])), ColorChoice::Auto);
+        assert_eq!(
+            color_from_args(&args(&["berth", "--color", "bogus"])),
+            ColorChoice::Auto
+        );
+    }
+}

@@ -1,0 +1,50 @@
+//! `berth lab up`.
+
+use crate::cli::Context;
+use crate::diagnostics::Exit;
+use crate::lab::{HostKind, Lab};
+
+use super::status::print_hosts;
+use super::LabDir;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// How many hosts to make
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub hosts: u8,
+    /// Boot systemd in each host (a container on an overlay of /), for units and sudo
+    #[arg(long)]
+    pub systemd: bool,
+    #[command(flatten)]
+    pub dir: LabDir,
+}
+
+pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
+    let kind = if args.systemd {
+        HostKind::Systemd
+    } else {
+        HostKind::Plain
+    };
+    let kinds = vec![kind; args.hosts as usize];
+    let dir = &args.dir.lab_dir;
+    ctx.printer.line(format!(
+        "making {} {} host(s) in {}",
+        args.hosts,
+        if args.systemd { "systemd" } else { "plain" },
+        dir.display()
+    ));
+    let lab = tokio::select! {
+        lab = Lab::up(dir, &kinds) => lab?,
+        _ = tokio::signal::ctrl_c() => {
+            ctx.printer.warn("interrupted: removing what was made");
+            Lab::down(dir).await?;
+            return Ok(Exit::INTERRUPTED);
+        }
+    };
+    print_hosts(ctx, &lab);
+    ctx.printer.line(format!(
+        "use the hosts by name with `export BERTH_SSH_CONFIG={}`; remove them with `berth lab down`",
+        lab.ssh_config().display()
+    ));
+    Ok(Exit::SUCCESS)
+}

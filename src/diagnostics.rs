@@ -1,0 +1,151 @@
+//! The one error renderer (`error: …`, its causes, `hint: …`) and berth's
+//! exit codes, documented in docs/cli.md.
+
+use std::error::Error as StdError;
+use std::fmt::Write;
+
+use crate::host::ConnectError;
+use crate::lab::LabError;
+use crate::output::{paint, Style};
+
+/// A process exit code with a meaning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exit(pub u8);
+
+impl Exit {
+    pub const SUCCESS: Exit = Exit(0);
+    /// The operation failed (a deploy failed and was rolled back).
+    pub const FAILURE: Exit = Exit(1);
+    /// Usage or configuration error: bad flags or input, missing
+    /// prerequisites. Nothing was changed.
+    pub const USAGE: Exit = Exit(2);
+    /// Rolled back, but the host needs attention.
+    pub const ATTENTION: Exit = Exit(3);
+    /// Interrupted (Ctrl-C).
+    pub const INTERRUPTED: Exit = Exit(130);
+}
+
+impl From<Exit> for std::process::ExitCode {
+    fn from(exit: Exit) -> Self {
+        std::process::ExitCode::from(exit.0)
+    }
+}
+
+/// An error in how berth was called, with what to do instead.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct UsageError {
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl UsageError {
+    pub fn new(message: impl Into<String>) -> Self {
+        UsageError {
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+/// What berth knows about one error in a chain: a hint, and whether it is a
+/// usage error.
+fn diagnose(err: &(dyn StdError + 'static)) -> (Option<String>, bool) {
+    if let Some(e) = err.downcast_ref::<UsageError>() {
+        return (e.hint.clone(), true);
+    }
+    if let Some(e) = err.downcast_ref::<LabError>() {
+        return (e.hint(), e.is_usage());
+    }
+    if let Some(e) = err.downcast_ref::<ConnectError>() {
+        return (e.hint(), false);
+    }
+    (None, false)
+}
+
+/// Renders `err` as berth prints it, and the exit code it maps to.
+pub fn render(err: &anyhow::Error, color: bool) -> (String, Exit) {
+    let mut out = String::new();
+    let mut hints = Vec::new();
+    let mut exit = Exit::FAILURE;
+    for (i, cause) in err.chain().enumerate() {
+        let (hint, usage) = diagnose(cause);
+        hints.extend(hint);
+        if usage {
+            exit = Exit::USAGE;
+        }
+        let text = indent(&cause.to_string());
+        if i == 0 {
+            let _ = writeln!(out, "{} {text}", paint("error:", Style::Error, color));
+        } else {
+            let _ = writeln!(out, "  caused by: {text}");
+        }
+    }
+    for hint in hints {
+        let _ = writeln!(
+            out,
+            "{} {}",
+            paint("hint:", Style::Hint, color),
+            indent(&hint)
+        );
+    }
+    (out, exit)
+}
+
+/// Continuation lines of a multi-line message, indented under its first.
+fn indent(text: &str) -> String {
+    text.trim_end().replace('\n', "\n  ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context;
+
+    #[test]
+    fn error_causes_then_hint() {
+        let err = anyhow::Error::new(LabError::NotRoot).context("cannot start the lab");
+        let (text, exit) = render(&err, false);
+        assert_eq!(
+            text,
+            "error: cannot start the lab\n  \
+             caused by: the lab needs root: it makes network namespaces, mounts and containers\n\
+             hint: run it as root, e.g. `sudo berth lab up`\n"
+        );
+        assert_eq!(exit, Exit::USAGE);
+    }
+
+    #[test]
+    fn plain_errors_fail_with_one() {
+        let err = Err::<(), _>(std::io::Error::other("disk on fire"))
+            .context("could not write state")
+            .unwrap_err();
+        let (text, exit) = render(&err, false);
+        assert_eq!(
+            text,
+            "error: could not write state\n  caused by: disk on fire\n"
+        );
+        assert_eq!(exit, Exit::FAILURE);
+    }
+
+    #[test]
+    fn multi_line_messages_stay_under_their_label() {
+        let err = anyhow::Error::new(UsageError::new("two\nlines").hint("do\nthis"));
+        let (text, _) = render(&err, false);
+        assert_eq!(text, "error: two\n  lines\nhint: do\n  this\n");
+    }
+
+    #[test]
+    fn colour_only_when_asked() {
+        let err = anyhow::anyhow!("x");
+        assert!(render(&err, true)
+            .0
+            .starts_with("\x1b[1;31merror:\x1b[0m x"));
+        assert!(!render(&err, false).0.contains('\x1b'));
+    }
+}

@@ -1,0 +1,41 @@
+//! Hosts berth works on: one [`Host`] trait, reached over SSH ([`SshHost`])
+//! or being this machine ([`LocalHost`]).
+
+mod local;
+mod ssh;
+
+pub use local::LocalHost;
+pub use ssh::{ConnectError, Destination, SshHost, SshSettings};
+
+use std::path::Path;
+
+use async_trait::async_trait;
+
+use crate::nix::StorePath;
+use crate::process::{Cmd, CommandError, JobLog, Output};
+
+/// A machine berth runs commands on and copies closures to.
+#[async_trait]
+pub trait Host: Send + Sync {
+    /// The name used in messages and logs.
+    fn name(&self) -> &str;
+
+    /// This host's recent output, for showing the last lines on failure.
+    fn log(&self) -> &JobLog;
+
+    /// Runs `cmd` on the host to the end, whatever its exit status.
+    async fn output(&self, cmd: &Cmd) -> Result<Output, CommandError>;
+
+    /// Copies `paths` and their closures into the host's Nix store.
+    async fn copy_closure(&self, paths: &[StorePath]) -> Result<(), CommandError>;
+
+    /// Runs `cmd` on the host; a non-zero exit is an error.
+    async fn run(&self, cmd: &Cmd) -> Result<Output, CommandError> {
+        self.output(cmd).await?.check()
+    }
+
+    /// The contents of a file on the host.
+    async fn read_file(&self, path: &Path) -> Result<Vec<u8>, CommandError> {
+        Ok(self.run(&Cmd::new("cat").arg("--").arg(path)).await?.stdout)
+    }
+}

@@ -1,0 +1,290 @@
+//! [`SshHost`]: a host reached over one multiplexed SSH connection.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use openssh::{KnownHosts, SessionBuilder};
+
+use super::Host;
+use crate::nix::{self, StorePath};
+use crate::process::{self, Cmd, CommandError, JobLog, Output, Via};
+
+/// How berth uses SSH, the same for its own connections and for `nix copy`.
+#[derive(Clone, Debug)]
+pub struct SshSettings {
+    /// An ssh_config for every SSH use (`--ssh-config`).
+    pub config_file: Option<PathBuf>,
+    /// Trust and record the key of a host never seen before, instead of
+    /// refusing it. A changed key is refused either way.
+    pub accept_new_host_keys: bool,
+    pub connect_timeout: Duration,
+}
+
+impl Default for SshSettings {
+    fn default() -> Self {
+        SshSettings {
+            config_file: None,
+            accept_new_host_keys: false,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl SshSettings {
+    fn strict_host_key_checking(&self) -> &'static str {
+        if self.accept_new_host_keys {
+            "accept-new"
+        } else {
+            "yes"
+        }
+    }
+}
+
+/// `[user@]host`: where to connect, a name from ssh_config, DNS, Tailscale
+/// MagicDNS or an address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Destination {
+    user: Option<String>,
+    host: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` is not an SSH destination: expected `host` or `user@host`, without spaces, not starting with `-`")]
+pub struct InvalidDestination(String);
+
+impl Destination {
+    pub fn parse(text: &str) -> Result<Self, InvalidDestination> {
+        let invalid = || InvalidDestination(text.to_owned());
+        let (user, host) = match text.split_once('@') {
+            Some((user, host)) => (Some(user), host),
+            None => (None, text),
+        };
+        let word_ok = |w: &str| {
+            !w.is_empty()
+                && !w.starts_with('-')
+                && !w.contains(['@', '/'])
+                && !w.chars().any(|c| c.is_whitespace() || c.is_control())
+        };
+        if !word_ok(host) || user.is_some_and(|u| !word_ok(u)) {
+            return Err(invalid());
+        }
+        Ok(Destination {
+            user: user.map(str::to_owned),
+            host: host.to_owned(),
+        })
+    }
+}
+
+impl std::str::FromStr for Destination {
+    type Err = InvalidDestination;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Destination::parse(s)
+    }
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.user {
+            Some(user) => write!(f, "{user}@{}", self.host),
+            None => f.write_str(&self.host),
+        }
+    }
+}
+
+/// The SSH connection to a host could not be made.
+#[derive(Debug, thiserror::Error)]
+#[error("could not connect to {destination} over SSH")]
+pub struct ConnectError {
+    destination: String,
+    #[source]
+    source: openssh::Error,
+}
+
+impl ConnectError {
+    /// What to do about it, from what ssh said.
+    pub fn hint(&self) -> Option<String> {
+        let said = format!("{:?}", self.source);
+        let host = &self.destination;
+        if said.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
+            || said.contains("Host key verification failed")
+        {
+            Some(format!(
+                "the key {host} offered is not the one known_hosts has for it (or it has none): \
+                 check the host, then fix known_hosts; for a host never seen before, \
+                 pass --accept-new-host-keys"
+            ))
+        } else if said.contains("Permission denied") {
+            Some(format!(
+                "{host} refused berth's keys: check the user and that your key is in its authorized_keys"
+            ))
+        } else if said.contains("Could not resolve hostname") {
+            Some(format!(
+                "is `{host}` a name in your ssh_config (--ssh-config) or DNS?"
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+/// A host behind one multiplexed SSH connection. Every command, and
+/// `nix copy`, rides that connection.
+pub struct SshHost {
+    destination: Destination,
+    name: String,
+    session: openssh::Session,
+    settings: SshSettings,
+    log: JobLog,
+}
+
+impl SshHost {
+    /// Opens the host's master connection (BatchMode, host key checked
+    /// against known_hosts).
+    pub async fn connect(
+        destination: &Destination,
+        settings: &SshSettings,
+    ) -> Result<SshHost, ConnectError> {
+        let mut builder = SessionBuilder::default();
+        builder
+            .known_hosts_check(if settings.accept_new_host_keys {
+                KnownHosts::Add
+            } else {
+                KnownHosts::Strict
+            })
+            .connect_timeout(settings.connect_timeout)
+            .server_alive_interval(Duration::from_secs(15))
+            .control_directory(std::env::temp_dir());
+        if let Some(config) = &settings.config_file {
+            builder.config_file(config);
+        }
+        if let Some(user) = &destination.user {
+            builder.user(user.clone());
+        }
+        let session = builder
+            .connect(&destination.host)
+            .await
+            .map_err(|source| ConnectError {
+                destination: destination.to_string(),
+                source,
+            })?;
+        tracing::debug!(host = %destination, "connected");
+        Ok(SshHost {
+            name: destination.to_string(),
+            destination: destination.clone(),
+            session,
+            settings: settings.clone(),
+            log: JobLog::new(),
+        })
+    }
+
+    /// The master connection's control socket.
+    pub fn control_path(&self) -> &Path {
+        self.session.control_socket()
+    }
+
+    /// The Nix store URI of this host.
+    pub fn store_uri(&self) -> String {
+        format!("ssh-ng://{}", self.destination)
+    }
+
+    /// `NIX_SSHOPTS` that make Nix's ssh use this host's connection and
+    /// berth's SSH settings. Nix splits it on whitespace.
+    pub fn nix_sshopts(&self) -> String {
+        nix_sshopts(&self.settings, self.control_path())
+    }
+
+    /// Closes the master connection.
+    pub async fn close(self) -> Result<(), openssh::Error> {
+        self.session.close().await
+    }
+}
+
+fn nix_sshopts(settings: &SshSettings, control_path: &Path) -> String {
+    let mut opts = Vec::new();
+    if let Some(config) = &settings.config_file {
+        opts.push(format!("-F {}", config.display()));
+    }
+    opts.push(format!("-o ControlPath={}", control_path.display()));
+    opts.push("-o ControlMaster=no".to_owned());
+    opts.push("-o BatchMode=yes".to_owned());
+    opts.push(format!(
+        "-o StrictHostKeyChecking={}",
+        settings.strict_host_key_checking()
+    ));
+    opts.join(" ")
+}
+
+#[async_trait]
+impl Host for SshHost {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn log(&self) -> &JobLog {
+        &self.log
+    }
+
+    async fn output(&self, cmd: &Cmd) -> Result<Output, CommandError> {
+        let via = Via::Ssh {
+            session: &self.session,
+            host: &self.name,
+        };
+        process::output(cmd, via, &self.log).await
+    }
+
+    async fn copy_closure(&self, paths: &[StorePath]) -> Result<(), CommandError> {
+        let cmd = nix::copy_to(&self.store_uri(), paths, Some(&self.nix_sshopts()));
+        process::output(&cmd, Via::Local, &self.log)
+            .await?
+            .check()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations() {
+        let d = Destination::parse("root@h1").unwrap();
+        assert_eq!((d.user.as_deref(), d.host.as_str()), (Some("root"), "h1"));
+        assert_eq!(d.to_string(), "root@h1");
+        assert_eq!(
+            Destination::parse("10.231.1.2").unwrap().to_string(),
+            "10.231.1.2"
+        );
+        for bad in [
+            "",
+            "@h1",
+            "root@",
+            "-oProxyCommand=x",
+            "a b",
+            "a@b@c",
+            "h1/x",
+            "h\n1",
+        ] {
+            assert!(Destination::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn nix_sshopts_ride_the_master_connection() {
+        let settings = SshSettings {
+            config_file: Some("/lab/ssh_config".into()),
+            ..SshSettings::default()
+        };
+        assert_eq!(
+            nix_sshopts(&settings, Path::new("/tmp/.ssh-connection1/master")),
+            "-F /lab/ssh_config -o ControlPath=/tmp/.ssh-connection1/master \
+             -o ControlMaster=no -o BatchMode=yes -o StrictHostKeyChecking=yes"
+        );
+        let accept = SshSettings {
+            accept_new_host_keys: true,
+            ..SshSettings::default()
+        };
+        assert!(nix_sshopts(&accept, Path::new("/c")).ends_with("StrictHostKeyChecking=accept-new"));
+    }
+}

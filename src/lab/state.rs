@@ -1,0 +1,127 @@
+//! What a lab made, recorded in `LABDIR/lab.json` before each thing is made,
+//! so `berth lab down` can remove all of it after a crash or a killed run.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::net::{host_name, HostNet};
+
+/// A plain host runs only sshd; a systemd host boots a container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostKind {
+    Plain,
+    Systemd,
+}
+
+/// One lab host and everything made for it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LabHost {
+    pub name: String,
+    pub kind: HostKind,
+    pub net: HostNet,
+    /// Its directory: keys, configs, logs, its `/nix`, and for a systemd
+    /// host the overlay of its root.
+    pub dir: PathBuf,
+    /// The process berth started for it (sshd, or systemd-nspawn).
+    pub pid: Option<u32>,
+    /// Mounts made in the machine's own mount namespace, to undo.
+    pub mounts: Vec<PathBuf>,
+    /// Whether the namespace and veth pair were asked for.
+    pub net_made: bool,
+}
+
+impl LabHost {
+    pub fn new(index: u8, kind: HostKind, net: HostNet, dir: &Path) -> Self {
+        LabHost {
+            name: host_name(index),
+            kind,
+            net,
+            dir: dir.to_owned(),
+            pid: None,
+            mounts: Vec::new(),
+            net_made: false,
+        }
+    }
+
+    /// The host's private `/nix`.
+    pub fn nix_dir(&self) -> PathBuf {
+        self.dir.join("nix")
+    }
+
+    /// The root a systemd host boots from (an overlay over `/`).
+    pub fn root_dir(&self) -> PathBuf {
+        self.dir.join("root")
+    }
+
+    /// A string the command line of this host's process contains, checked
+    /// before berth signals a recorded pid, so a recycled pid is never hit.
+    pub fn process_tag(&self) -> PathBuf {
+        match self.kind {
+            HostKind::Plain => self.dir.join("sshd_config"),
+            HostKind::Systemd => self.root_dir(),
+        }
+    }
+
+    /// Where the host's sshd (plain) or console (systemd) writes.
+    pub fn log_file(&self) -> PathBuf {
+        match self.kind {
+            HostKind::Plain => self.dir.join("sshd.log"),
+            HostKind::Systemd => self.dir.join("console.log"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LabState {
+    pub slot: u8,
+    pub hosts: Vec<LabHost>,
+}
+
+pub fn state_file(dir: &Path) -> PathBuf {
+    dir.join("lab.json")
+}
+
+impl LabState {
+    pub fn load(dir: &Path) -> io::Result<LabState> {
+        let text = std::fs::read_to_string(state_file(dir))?;
+        serde_json::from_str(&text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    /// Writes the state atomically (temp file, fsync, rename).
+    pub fn save(&self, dir: &Path) -> io::Result<()> {
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+        serde_json::to_writer_pretty(&mut tmp, self)?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(state_file(dir)).map_err(|e| e.error)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::net::host_net;
+
+    #[test]
+    fn state_round_trips_through_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut host = LabHost::new(2, HostKind::Systemd, host_net(9, 2), &dir.path().join("h2"));
+        host.pid = Some(42);
+        host.mounts.push(host.root_dir());
+        LabState {
+            slot: 9,
+            hosts: vec![host],
+        }
+        .save(dir.path())
+        .unwrap();
+        let back = LabState::load(dir.path()).unwrap();
+        assert_eq!(back.slot, 9);
+        assert_eq!(back.hosts[0].name, "h2");
+        assert_eq!(back.hosts[0].pid, Some(42));
+        assert_eq!(back.hosts[0].mounts, [dir.path().join("h2/root")]);
+        assert_eq!(back.hosts[0].net, host_net(9, 2));
+    }
+}

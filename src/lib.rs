@@ -1,0 +1,14 @@
+//! berth: deploy NixOS hosts and the apps on them, with magic rollback.
+//!
+//! The binary is a thin shell over this library so that integration tests
+//! drive the same code (the lab, hosts, the command runner) that users run.
+
+pub mod cli;
+pub mod command;
+pub mod diagnostics;
+pub mod env;
+pub mod host;
+pub mod lab;
+pub mod nix;
+pub mod output;
+pub mod process;

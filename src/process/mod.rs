@@ -1,0 +1,34 @@
+//! The one place berth starts processes, on this machine or on a host.
+//!
+//! Everything else describes a command with [`Cmd`] (pure, unit-tested on its
+//! exact argv) and hands it to [`exec`]. Remote commands stay argv: each word
+//! is escaped by [`quote`] and nothing else.
+
+mod exec;
+mod quote;
+mod spec;
+
+pub use exec::{output, spawn_detached, CommandError, ExitStatus, JobLog, Output, Stream, Via};
+pub use quote::{quote, quote_line};
+pub use spec::{Cmd, StdioMode};
+
+use std::path::{Path, PathBuf};
+
+/// Where `program` is: itself if it holds a slash, else the first executable
+/// of that name on `PATH`, `/usr/sbin` or `/sbin` (daemons live there).
+pub fn find_program(program: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let path = PathBuf::from(program);
+        return executable(&path).then_some(path);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|dir| dir.join(program))
+        .find(|p| executable(p))
+}
