@@ -183,6 +183,15 @@ pub fn main() -> ExitCode {
 }
 
 fn report(err: &anyhow::Error, color: ColorChoice) -> ExitCode {
+    // A reader that went away (`berth man | head`) is not an error.
+    let broken_pipe = err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    });
+    if broken_pipe {
+        return Exit::SUCCESS.into();
+    }
     let (text, exit) = diagnostics::render(err, color.enabled());
     eprint!("{text}");
     exit.into()
@@ -221,5 +230,43 @@ mod tests {
             color_from_args(&args(&["berth", "--color", "bogus"])),
             ColorChoice::Auto
         );
+    }
+}
+
+#[cfg(test)]
+mod doc_tests {
+    use super::*;
+
+    /// docs/cli.md names every command and every environment variable.
+    #[test]
+    fn cli_reference_covers_every_command() {
+        let doc = include_str!("../docs/cli.md");
+        fn walk(cmd: &clap::Command, path: &str, found: &mut Vec<String>) {
+            for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+                let path = format!("{path} {}", sub.get_name());
+                if sub.has_subcommands() {
+                    walk(sub, &path, found);
+                } else {
+                    found.push(path);
+                }
+            }
+        }
+        let mut commands = Vec::new();
+        walk(&Cli::command(), "berth", &mut commands);
+        for command in commands {
+            assert!(
+                doc.contains(&format!("`{command}")),
+                "docs/cli.md lacks `{command}`"
+            );
+        }
+        for var in [
+            env::BERTH_SSH_CONFIG,
+            env::BERTH_LAB_DIR,
+            env::NO_COLOR,
+            env::RUST_LOG,
+            env::NIX_SSHOPTS,
+        ] {
+            assert!(doc.contains(&format!("`{var}`")), "docs/cli.md lacks {var}");
+        }
     }
 }
