@@ -53,6 +53,16 @@ pub struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Deploy NixOS hosts: build, copy, activate, check health, roll back by itself on failure
+    Deploy(command::deploy::Args),
+    /// Show what a deploy would change: closure diff and units, per node
+    Plan(command::plan::Args),
+    /// Put a host back on an earlier generation
+    Rollback(command::rollback::Args),
+    /// Past deployments of a node, newest first
+    History(command::history::Args),
+    /// What each node's host runs and how its last deploy went
+    Status(command::status::Args),
     /// Throwaway target hosts on this machine, to try berth and to test it
     #[command(subcommand)]
     Lab(command::lab::LabCommand),
@@ -60,6 +70,9 @@ pub enum Command {
     Completions(command::completions::Args),
     /// Print berth's man page (roff)
     Man(command::man::Args),
+    /// The host side of deploys, run by berth over SSH
+    #[command(hide = true)]
+    Agent(command::agent::Args),
 }
 
 /// What every command gets: where output goes and how to reach hosts.
@@ -199,9 +212,15 @@ fn report(err: &anyhow::Error, color: ColorChoice) -> ExitCode {
 
 async fn run(ctx: Context, command: Command) -> anyhow::Result<Exit> {
     match command {
+        Command::Deploy(args) => command::deploy::run(&ctx, args).await,
+        Command::Plan(args) => command::plan::run(&ctx, args).await,
+        Command::Rollback(args) => command::rollback::run(&ctx, args).await,
+        Command::History(args) => command::history::run(&ctx, args).await,
+        Command::Status(args) => command::status::run(&ctx, args).await,
         Command::Lab(cmd) => command::lab::run(&ctx, cmd).await,
         Command::Completions(args) => command::completions::run(args),
         Command::Man(args) => command::man::run(args),
+        Command::Agent(args) => command::agent::run(&ctx, args).await,
     }
 }
 

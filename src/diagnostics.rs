@@ -4,12 +4,13 @@
 use std::error::Error as StdError;
 use std::fmt::Write;
 
+use crate::flake::FlakeError;
 use crate::host::ConnectError;
 use crate::lab::LabError;
 use crate::output::{paint, Style};
 
 /// A process exit code with a meaning.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Exit(pub u8);
 
 impl Exit {
@@ -65,6 +66,9 @@ fn diagnose(err: &(dyn StdError + 'static)) -> (Option<String>, bool) {
     if let Some(e) = err.downcast_ref::<ConnectError>() {
         return (e.hint(), false);
     }
+    if let Some(e) = err.downcast_ref::<FlakeError>() {
+        return (e.hint(), e.is_usage());
+    }
     (None, false)
 }
 
@@ -100,6 +104,17 @@ pub fn render(err: &anyhow::Error, color: bool) -> (String, Exit) {
 /// Continuation lines of a multi-line message, indented under its first.
 fn indent(text: &str) -> String {
     text.trim_end().replace('\n', "\n  ")
+}
+
+/// The causes of `err` below itself, joined, for a one-line report.
+pub fn causes(err: &(dyn StdError + 'static)) -> String {
+    let mut out = Vec::new();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        out.push(cause.to_string().trim().replace('\n', " "));
+        source = cause.source();
+    }
+    out.join(": ")
 }
 
 #[cfg(test)]

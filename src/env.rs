@@ -17,3 +17,16 @@ pub const RUST_LOG: &str = "RUST_LOG";
 /// Extra options Nix passes to `ssh`; berth sets it for `nix copy` so the copy
 /// rides the host's multiplexed connection.
 pub const NIX_SSHOPTS: &str = "NIX_SSHOPTS";
+
+/// The agent's state directory on a host (`--state-dir`), default
+/// `/var/lib/berth`.
+pub const BERTH_STATE_DIR: &str = "BERTH_STATE_DIR";
+
+/// Who deploys, recorded on the host: `$USER@<hostname>`.
+pub const USER: &str = "USER";
+
+/// GitHub Actions: with `GITHUB_REPOSITORY` and `GITHUB_RUN_ID`, the URL of
+/// the CI run recorded with a deployment.
+pub const GITHUB_SERVER_URL: &str = "GITHUB_SERVER_URL";
+pub const GITHUB_REPOSITORY: &str = "GITHUB_REPOSITORY";
+pub const GITHUB_RUN_ID: &str = "GITHUB_RUN_ID";

@@ -3,12 +3,16 @@
 //! The binary is a thin shell over this library so that integration tests
 //! drive the same code (the lab, hosts, the command runner) that users run.
 
+pub mod agent;
 pub mod cli;
 pub mod command;
+pub mod deploy;
 pub mod diagnostics;
 pub mod env;
+pub mod flake;
 pub mod host;
 pub mod lab;
 pub mod nix;
 pub mod output;
 pub mod process;
+pub mod state;

@@ -35,4 +35,8 @@ impl Host for LocalHost {
     async fn copy_closure(&self, _paths: &[StorePath]) -> Result<(), CommandError> {
         Ok(())
     }
+
+    async fn copy_derivations(&self, _drvs: &[StorePath]) -> Result<(), CommandError> {
+        Ok(())
+    }
 }

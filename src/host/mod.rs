@@ -29,6 +29,9 @@ pub trait Host: Send + Sync {
     /// Copies `paths` and their closures into the host's Nix store.
     async fn copy_closure(&self, paths: &[StorePath]) -> Result<(), CommandError>;
 
+    /// Copies derivations (`.drv`) and their closures, to build there.
+    async fn copy_derivations(&self, drvs: &[StorePath]) -> Result<(), CommandError>;
+
     /// Runs `cmd` on the host; a non-zero exit is an error.
     async fn run(&self, cmd: &Cmd) -> Result<Output, CommandError> {
         self.output(cmd).await?.check()

@@ -241,6 +241,15 @@ impl Host for SshHost {
             .check()?;
         Ok(())
     }
+
+    async fn copy_derivations(&self, drvs: &[StorePath]) -> Result<(), CommandError> {
+        let cmd =
+            nix::copy_to(&self.store_uri(), drvs, Some(&self.nix_sshopts())).arg("--derivation");
+        process::output(&cmd, Via::Local, &self.log)
+            .await?
+            .check()?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -24,6 +24,8 @@ use state::{state_file, LabState};
 
 /// Where labs are recorded when no `--lab-dir` is given.
 pub const DEFAULT_DIR: &str = "/srv/berth-lab";
+/// The agent's state directory, private to each host.
+const AGENT_STATE_DIR: &str = "/var/lib/berth";
 /// Slot claims, one file per lab on this machine.
 const SLOTS_DIR: &str = "/run/berth-lab/slots";
 /// How long a host may take to answer SSH (a container boots first).
@@ -236,6 +238,38 @@ impl Lab {
         Ok(SshHost::connect(&destination, &self.ssh_settings()).await?)
     }
 
+    /// Reboots a systemd host: powers its container off and boots it again
+    /// on the same root, as a real host's reboot keeps its disk.
+    pub async fn reboot(&mut self, name: &str) -> Result<(), LabError> {
+        let i = self
+            .state
+            .hosts
+            .iter()
+            .position(|h| h.name == name)
+            .ok_or_else(|| self.host(name).unwrap_err())?;
+        let host = self.state.hosts[i].clone();
+        if host.kind != HostKind::Systemd {
+            return Err(LabError::NotReady {
+                host: host.name,
+                why: "only a systemd host can reboot".into(),
+                log: Vec::new(),
+            });
+        }
+        if let Some(pid) = host.pid {
+            procs::stop(pid, &host.process_tag(), STOP_GRACE)
+                .await
+                .map_err(|why| LabError::NotReady {
+                    host: host.name.clone(),
+                    why,
+                    log: log_tail(&host),
+                })?;
+        }
+        let pid = process::spawn_detached(&nspawn_cmd(&host), &host.log_file())?;
+        self.state.hosts[i].pid = Some(pid);
+        self.save()?;
+        self.wait_ready(&self.state.hosts[i]).await
+    }
+
     fn save(&self) -> Result<(), LabError> {
         self.state
             .save(&self.dir)
@@ -299,6 +333,9 @@ impl Lab {
                 write(&config, &text, 0o600)?;
                 // sshd's privilege separation directory, as Debian's unit makes it.
                 mkdir(Path::new("/run/sshd"))?;
+                // The mount point of the host's own agent state (empty on the machine).
+                mkdir(Path::new(AGENT_STATE_DIR))?;
+                mkdir(&host.state_dir())?;
                 let sshd = process::find_program("sshd").expect("checked in prerequisites");
                 let cmd = plain_host_cmd(host, &sshd);
                 process::spawn_detached(&cmd, &dir.join("start.log"))?
@@ -432,6 +469,12 @@ impl LabGuard {
     pub async fn down(mut self) -> Result<(), LabError> {
         let lab = self.lab.take().expect("a guard holds its lab until down");
         Lab::down(&lab.dir).await
+    }
+}
+
+impl std::ops::DerefMut for LabGuard {
+    fn deref_mut(&mut self) -> &mut Lab {
+        self.lab.as_mut().expect("a guard holds its lab until down")
     }
 }
 
@@ -575,13 +618,14 @@ fn plain_host_cmd(host: &LabHost, sshd: &Path) -> Cmd {
         .args([
             "sh",
             "-c",
-            r#"mount --bind "$1" /nix && exec "$2" -D -f "$3" -E "$4""#,
+            r#"mount --bind "$1" /nix && mount --bind "$5" /var/lib/berth && exec "$2" -D -f "$3" -E "$4""#,
             "sh",
         ])
         .arg(host.nix_dir())
         .arg(sshd)
         .arg(host.dir.join("sshd_config"))
         .arg(host.log_file())
+        .arg(host.state_dir())
 }
 
 fn overlay_mount_cmd(host: &LabHost) -> Cmd {
@@ -645,6 +689,12 @@ fn prepare_container_root(
         &format!("{}\n", host.name),
         0o644,
     )?;
+    // Root's shell setup on the machine (language version managers and the
+    // like) does not belong on a lab host, and can stall every command.
+    for file in [".bashrc", ".profile"] {
+        let text = "# berth lab host: a plain root shell\n";
+        write(&root.join("root").join(file), text, 0o644)?;
+    }
 
     let units = root.join("etc/systemd/system");
     for wants in ["multi-user.target.wants", "timers.target.wants"] {
@@ -862,9 +912,7 @@ mod tests {
             "{argv}"
         );
         assert!(
-            argv.ends_with(
-                " sh /srv/lab/h1/nix /usr/sbin/sshd /srv/lab/h1/sshd_config /srv/lab/h1/sshd.log"
-            ),
+            argv.ends_with(" sh /srv/lab/h1/nix /usr/sbin/sshd /srv/lab/h1/sshd_config /srv/lab/h1/sshd.log /srv/lab/h1/state"),
             "{argv}"
         );
     }

@@ -51,6 +51,11 @@ impl LabHost {
         self.dir.join("nix")
     }
 
+    /// A plain host's `/var/lib/berth` (a systemd host has its own root).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
     /// The root a systemd host boots from (an overlay over `/`).
     pub fn root_dir(&self) -> PathBuf {
         self.dir.join("root")

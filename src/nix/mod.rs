@@ -1,5 +1,8 @@
 //! Nix: store paths and the `nix` commands berth runs, as pure builders.
 
+pub mod diff;
+pub mod dry_activate;
+pub mod profile;
 mod store_path;
 
 pub use store_path::{InvalidStorePath, StorePath};
@@ -34,6 +37,12 @@ pub fn set_profile(profile: &str, path: &StorePath) -> Cmd {
     Cmd::new("nix-env")
         .args(["-p", profile, "--set"])
         .arg(path.as_str())
+}
+
+/// Builds the outputs of `drv` in the store the command runs against
+/// (on a target host, with `--build-on-target`); prints the output paths.
+pub fn realise(drv: &StorePath) -> Cmd {
+    Cmd::new("nix-store").args(["--realise", drv.as_str()])
 }
 
 /// Whether `path` is valid in the store the command runs against.

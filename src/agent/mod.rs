@@ -1,0 +1,240 @@
+//! The agent: what berth runs on a host (`berth agent <verb>`). It owns the
+//! host's side of a deploy — recording it, activating, the watchdog that
+//! rolls back unless confirmed, confirming, rolling back — so that a dropped
+//! SSH connection never leaves a host half done. It speaks NDJSON events on
+//! stdout; the deployer reads them.
+
+pub mod system;
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::{Deployment, Status};
+
+/// The last event of every agent verb that changes something.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AgentResult {
+    /// What the deployment ended as, or `busy` when another one holds the host.
+    pub outcome: Outcome,
+    pub message: String,
+    pub deployment: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Activated; the watchdog rolls it back unless confirmed in time.
+    Pending,
+    Confirmed,
+    RolledBack,
+    RollbackFailed,
+    Failed,
+    /// Another deployment holds the host.
+    Busy,
+    /// The host already runs this.
+    Unchanged,
+}
+
+impl From<Status> for Outcome {
+    fn from(status: Status) -> Self {
+        match status {
+            Status::Activating | Status::Pending => Outcome::Pending,
+            Status::Confirmed => Outcome::Confirmed,
+            Status::RolledBack => Outcome::RolledBack,
+            Status::Failed => Outcome::Failed,
+            Status::RollbackFailed => Outcome::RollbackFailed,
+        }
+    }
+}
+
+impl AgentResult {
+    pub fn of(deployment: &Deployment, message: impl Into<String>) -> Self {
+        AgentResult {
+            outcome: deployment.status.into(),
+            message: message.into(),
+            deployment: serde_json::to_value(deployment).ok(),
+        }
+    }
+}
+
+/// Events the agent writes, one JSON object a line.
+pub const EVENT_PHASE: &str = "phase";
+pub const EVENT_RESULT: &str = "result";
+pub const EVENT_STATUS: &str = "status";
+pub const EVENT_DEPLOYMENT: &str = "deployment";
+
+/// Finds the `result` event in an agent's stdout.
+pub fn find_result(stdout: &[u8]) -> Option<AgentResult> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .rev()
+        .find_map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).ok()?;
+            (value.get("event")? == EVENT_RESULT)
+                .then(|| serde_json::from_value(value).ok())
+                .flatten()
+        })
+}
+
+/// All events named `name` in an agent's stdout.
+pub fn find_events(stdout: &[u8], name: &str) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|v| v.get("event").is_some_and(|e| e == name))
+        .collect()
+}
+
+/// How the deployer calls the agent on a host: `<agent> agent <verb> …`.
+/// Pure builders; the deployer runs them through its `Host`.
+pub mod call {
+    use std::time::Duration;
+
+    use super::system::Goal;
+    use crate::nix::StorePath;
+    use crate::process::Cmd;
+
+    fn agent(program: &str, verb: &str) -> Cmd {
+        Cmd::new(program).args(["agent", verb])
+    }
+
+    /// Who deploys and why, recorded on the host.
+    #[derive(Clone, Debug, Default)]
+    pub struct Audit {
+        pub actor: String,
+        pub reason: Option<String>,
+        pub ci_run_url: Option<String>,
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn activate(
+        program: &str,
+        id: &str,
+        node: &str,
+        path: &StorePath,
+        goal: Goal,
+        confirm_timeout: Duration,
+        magic_rollback: bool,
+        audit: &Audit,
+    ) -> Cmd {
+        let mut cmd = agent(program, "activate")
+            .args(["--id", id, "--node", node, "--path", path.as_str()])
+            .args(["--goal", goal.as_str()])
+            .args(["--confirm-timeout", &confirm_timeout.as_secs().to_string()])
+            .args(["--actor", &audit.actor]);
+        if !magic_rollback {
+            cmd = cmd.arg("--no-magic-rollback");
+        }
+        if let Some(reason) = &audit.reason {
+            cmd = cmd.args(["--reason", reason]);
+        }
+        if let Some(url) = &audit.ci_run_url {
+            cmd = cmd.args(["--ci-run-url", url]);
+        }
+        cmd
+    }
+
+    pub fn confirm(program: &str, id: &str) -> Cmd {
+        agent(program, "confirm").args(["--id", id])
+    }
+
+    pub fn rollback(program: &str, id: &str, why: &str) -> Cmd {
+        agent(program, "rollback").args(["--id", id, "--why", why])
+    }
+
+    pub fn rollback_to(
+        program: &str,
+        new_id: &str,
+        node: &str,
+        to: Option<u64>,
+        actor: &str,
+    ) -> Cmd {
+        let cmd =
+            agent(program, "rollback").args(["--new-id", new_id, "--node", node, "--actor", actor]);
+        match to {
+            Some(n) => cmd.args(["--to", &n.to_string()]),
+            None => cmd,
+        }
+    }
+
+    pub fn status(program: &str, node: &str) -> Cmd {
+        agent(program, "status").args(["--node", node])
+    }
+
+    pub fn show(program: &str, id: &str) -> Cmd {
+        agent(program, "show").args(["--id", id])
+    }
+
+    pub fn history(program: &str, node: &str, limit: usize) -> Cmd {
+        agent(program, "history").args(["--node", node, "--limit", &limit.to_string()])
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn activate_argv() {
+            let path =
+                StorePath::new("/nix/store/67gmyx5vdbg0dv7csdd6gh406z3bs23w-nixos-system-web1")
+                    .unwrap();
+            let audit = Audit {
+                actor: "alice@laptop".into(),
+                reason: Some("kernel update".into()),
+                ci_run_url: None,
+            };
+            let cmd = activate(
+                "berth",
+                "ID",
+                "web1",
+                &path,
+                Goal::Switch,
+                Duration::from_secs(30),
+                false,
+                &audit,
+            );
+            assert_eq!(
+                cmd.argv(),
+                [
+                    "berth",
+                    "agent",
+                    "activate",
+                    "--id",
+                    "ID",
+                    "--node",
+                    "web1",
+                    "--path",
+                    path.as_str(),
+                    "--goal",
+                    "switch",
+                    "--confirm-timeout",
+                    "30",
+                    "--actor",
+                    "alice@laptop",
+                    "--no-magic-rollback",
+                    "--reason",
+                    "kernel update"
+                ]
+            );
+        }
+
+        #[test]
+        fn other_verbs() {
+            assert_eq!(
+                confirm("b", "I").argv(),
+                ["b", "agent", "confirm", "--id", "I"]
+            );
+            assert_eq!(
+                rollback("b", "I", "x").argv(),
+                ["b", "agent", "rollback", "--id", "I", "--why", "x"]
+            );
+            assert_eq!(
+                rollback_to("b", "N", "web1", Some(3), "me").argv(),
+                [
+                    "b", "agent", "rollback", "--new-id", "N", "--node", "web1", "--actor", "me",
+                    "--to", "3"
+                ]
+            );
+            assert_eq!(show("b", "I").argv(), ["b", "agent", "show", "--id", "I"]);
+        }
+    }
+}

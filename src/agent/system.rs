@@ -1,0 +1,538 @@
+//! System deploys on the host: activate a NixOS generation with magic
+//! rollback, confirm it, roll it back, and roll back at boot what was never
+//! confirmed.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{AgentResult, Outcome, EVENT_PHASE};
+use crate::nix::profile::{self, Generation};
+use crate::nix::{self, StorePath};
+use crate::output::Printer;
+use crate::process::{self, Cmd, CommandError, JobLog, Via};
+use crate::state::{self, Deployment, Kind, NewDeployment, StateError, Status, Store};
+
+/// How often the watchdog looks at the deployment.
+const WATCHDOG_POLL: Duration = Duration::from_millis(200);
+/// `switch-to-configuration` exits 4 when units failed: that is a failure.
+const FAILED_UNITS: i32 = 4;
+
+/// What `switch-to-configuration` is asked to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Goal {
+    /// Make it the boot default and activate it now
+    Switch,
+    /// Make it the boot default only
+    Boot,
+    /// Activate it now, without making it the boot default
+    Test,
+    /// Show what activating would do, change nothing
+    DryActivate,
+}
+
+impl Goal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Goal::Switch => "switch",
+            Goal::Boot => "boot",
+            Goal::Test => "test",
+            Goal::DryActivate => "dry-activate",
+        }
+    }
+
+    /// Whether the profile gets a new generation.
+    fn sets_profile(self) -> bool {
+        matches!(self, Goal::Switch | Goal::Boot)
+    }
+
+    /// Whether the running system changes, so magic rollback applies.
+    fn activates(self) -> bool {
+        matches!(self, Goal::Switch | Goal::Test)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    #[error("could not {what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("deployment {id} is {status}, not pending: it can no longer be confirmed")]
+    NotPending { id: String, status: &'static str },
+    #[error(
+        "no previous generation was recorded for deployment {0}: there is nothing to roll back to"
+    )]
+    NothingToRollBackTo(String),
+    #[error("{profile} has no generation {number} (it has {known})")]
+    UnknownGeneration {
+        profile: String,
+        number: u64,
+        known: String,
+    },
+}
+
+/// What the deployer asks `agent activate` to do.
+#[derive(Clone, Debug)]
+pub struct Activation {
+    pub id: String,
+    pub node: String,
+    pub path: StorePath,
+    pub goal: Goal,
+    pub confirm_timeout: Duration,
+    pub magic_rollback: bool,
+    pub actor: String,
+    pub reason: Option<String>,
+    pub ci_run_url: Option<String>,
+}
+
+/// What a host runs and what it is doing, for `berth status`.
+#[derive(Clone, Debug, Serialize)]
+pub struct HostStatus {
+    pub profile: Option<Generation>,
+    /// `/run/current-system`, when the host has one.
+    pub running: Option<PathBuf>,
+    pub active: Option<Deployment>,
+    pub last: Option<Deployment>,
+    pub generations: Vec<Generation>,
+}
+
+/// The agent of one host: its state store and system profile.
+pub struct Agent {
+    store: Store,
+    state_dir: PathBuf,
+    profile: PathBuf,
+    printer: Printer,
+    log: JobLog,
+}
+
+impl Agent {
+    pub fn open(state_dir: &Path, profile: &Path) -> Result<Agent, AgentError> {
+        Ok(Agent {
+            store: Store::open(state_dir)?,
+            state_dir: state_dir.to_owned(),
+            profile: profile.to_owned(),
+            printer: Printer::new(true, false),
+            log: JobLog::new(),
+        })
+    }
+
+    fn phase(&self, id: &str, phase: &str, message: &str) {
+        let _ = self.store.add_event(id, phase, message);
+        self.printer.event(
+            EVENT_PHASE,
+            &serde_json::json!({ "id": id, "phase": phase, "message": message }),
+        );
+    }
+
+    async fn run(&self, cmd: &Cmd) -> Result<process::Output, CommandError> {
+        process::output(cmd, Via::Local, &self.log).await?.check()
+    }
+
+    fn current(&self) -> Result<Option<Generation>, AgentError> {
+        profile::current(&self.profile).map_err(|source| AgentError::Io {
+            what: format!("read {}", self.profile.display()),
+            source,
+        })
+    }
+
+    /// Records the deployment, arms the watchdog, sets the profile and runs
+    /// `switch-to-configuration`. A failed activation is rolled back here;
+    /// a good one is left pending until `confirm` (or the watchdog).
+    pub async fn activate(&mut self, a: &Activation) -> Result<AgentResult, AgentError> {
+        let before = self.current()?;
+        let new = NewDeployment {
+            id: a.id.clone(),
+            kind: Kind::System,
+            target: a.node.clone(),
+            from_path: before
+                .as_ref()
+                .map(|g| g.path.to_string_lossy().into_owned()),
+            from_generation: before.as_ref().map(|g| g.number),
+            to_path: a.path.to_string(),
+            goal: a.goal.as_str().to_owned(),
+            actor: a.actor.clone(),
+            reason: a.reason.clone(),
+            ci_run_url: a.ci_run_url.clone(),
+        };
+        let deployment = match self.store.begin(&new) {
+            Ok(d) => d,
+            Err(StateError::Busy { holder }) => {
+                return Ok(AgentResult {
+                    outcome: Outcome::Busy,
+                    message: StateError::Busy {
+                        holder: holder.clone(),
+                    }
+                    .to_string(),
+                    deployment: serde_json::to_value(&*holder).ok(),
+                })
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let id = deployment.id.clone();
+        self.store.set_agent_pid(&id, std::process::id())?;
+        let rollback_point = match &before {
+            Some(g) => format!("generation {} ({})", g.number, g.path.display()),
+            None => "none (first deploy)".to_owned(),
+        };
+        self.phase(
+            &id,
+            "recorded",
+            &format!("rollback point: {rollback_point}"),
+        );
+
+        let magic = a.magic_rollback && a.goal.activates();
+        if magic {
+            self.start_watchdog(&id).await?;
+            self.phase(
+                &id,
+                "watchdog",
+                "armed: rolls back unless confirmed in time",
+            );
+        }
+        if a.goal.sets_profile() {
+            if let Err(err) = self
+                .run(&nix::set_profile(&self.profile_str(), &a.path))
+                .await
+            {
+                return self.fail(&id, "profile", &err.to_string()).await;
+            }
+            if let Some(g) = self.current()? {
+                self.store.set_to_generation(&id, g.number)?;
+                self.phase(&id, "profile", &format!("generation {}", g.number));
+            }
+        }
+        let switch = profile::switch_to_configuration(a.path.as_ref(), a.goal.as_str());
+        let out = process::output(&switch, Via::Local, &self.log).await?;
+        if !out.status.success() {
+            let why = if out.status.code() == Some(FAILED_UNITS) {
+                "switch-to-configuration reported failed units (exit 4)".to_owned()
+            } else {
+                out.check().unwrap_err().to_string()
+            };
+            return self.fail(&id, "activate", &why).await;
+        }
+        self.phase(
+            &id,
+            "activate",
+            &format!("switch-to-configuration {} succeeded", a.goal.as_str()),
+        );
+
+        if magic {
+            let deadline = now() + a.confirm_timeout.as_secs() as i64;
+            self.store.set_confirm_deadline(&id, deadline)?;
+            return match self
+                .store
+                .transition(&id, &[Status::Activating], Status::Pending, None)?
+            {
+                Some(d) => Ok(AgentResult::of(
+                    &d,
+                    format!(
+                        "activated; rolls back unless confirmed within {}s",
+                        a.confirm_timeout.as_secs()
+                    ),
+                )),
+                None => {
+                    let d = self.store.get(&id)?;
+                    Ok(AgentResult::of(
+                        &d,
+                        "the watchdog rolled it back before it was confirmed",
+                    ))
+                }
+            };
+        }
+        let d = self
+            .store
+            .transition(&id, &[Status::Activating], Status::Confirmed, None)?
+            .unwrap_or(self.store.get(&id)?);
+        Ok(AgentResult::of(&d, format!("{} done", a.goal.as_str())))
+    }
+
+    fn profile_str(&self) -> String {
+        self.profile.to_string_lossy().into_owned()
+    }
+
+    /// A failed activation: claim the deployment for rollback, then roll back.
+    async fn fail(&mut self, id: &str, phase: &str, why: &str) -> Result<AgentResult, AgentError> {
+        self.phase(id, phase, why);
+        match self.store.transition(
+            id,
+            &[Status::Activating, Status::Pending],
+            Status::RolledBack,
+            Some(phase),
+        )? {
+            Some(d) => self.roll_back(d, why).await,
+            None => Ok(AgentResult::of(&self.store.get(id)?, why)),
+        }
+    }
+
+    /// Puts the host back on the deployment's recorded generation, deletes the
+    /// failed one, and records how that went. The deployment was already
+    /// moved to `RolledBack` by whoever claimed it.
+    async fn roll_back(&mut self, d: Deployment, why: &str) -> Result<AgentResult, AgentError> {
+        let id = d.id.clone();
+        match self.restore(&d).await {
+            Ok(message) => {
+                self.phase(&id, "rollback", &message);
+                Ok(AgentResult::of(
+                    &self.store.get(&id)?,
+                    format!("{why}; {message}"),
+                ))
+            }
+            Err(err) => {
+                let message = format!("rollback failed: {err}");
+                self.phase(&id, "rollback", &message);
+                let d = self
+                    .store
+                    .set_status(&id, Status::RollbackFailed, Some("rollback"))?;
+                Ok(AgentResult::of(&d, format!("{why}; {message}")))
+            }
+        }
+    }
+
+    async fn restore(&self, d: &Deployment) -> Result<String, AgentError> {
+        let (Some(generation), Some(path)) = (d.from_generation, d.from_path.as_deref()) else {
+            return Err(AgentError::NothingToRollBackTo(d.id.clone()));
+        };
+        self.run(&profile::switch_generation(&self.profile, generation))
+            .await?;
+        self.run(&profile::switch_to_configuration(Path::new(path), "switch"))
+            .await?;
+        let mut message = format!("back on generation {generation}");
+        if let Some(failed) = d.to_generation.filter(|&f| f != generation) {
+            self.run(&profile::delete_generation(&self.profile, failed))
+                .await?;
+            message.push_str(&format!("; deleted generation {failed}"));
+        }
+        Ok(message)
+    }
+
+    /// Starts the watchdog so that it outlives this SSH session and a
+    /// restart of sshd: a transient systemd unit where systemd runs, else a
+    /// detached process.
+    async fn start_watchdog(&self, id: &str) -> Result<(), AgentError> {
+        let exe = std::env::current_exe().map_err(|source| AgentError::Io {
+            what: "find the berth executable".into(),
+            source,
+        })?;
+        let watchdog = Cmd::new(&exe)
+            .args(["agent", "watchdog", "--id", id, "--state-dir"])
+            .arg(&self.state_dir)
+            .arg("--profile")
+            .arg(&self.profile);
+        if Path::new("/run/systemd/system").is_dir() {
+            let unit = format!("berth-watchdog-{id}");
+            let cmd = Cmd::new("systemd-run")
+                .args(["--quiet", "--collect", "--unit", &unit, "--"])
+                .args(watchdog.argv());
+            self.run(&cmd).await?;
+        } else {
+            let log = self.state_dir.join(format!("watchdog-{id}.log"));
+            process::spawn_detached(&watchdog, &log)?;
+        }
+        Ok(())
+    }
+
+    /// Waits until the deployment is confirmed or its time is up, and rolls
+    /// it back in the second case (also when the activating agent died).
+    pub async fn watchdog(&mut self, id: &str) -> Result<AgentResult, AgentError> {
+        loop {
+            let d = self.store.get(id)?;
+            let expired = match d.status {
+                status if status.is_terminal() => {
+                    return Ok(AgentResult::of(&d, "nothing to watch"));
+                }
+                Status::Pending => d.confirm_deadline.is_some_and(|t| now() >= t),
+                _ => d
+                    .agent_pid
+                    .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()),
+            };
+            if expired {
+                let why = match d.status {
+                    Status::Pending => "not confirmed in time",
+                    _ => "the activating agent died",
+                };
+                if let Some(d) = self.store.transition(
+                    id,
+                    &[Status::Activating, Status::Pending],
+                    Status::RolledBack,
+                    Some("confirm"),
+                )? {
+                    self.phase(id, "watchdog", why);
+                    return self.roll_back(d, why).await;
+                }
+            }
+            tokio::time::sleep(WATCHDOG_POLL).await;
+        }
+    }
+
+    /// The deployer's health checks passed: keep this generation.
+    pub fn confirm(&mut self, id: &str) -> Result<AgentResult, AgentError> {
+        match self
+            .store
+            .transition(id, &[Status::Pending], Status::Confirmed, None)?
+        {
+            Some(d) => {
+                self.phase(id, "confirm", "confirmed");
+                Ok(AgentResult::of(&d, "confirmed"))
+            }
+            None => Err(AgentError::NotPending {
+                id: id.to_owned(),
+                status: self.store.get(id)?.status.as_str(),
+            }),
+        }
+    }
+
+    /// The deployer's health checks failed: roll back now.
+    pub async fn rollback(&mut self, id: &str, why: &str) -> Result<AgentResult, AgentError> {
+        match self.store.transition(
+            id,
+            &[Status::Activating, Status::Pending],
+            Status::RolledBack,
+            Some("health"),
+        )? {
+            Some(d) => {
+                self.phase(id, "health", why);
+                self.roll_back(d, why).await
+            }
+            None => Ok(AgentResult::of(&self.store.get(id)?, "already finished")),
+        }
+    }
+
+    /// `berth rollback NODE [--to N]`: back to generation N, or the one
+    /// before the current, recorded as a deployment of its own.
+    pub async fn rollback_to(
+        &mut self,
+        id: &str,
+        node: &str,
+        to: Option<u64>,
+        actor: &str,
+    ) -> Result<AgentResult, AgentError> {
+        let generations = profile::list(&self.profile).map_err(|source| AgentError::Io {
+            what: format!("list the generations of {}", self.profile.display()),
+            source,
+        })?;
+        let current = self.current()?;
+        let current_number = current.as_ref().map(|g| g.number);
+        let target = match to {
+            Some(n) => generations.iter().find(|g| g.number == n),
+            None => generations
+                .iter()
+                .rev()
+                .find(|g| current_number.is_some_and(|c| g.number < c)),
+        };
+        let Some(target) = target.cloned() else {
+            return Err(AgentError::UnknownGeneration {
+                profile: self.profile_str(),
+                number: to.unwrap_or(0),
+                known: generations
+                    .iter()
+                    .map(|g| g.number.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        };
+        let new = NewDeployment {
+            id: id.to_owned(),
+            kind: Kind::System,
+            target: node.to_owned(),
+            from_path: current
+                .as_ref()
+                .map(|g| g.path.to_string_lossy().into_owned()),
+            from_generation: current_number,
+            to_path: target.path.to_string_lossy().into_owned(),
+            goal: "rollback".to_owned(),
+            actor: actor.to_owned(),
+            reason: Some(format!("rollback to generation {}", target.number)),
+            ci_run_url: None,
+        };
+        self.store.begin(&new)?;
+        self.store.set_to_generation(id, target.number)?;
+        let switched = async {
+            self.run(&profile::switch_generation(&self.profile, target.number))
+                .await?;
+            self.run(&profile::switch_to_configuration(&target.path, "switch"))
+                .await
+        }
+        .await;
+        let d = match switched {
+            Ok(_) => {
+                self.phase(id, "rollback", &format!("on generation {}", target.number));
+                self.store.set_status(id, Status::Confirmed, None)?
+            }
+            Err(err) => {
+                self.phase(id, "rollback", &err.to_string());
+                self.store
+                    .set_status(id, Status::Failed, Some("rollback"))?
+            }
+        };
+        Ok(AgentResult::of(
+            &d,
+            format!("rollback to generation {}", target.number),
+        ))
+    }
+
+    /// At boot: a system deployment still activating or pending was never
+    /// confirmed, so the host goes back to its recorded generation.
+    pub async fn boot_check(&mut self) -> Result<Vec<AgentResult>, AgentError> {
+        let mut results = Vec::new();
+        for d in self.store.all_active()? {
+            if d.kind != Kind::System {
+                continue;
+            }
+            if let Some(d) = self.store.transition(
+                &d.id,
+                &[Status::Activating, Status::Pending],
+                Status::RolledBack,
+                Some("boot"),
+            )? {
+                let why = "found unconfirmed at boot";
+                self.phase(&d.id, "boot-check", why);
+                results.push(self.roll_back(d, why).await?);
+            }
+        }
+        Ok(results)
+    }
+
+    pub fn status(&self, node: &str) -> Result<HostStatus, AgentError> {
+        let generations = profile::list(&self.profile).unwrap_or_default();
+        Ok(HostStatus {
+            profile: self.current()?,
+            running: std::fs::canonicalize("/run/current-system").ok(),
+            active: self.store.active(Kind::System, node)?,
+            last: self
+                .store
+                .history(Kind::System, Some(node), 1)?
+                .into_iter()
+                .next(),
+            generations,
+        })
+    }
+
+    pub fn show(&self, id: &str) -> Result<Deployment, AgentError> {
+        Ok(self.store.get(id)?)
+    }
+
+    pub fn history(&self, node: Option<&str>, limit: usize) -> Result<Vec<Deployment>, AgentError> {
+        Ok(self.store.history(Kind::System, node, limit)?)
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// A new deployment id (the deployer makes it, so it can confirm later).
+pub fn new_id() -> String {
+    state::new_id()
+}

@@ -1,0 +1,210 @@
+//! `berth deploy [FLAKE[#NODE]]`: evaluate, build, copy, activate with
+//! magic rollback, check health, confirm — one host or a fleet.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::agent::call::Audit;
+use crate::agent::system::Goal;
+use crate::cli::Context;
+use crate::deploy::{self, Job, Options, Outcome, Report};
+use crate::diagnostics::Exit;
+use crate::env;
+use crate::flake::{self, FlakeRef, Selector};
+use crate::output::Printer;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The flake and, after `#`, one node (default: every node of `.`)
+    #[arg(value_name = "FLAKE[#NODE]", default_value = ".")]
+    pub target: String,
+    /// Which nodes: names, globs, @tag, comma-separated
+    #[arg(long, value_name = "SELECTOR")]
+    pub on: Option<String>,
+    /// What switch-to-configuration does
+    #[arg(long, value_enum, default_value = "switch")]
+    pub goal: Goal,
+    /// Build each system on its host instead of here
+    #[arg(long)]
+    pub build_on_target: bool,
+    /// How many hosts at once
+    #[arg(short = 'p', long, value_name = "N", default_value_t = 10)]
+    pub parallel: usize,
+    /// Deploy N hosts first and stop if one of them fails
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub canary: usize,
+    /// Seconds a host waits for confirmation before rolling back (default: the node's confirmTimeout)
+    #[arg(long, value_name = "SECS")]
+    pub confirm_timeout: Option<u64>,
+    /// Do not arm the watchdog: a bad activation stays
+    #[arg(long)]
+    pub no_magic_rollback: bool,
+    /// Evaluate and build, show what would be deployed where, change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The berth program on the hosts (default: `berth` on their PATH)
+    #[arg(long, value_name = "PATH", default_value = "berth")]
+    pub agent: String,
+    /// Why, recorded in each host's history
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
+    let target = FlakeRef::parse(&args.target)?;
+    let selector = args.on.as_deref().map(Selector::parse).transpose()?;
+    let printer = ctx.printer;
+
+    printer.line(format!("evaluating {}", target.flake));
+    let nodes = flake::evaluate(&target.flake).await?;
+    let nodes = flake::select(&nodes, target.node.as_ref(), selector.as_ref())?;
+    let names: Vec<_> = nodes.iter().map(|n| n.name.clone()).collect();
+    let names_text = names
+        .iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+
+    let (on_target, here): (Vec<_>, Vec<_>) = nodes
+        .into_iter()
+        .partition(|n| args.build_on_target || n.settings.build_on_target);
+    let mut jobs = Vec::new();
+    if !here.is_empty() {
+        let here_names: Vec<_> = here.iter().map(|n| n.name.clone()).collect();
+        printer.line(format!(
+            "building {}",
+            here_names
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        let built = flake::build(&target.flake, &here_names).await?;
+        for (node, built) in here.into_iter().zip(built) {
+            jobs.push(Job {
+                node: node.name,
+                settings: node.settings,
+                toplevel: built.out,
+                drv: None,
+            });
+        }
+    }
+    if !on_target.is_empty() {
+        let target_names: Vec<_> = on_target.iter().map(|n| n.name.clone()).collect();
+        let drvs = flake::drv_paths(&target.flake, &target_names).await?;
+        for (node, drv) in on_target.into_iter().zip(drvs) {
+            jobs.push(Job {
+                node: node.name,
+                settings: node.settings,
+                toplevel: drv.out,
+                drv: Some(drv.drv),
+            });
+        }
+    }
+    jobs.sort_by(|a, b| a.node.as_ref().cmp(b.node.as_ref()));
+
+    if args.dry_run {
+        for job in &jobs {
+            let host = job.settings.target_host(&job.node);
+            let how = if job.drv.is_some() {
+                "build on the host"
+            } else {
+                "copy"
+            };
+            printer.event(
+                "plan",
+                &serde_json::json!({ "node": job.node.as_ref(), "host": host, "toplevel": job.toplevel, "build_on_target": job.drv.is_some() }),
+            );
+            printer.line(format!(
+                "{}: would {how} {} to {host} and {} it",
+                job.node,
+                job.toplevel,
+                args.goal.as_str()
+            ));
+        }
+        printer.line("dry run: nothing was changed");
+        return Ok(Exit::SUCCESS);
+    }
+
+    let options = Arc::new(Options {
+        goal: args.goal,
+        confirm_timeout: args.confirm_timeout.map(Duration::from_secs),
+        magic_rollback: !args.no_magic_rollback,
+        agent: args.agent,
+        audit: audit(args.reason),
+        ssh: ctx.ssh.clone(),
+    });
+    printer.line(format!("deploying {names_text}"));
+    let fleet = deploy::deploy_all(jobs, options, args.parallel, args.canary, printer);
+    let reports = tokio::select! {
+        reports = fleet => reports,
+        _ = tokio::signal::ctrl_c() => {
+            printer.warn(
+                "interrupted: a host that was activating rolls back by itself unless it was confirmed",
+            );
+            return Ok(Exit::INTERRUPTED);
+        }
+    };
+    Ok(summarize(&reports, printer))
+}
+
+/// Who deploys, from where, and the CI run when there is one.
+pub fn audit(reason: Option<String>) -> Audit {
+    let user = std::env::var(env::USER).unwrap_or_else(|_| {
+        // SAFETY: getuid has no preconditions.
+        match unsafe { libc::getuid() } {
+            0 => "root".into(),
+            uid => format!("uid{uid}"),
+        }
+    });
+    let machine = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into());
+    let ci_run_url = match (
+        std::env::var(env::GITHUB_REPOSITORY),
+        std::env::var(env::GITHUB_RUN_ID),
+    ) {
+        (Ok(repo), Ok(run)) => {
+            let server = std::env::var(env::GITHUB_SERVER_URL)
+                .unwrap_or_else(|_| "https://github.com".into());
+            Some(format!("{server}/{repo}/actions/runs/{run}"))
+        }
+        _ => None,
+    };
+    Audit {
+        actor: format!("{user}@{machine}"),
+        reason,
+        ci_run_url,
+    }
+}
+
+/// Prints one line per host (and the log tail of each failure) and picks
+/// the exit code: 3 if a host needs attention, 1 if one failed, else 0.
+fn summarize(reports: &[Report], printer: Printer) -> Exit {
+    let ok = reports.iter().filter(|r| r.outcome.ok()).count();
+    printer.line(String::new());
+    printer.line(format!("{ok} of {} host(s) deployed", reports.len()));
+    let mut exit = Exit::SUCCESS;
+    for report in reports {
+        printer.line(format!(
+            "  {} ({}): {} [{:.1}s]",
+            printer.bold(&report.node),
+            report.host,
+            report.outcome.describe(),
+            report.seconds
+        ));
+        for line in &report.log {
+            printer.line(format!("      | {line}"));
+        }
+        exit = exit.max(match report.outcome {
+            Outcome::Deployed { .. } | Outcome::Unchanged => Exit::SUCCESS,
+            Outcome::NeedsAttention { .. } => Exit::ATTENTION,
+            _ => Exit::FAILURE,
+        });
+    }
+    printer.event(
+        "summary",
+        &serde_json::json!({ "hosts": reports.len(), "ok": ok, "failed": reports.len() - ok }),
+    );
+    exit
+}

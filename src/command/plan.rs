@@ -1,0 +1,106 @@
+//! `berth plan [FLAKE[#NODE]]`: per node, what a deploy would change — the
+//! closure diff against what the host runs now, and the units
+//! `switch-to-configuration dry-activate` would touch.
+
+use anyhow::Context as _;
+
+use crate::agent::{call, EVENT_STATUS};
+use crate::cli::Context;
+use crate::diagnostics::Exit;
+use crate::flake;
+use crate::host::Host;
+use crate::nix::{diff, dry_activate, StorePath};
+use crate::process::{self, JobLog, Via};
+
+use super::nodes;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The flake and, after `#`, one node (default: every node of `.`)
+    #[arg(value_name = "FLAKE[#NODE]", default_value = ".")]
+    pub target: String,
+    /// Which nodes: names, globs, @tag, comma-separated
+    #[arg(long, value_name = "SELECTOR")]
+    pub on: Option<String>,
+    /// The berth program on the hosts
+    #[arg(long, value_name = "PATH", default_value = "berth")]
+    pub agent: String,
+}
+
+pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
+    let (target, selected) = nodes::select(&args.target, args.on.as_deref()).await?;
+    let names: Vec<_> = selected.iter().map(|n| n.name.clone()).collect();
+    ctx.printer
+        .line(format!("building {} node(s)", names.len()));
+    let built = flake::build(&target.flake, &names).await?;
+    for (node, built) in selected.iter().zip(built) {
+        let name = node.name.to_string();
+        let host = nodes::connect(ctx, node).await?;
+        let status = nodes::agent_events(&host, &call::status(&args.agent, &name), EVENT_STATUS)
+            .await?
+            .pop()
+            .unwrap_or_default();
+        let current = status["profile"]["path"]
+            .as_str()
+            .map(StorePath::new)
+            .transpose()
+            .context("the agent reported a current system that is not a store path")?;
+
+        let after_info =
+            process::output(&diff::path_info_cmd(&built.out), Via::Local, &JobLog::new())
+                .await?
+                .check()?;
+        let after = diff::parse_path_info(&after_info.stdout)?;
+        let before = match &current {
+            Some(path) => {
+                diff::parse_path_info(&host.run(&diff::path_info_cmd(path)).await?.stdout)?
+            }
+            None => Vec::new(),
+        };
+        let changes = diff::diff(&before, &after);
+
+        host.copy_closure(std::slice::from_ref(&built.out)).await?;
+        let dry = host
+            .output(&dry_activate::dry_activate_cmd(&built.out))
+            .await?;
+        let text = format!(
+            "{}{}",
+            dry.stdout_str(),
+            String::from_utf8_lossy(&dry.stderr)
+        );
+        let units = dry_activate::parse(&text);
+        let _ = host.close().await;
+
+        ctx.printer.event(
+            "plan",
+            &serde_json::json!({
+                "node": name,
+                "current": current,
+                "new": built.out,
+                "closure": changes,
+                "units": units,
+                "dry_activate_succeeded": dry.status.success(),
+            }),
+        );
+        ctx.printer.line(format!("{}:", ctx.printer.bold(&name)));
+        ctx.printer.line(format!(
+            "  {} -> {}",
+            current
+                .as_ref()
+                .map_or("(nothing)".to_owned(), |c| c.to_string()),
+            built.out
+        ));
+        if current.as_ref() == Some(&built.out) {
+            ctx.printer.line("  already running this system");
+            continue;
+        }
+        for line in changes.to_string().lines().chain(units.to_string().lines()) {
+            ctx.printer.line(format!("  {line}"));
+        }
+        if !dry.status.success() {
+            ctx.printer
+                .warn(format!("{name}: dry-activate {}", dry.status));
+        }
+    }
+    Ok(Exit::SUCCESS)
+}

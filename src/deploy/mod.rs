@@ -1,0 +1,611 @@
+//! System deploys from the deployer's side: for each node, reach its host,
+//! copy (or build there), have the agent activate with magic rollback,
+//! check health, then confirm over a fresh connection or roll back. Many
+//! hosts run with bounded parallelism, canaries first.
+
+pub mod health;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::agent::call::{self, Audit};
+use crate::agent::system::Goal;
+use crate::agent::{self, Outcome as AgentOutcome};
+use crate::flake::{DeploymentSettings, NodeName};
+use crate::host::{Destination, Host, SshHost, SshSettings};
+use crate::nix::{self, StorePath};
+use crate::output::Printer;
+use crate::process::CommandError;
+use crate::state::{self, Deployment, Status};
+
+/// How many log lines a failed host shows.
+const LOG_TAIL: usize = 12;
+/// How long past the confirm timeout the deployer waits for a host that
+/// lost its connection to report that it rolled itself back.
+const WATCHDOG_GRACE: Duration = Duration::from_secs(30);
+
+/// One node to deploy: where it goes and what it becomes.
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub node: NodeName,
+    pub settings: DeploymentSettings,
+    pub toplevel: StorePath,
+    /// With `--build-on-target`: the derivation, built on the host.
+    pub drv: Option<StorePath>,
+}
+
+impl Job {
+    pub fn destination(&self) -> Result<Destination, String> {
+        destination(&self.node, &self.settings)
+    }
+}
+
+/// `targetUser@targetHost` of a node.
+pub fn destination(node: &NodeName, settings: &DeploymentSettings) -> Result<Destination, String> {
+    let text = format!("{}@{}", settings.target_user, settings.target_host(node));
+    Destination::parse(&text).map_err(|e| format!("node {node}: {e}"))
+}
+
+/// How to deploy, the same for every host.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub goal: Goal,
+    /// Overrides each node's `confirmTimeout`.
+    pub confirm_timeout: Option<Duration>,
+    pub magic_rollback: bool,
+    /// The agent program on the host (`--agent`).
+    pub agent: String,
+    pub audit: Audit,
+    pub ssh: SshSettings,
+}
+
+/// How one host's deploy ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    Deployed {
+        generation: Option<u64>,
+    },
+    /// The host already runs this; nothing was copied or activated.
+    Unchanged,
+    /// It failed and the host is back where it was.
+    RolledBack {
+        why: String,
+    },
+    /// It failed before anything on the host changed.
+    Failed {
+        why: String,
+    },
+    /// It failed and the host may not be where it was.
+    NeedsAttention {
+        why: String,
+    },
+    /// Not tried: an earlier wave failed.
+    Skipped {
+        why: String,
+    },
+}
+
+impl Outcome {
+    pub fn ok(&self) -> bool {
+        matches!(self, Outcome::Deployed { .. } | Outcome::Unchanged)
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Outcome::Deployed {
+                generation: Some(g),
+            } => format!("deployed (generation {g})"),
+            Outcome::Deployed { generation: None } => "deployed".into(),
+            Outcome::Unchanged => "unchanged: already running this system".into(),
+            Outcome::RolledBack { why } => format!("rolled back: {why}"),
+            Outcome::Failed { why } => format!("failed, nothing changed: {why}"),
+            Outcome::NeedsAttention { why } => format!("NEEDS ATTENTION: {why}"),
+            Outcome::Skipped { why } => format!("skipped: {why}"),
+        }
+    }
+}
+
+/// One host's result, for the summary and `--json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub node: String,
+    pub host: String,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    pub deployment: Option<String>,
+    pub seconds: f64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub log: Vec<String>,
+}
+
+/// Deploys every job: `canary` hosts first, halting on their failure, then
+/// the rest in waves of `parallel`, halting after a failed wave; without
+/// canaries, all hosts with at most `parallel` at once. Every host gets a
+/// report, also the ones not tried.
+pub async fn deploy_all(
+    jobs: Vec<Job>,
+    options: Arc<Options>,
+    parallel: usize,
+    canary: usize,
+    printer: Printer,
+) -> Vec<Report> {
+    let parallel = parallel.max(1);
+    let mut reports = Vec::new();
+    let mut rest = jobs;
+    let waves: Vec<Vec<Job>> = if canary == 0 {
+        vec![std::mem::take(&mut rest)]
+    } else {
+        let tail = rest.split_off(canary.min(rest.len()));
+        let mut waves = vec![std::mem::take(&mut rest)];
+        let mut tail = tail.into_iter().peekable();
+        while tail.peek().is_some() {
+            waves.push(tail.by_ref().take(parallel).collect());
+        }
+        waves
+    };
+    let mut halted: Option<String> = None;
+    for (i, wave) in waves.into_iter().enumerate() {
+        if let Some(why) = &halted {
+            for job in wave {
+                reports.push(Report {
+                    host: job.settings.target_host(&job.node).to_owned(),
+                    node: job.node.to_string(),
+                    outcome: Outcome::Skipped { why: why.clone() },
+                    deployment: None,
+                    seconds: 0.0,
+                    log: Vec::new(),
+                });
+            }
+            continue;
+        }
+        let wave_reports = run_wave(wave, &options, parallel, printer).await;
+        if canary > 0 && wave_reports.iter().any(|r| !r.outcome.ok()) {
+            halted = Some(if i == 0 {
+                "a canary host failed".into()
+            } else {
+                "a host of an earlier wave failed".into()
+            });
+        }
+        reports.extend(wave_reports);
+    }
+    reports
+}
+
+async fn run_wave(
+    jobs: Vec<Job>,
+    options: &Arc<Options>,
+    parallel: usize,
+    printer: Printer,
+) -> Vec<Report> {
+    let limit = Arc::new(tokio::sync::Semaphore::new(parallel));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, job) in jobs.into_iter().enumerate() {
+        let limit = limit.clone();
+        let options = options.clone();
+        tasks.spawn(async move {
+            let _permit = limit.acquire_owned().await;
+            (index, deploy_host(&job, &options, printer).await)
+        });
+    }
+    let mut reports = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(report) => reports.push(report),
+            Err(err) => tracing::error!("a host's deploy task died: {err}"),
+        }
+    }
+    reports.sort_by_key(|(index, _)| *index);
+    reports.into_iter().map(|(_, r)| r).collect()
+}
+
+/// Deploys one host and reports how it went; never panics on a host's
+/// failure, so the others' reports are not lost.
+pub async fn deploy_host(job: &Job, options: &Options, printer: Printer) -> Report {
+    let started = Instant::now();
+    let host_name = job.settings.target_host(&job.node).to_owned();
+    let mut run = HostRun {
+        job,
+        options,
+        printer,
+        deployment: None,
+        log: Vec::new(),
+    };
+    let outcome = run.run().await;
+    let log = if outcome.ok() {
+        Vec::new()
+    } else {
+        readable(&run.log)
+    };
+    let report = Report {
+        node: job.node.to_string(),
+        host: host_name,
+        outcome,
+        deployment: run.deployment,
+        seconds: started.elapsed().as_secs_f64(),
+        log,
+    };
+    printer.event("host_result", &report);
+    report
+}
+
+/// The state of one host's deploy while it runs.
+struct HostRun<'a> {
+    job: &'a Job,
+    options: &'a Options,
+    printer: Printer,
+    deployment: Option<String>,
+    log: Vec<String>,
+}
+
+impl HostRun<'_> {
+    fn phase(&self, phase: &str, message: &str) {
+        self.printer.event(
+            "phase",
+            &serde_json::json!({ "node": self.job.node.as_ref(), "phase": phase, "message": message }),
+        );
+        self.printer.line(format!("{}: {message}", self.job.node));
+    }
+
+    fn confirm_timeout(&self) -> Duration {
+        self.options
+            .confirm_timeout
+            .unwrap_or(Duration::from_secs(self.job.settings.confirm_timeout))
+    }
+
+    async fn run(&mut self) -> Outcome {
+        let destination = match self.job.destination() {
+            Ok(d) => d,
+            Err(why) => return Outcome::Failed { why },
+        };
+        self.phase("connect", &format!("connecting to {destination}"));
+        let host = match SshHost::connect(&destination, &self.options.ssh).await {
+            Ok(host) => host,
+            Err(err) => {
+                let mut why = format!("{err}: {}", crate::diagnostics::causes(&err));
+                if let Some(hint) = err.hint() {
+                    why.push_str(&format!(" (hint: {hint})"));
+                }
+                return Outcome::Failed { why };
+            }
+        };
+        let outcome = self.on_host(&host, &destination).await;
+        self.log = host.log().tail(LOG_TAIL * 4);
+        let _ = host.close().await;
+        outcome
+    }
+
+    async fn on_host(&mut self, host: &SshHost, destination: &Destination) -> Outcome {
+        let job = self.job;
+        let agent = &self.options.agent;
+        let node = job.node.as_ref();
+
+        // The cheap check: is this already what the host runs?
+        match host.run(&call::status(agent, node)).await {
+            Ok(out) => {
+                let status = agent::find_events(&out.stdout, agent::EVENT_STATUS);
+                if let Some(status) = status.first() {
+                    if already_running(status, &job.toplevel, self.options.goal) {
+                        self.phase("check", "already running this system: nothing to do");
+                        return Outcome::Unchanged;
+                    }
+                }
+            }
+            Err(err) => {
+                return Outcome::Failed {
+                    why: format!("the berth agent on the host did not answer: {err}"),
+                }
+            }
+        }
+
+        if let Some(drv) = &job.drv {
+            self.phase("copy", "copying the derivation to build it on the host");
+            if let Err(err) = host.copy_derivations(std::slice::from_ref(drv)).await {
+                return Outcome::Failed {
+                    why: err.to_string(),
+                };
+            }
+            self.phase("build", "building on the host");
+            if let Err(err) = host.run(&nix::realise(drv)).await {
+                return Outcome::Failed {
+                    why: err.to_string(),
+                };
+            }
+        } else {
+            self.phase("copy", &format!("copying {}", job.toplevel));
+            if let Err(err) = host.copy_closure(std::slice::from_ref(&job.toplevel)).await {
+                return Outcome::Failed {
+                    why: err.to_string(),
+                };
+            }
+        }
+
+        let id = state::new_id();
+        self.deployment = Some(id.clone());
+        let timeout = self.confirm_timeout();
+        let magic = self.options.magic_rollback && job.settings.magic_rollback;
+        self.phase(
+            "activate",
+            &format!(
+                "activating ({}), deployment {id}",
+                self.options.goal.as_str()
+            ),
+        );
+        let activate = call::activate(
+            agent,
+            &id,
+            node,
+            &job.toplevel,
+            self.options.goal,
+            timeout,
+            magic,
+            &self.options.audit,
+        );
+        let result = match host.output(&activate).await {
+            Ok(out) => match agent::find_result(&out.stdout) {
+                Some(result) => result,
+                None => {
+                    return Outcome::NeedsAttention {
+                        why: format!(
+                            "the agent gave no result: {}",
+                            out.check().err().map_or(String::new(), |e| e.to_string())
+                        ),
+                    }
+                }
+            },
+            Err(CommandError::Ssh { .. }) => {
+                self.phase(
+                    "activate",
+                    "the activation cut the SSH connection; waiting for the host",
+                );
+                return self
+                    .await_host(destination, &id, timeout + WATCHDOG_GRACE)
+                    .await;
+            }
+            Err(err) => {
+                return Outcome::Failed {
+                    why: err.to_string(),
+                }
+            }
+        };
+        let generation = result
+            .deployment
+            .as_ref()
+            .and_then(|d| d.get("to_generation"))
+            .and_then(|g| g.as_u64());
+        match result.outcome {
+            AgentOutcome::Pending | AgentOutcome::Confirmed => {}
+            AgentOutcome::Busy => {
+                return Outcome::Failed {
+                    why: result.message,
+                }
+            }
+            AgentOutcome::RolledBack | AgentOutcome::Failed => {
+                return Outcome::RolledBack {
+                    why: result.message,
+                }
+            }
+            AgentOutcome::RollbackFailed => {
+                return Outcome::NeedsAttention {
+                    why: result.message,
+                }
+            }
+            AgentOutcome::Unchanged => return Outcome::Unchanged,
+        }
+        if !self.options.goal_activates() {
+            return Outcome::Deployed { generation };
+        }
+
+        self.phase("health", "checking health");
+        let healthy = health::check(host, &job.settings.health_checks).await;
+        if result.outcome == AgentOutcome::Confirmed {
+            // Magic rollback was off: report, but there is nothing to undo.
+            return match healthy {
+                Ok(()) => Outcome::Deployed { generation },
+                Err(why) => Outcome::NeedsAttention {
+                    why: format!("{why} (magic rollback was off, so it stays)"),
+                },
+            };
+        }
+        match healthy {
+            Ok(()) => {
+                self.phase("confirm", "healthy; confirming over a fresh connection");
+                match self.confirm(destination, &id).await {
+                    Ok(()) => Outcome::Deployed { generation },
+                    Err(why) => {
+                        self.phase(
+                            "confirm",
+                            &format!("could not confirm ({why}); waiting for the host"),
+                        );
+                        self.await_host(destination, &id, timeout + WATCHDOG_GRACE)
+                            .await
+                    }
+                }
+            }
+            Err(why) => {
+                self.phase("rollback", &format!("unhealthy: {why}; rolling back"));
+                match host.output(&call::rollback(agent, &id, &why)).await {
+                    Ok(out) => match agent::find_result(&out.stdout) {
+                        Some(r) if r.outcome == AgentOutcome::RolledBack => {
+                            Outcome::RolledBack { why: r.message }
+                        }
+                        Some(r) => Outcome::NeedsAttention { why: r.message },
+                        None => Outcome::NeedsAttention {
+                            why: format!("{why}; the rollback gave no result"),
+                        },
+                    },
+                    Err(_) => {
+                        self.await_host(destination, &id, timeout + WATCHDOG_GRACE)
+                            .await
+                    }
+                }
+            }
+        }
+    }
+
+    /// Confirms over a NEW connection: a host whose sshd broke cannot be
+    /// confirmed through a session that was open before.
+    async fn confirm(&self, destination: &Destination, id: &str) -> Result<(), String> {
+        let fresh = SshHost::connect(destination, &self.options.ssh)
+            .await
+            .map_err(|e| format!("{e}: {}", crate::diagnostics::causes(&e)))?;
+        let confirmed = fresh.run(&call::confirm(&self.options.agent, id)).await;
+        let _ = fresh.close().await;
+        confirmed.map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    /// After the connection was lost: polls the host over fresh connections
+    /// until its deployment is settled (the watchdog rolled it back) or
+    /// `limit` passes.
+    async fn await_host(&self, destination: &Destination, id: &str, limit: Duration) -> Outcome {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            let attempt = tokio::time::timeout(Duration::from_secs(5), self.show(destination, id));
+            if let Ok(Some(d)) = attempt.await {
+                if d.status.is_terminal() {
+                    return match d.status {
+                        Status::Confirmed => Outcome::Deployed {
+                            generation: d.to_generation,
+                        },
+                        Status::RolledBack => Outcome::RolledBack {
+                            why: format!(
+                                "the host rolled itself back to generation {} ({})",
+                                d.from_generation.map_or("?".into(), |g| g.to_string()),
+                                d.failure_phase.as_deref().unwrap_or("unconfirmed")
+                            ),
+                        },
+                        _ => Outcome::NeedsAttention {
+                            why: format!("deployment {id} ended as {}", d.status.as_str()),
+                        },
+                    };
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        Outcome::NeedsAttention {
+            why: format!(
+                "lost the host during deployment {id} and it did not come back within {}s; \
+                 its watchdog rolls it back unless it was confirmed",
+                limit.as_secs()
+            ),
+        }
+    }
+
+    async fn show(&self, destination: &Destination, id: &str) -> Option<Deployment> {
+        let settings = SshSettings {
+            connect_timeout: Duration::from_secs(3),
+            ..self.options.ssh.clone()
+        };
+        let host = SshHost::connect(destination, &settings).await.ok()?;
+        let out = host.run(&call::show(&self.options.agent, id)).await.ok();
+        let _ = host.close().await;
+        let event = agent::find_events(&out?.stdout, agent::EVENT_DEPLOYMENT).pop()?;
+        serde_json::from_value(event).ok()
+    }
+}
+
+impl Options {
+    fn goal_activates(&self) -> bool {
+        matches!(self.goal, Goal::Switch | Goal::Test)
+    }
+}
+
+/// A host's log as a person reads it: the agent's phase events as words,
+/// its other events left out (the outcome already says them), the last
+/// [`LOG_TAIL`] lines.
+fn readable(log: &[String]) -> Vec<String> {
+    let lines: Vec<String> = log
+        .iter()
+        .filter_map(|line| {
+            let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
+                return Some(line.clone());
+            };
+            (event["event"] == agent::EVENT_PHASE).then(|| {
+                format!(
+                    "{}: {}",
+                    event["phase"].as_str().unwrap_or("?"),
+                    event["message"].as_str().unwrap_or("")
+                )
+            })
+        })
+        .collect();
+    lines[lines.len().saturating_sub(LOG_TAIL)..].to_vec()
+}
+
+/// Whether the agent's status says the host already runs `toplevel` with
+/// nothing in flight.
+fn already_running(status: &serde_json::Value, toplevel: &StorePath, goal: Goal) -> bool {
+    if !status["active"].is_null() {
+        return false;
+    }
+    let profile = status["profile"]["path"].as_str();
+    let running = status["running"].as_str();
+    let target = Some(toplevel.as_str());
+    match goal {
+        Goal::Boot => profile == target,
+        Goal::DryActivate => false,
+        // Where /run/current-system exists it is the truth; the lab's plain
+        // hosts have only the profile.
+        Goal::Switch => profile == target && (running.is_none() || running == target),
+        Goal::Test => running == target,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: &str = "/nix/store/67gmyx5vdbg0dv7csdd6gh406z3bs23w-nixos-system-web1";
+
+    #[test]
+    fn no_op_only_when_profile_and_running_match_and_nothing_is_in_flight() {
+        let p = StorePath::new(P).unwrap();
+        let status = |profile: &str, running: Option<&str>, active: bool| {
+            serde_json::json!({
+                "profile": { "number": 3, "path": profile },
+                "running": running,
+                "active": if active { serde_json::json!({"id": "x"}) } else { serde_json::Value::Null },
+            })
+        };
+        assert!(already_running(&status(P, None, false), &p, Goal::Switch));
+        assert!(already_running(
+            &status(P, Some(P), false),
+            &p,
+            Goal::Switch
+        ));
+        assert!(!already_running(
+            &status(P, Some("/nix/store/other"), false),
+            &p,
+            Goal::Switch
+        ));
+        assert!(!already_running(
+            &status("/nix/store/other", None, false),
+            &p,
+            Goal::Switch
+        ));
+        assert!(!already_running(&status(P, None, true), &p, Goal::Switch));
+        assert!(already_running(
+            &status(P, Some("/x"), false),
+            &p,
+            Goal::Boot
+        ));
+    }
+
+    #[test]
+    fn outcomes_read_as_words() {
+        assert_eq!(
+            Outcome::Deployed {
+                generation: Some(3)
+            }
+            .describe(),
+            "deployed (generation 3)"
+        );
+        assert!(Outcome::NeedsAttention { why: "x".into() }
+            .describe()
+            .starts_with("NEEDS ATTENTION"));
+        assert!(Outcome::Unchanged.ok());
+        assert!(!Outcome::Skipped { why: "x".into() }.ok());
+    }
+}

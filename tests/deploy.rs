@@ -1,0 +1,546 @@
+//! System deploys end to end, on a lab of four plain hosts (h1–h4) and one
+//! systemd host (h5), with the example fleet (examples/fleet: no nixpkgs,
+//! a toplevel whose activation serves /health and can misbehave on purpose).
+//! Needs root and the lab's packages (scripts/install-deps).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use berth::host::Host;
+use berth::lab::{HostKind, Lab, LabGuard};
+use berth::process::Cmd;
+
+const BIN: &str = env!("CARGO_BIN_EXE_berth");
+
+/// A fleet flake in a directory of its own, written from examples/fleet.
+struct Fleet {
+    dir: PathBuf,
+    nodes: BTreeMap<String, serde_json::Value>,
+}
+
+impl Fleet {
+    fn new(name: &str) -> Fleet {
+        let dir = PathBuf::from(format!("/tmp/berth-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/fleet");
+        for file in ["flake.nix", "system.nix", "switch-to-configuration.sh"] {
+            std::fs::copy(example.join(file), dir.join(file)).unwrap();
+        }
+        Fleet {
+            dir,
+            nodes: BTreeMap::new(),
+        }
+    }
+
+    fn set(&mut self, node: &str, spec: serde_json::Value) -> &mut Self {
+        self.nodes.insert(node.to_owned(), spec);
+        self.write()
+    }
+
+    fn update(&mut self, node: &str, changes: serde_json::Value) -> &mut Self {
+        let spec = self.nodes.get_mut(node).unwrap().as_object_mut().unwrap();
+        for (k, v) in changes.as_object().unwrap() {
+            spec.insert(k.clone(), v.clone());
+        }
+        self.write()
+    }
+
+    fn write(&mut self) -> &mut Self {
+        std::fs::write(
+            self.dir.join("fleet.json"),
+            serde_json::to_vec_pretty(&self.nodes).unwrap(),
+        )
+        .unwrap();
+        self
+    }
+
+    fn flake(&self) -> String {
+        format!("path:{}", self.dir.display())
+    }
+
+    fn node(&self, node: &str) -> String {
+        format!("{}#{node}", self.flake())
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn events(&self, name: &str) -> Vec<serde_json::Value> {
+        self.stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["event"] == name)
+            .collect()
+    }
+}
+
+fn berth(ssh_config: &Path, args: &[&str]) -> Run {
+    let out = Command::new(BIN)
+        .args(args)
+        .env("BERTH_SSH_CONFIG", ssh_config)
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let run = Run {
+        code: out.status.code().expect("berth was killed"),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    eprintln!("$ berth {}\n{}", args.join(" "), run.stderr);
+    run
+}
+
+/// `berth deploy … --agent <this build>`: the lab's hosts see the machine's
+/// files, so the agent is the binary under test.
+fn deploy(lab: &Lab, args: &[&str]) -> Run {
+    let mut all = vec!["deploy"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--agent", BIN]);
+    berth(&lab.ssh_config(), &all)
+}
+
+/// The generation number and store path of a host's system profile.
+async fn generation(lab: &Lab, host: &str) -> (String, String) {
+    let ssh = lab.connect(host).await.unwrap();
+    let link = ssh
+        .run(&Cmd::new("readlink").arg("/nix/var/nix/profiles/system"))
+        .await
+        .unwrap()
+        .stdout_str();
+    let path = ssh
+        .run(&Cmd::new("readlink").args(["-f", "/nix/var/nix/profiles/system"]))
+        .await
+        .unwrap()
+        .stdout_str();
+    ssh.close().await.unwrap();
+    (link.trim().to_owned(), path.trim().to_owned())
+}
+
+async fn exists_on(lab: &Lab, host: &str, path: &str) -> bool {
+    let ssh = lab.connect(host).await.unwrap();
+    let out = ssh
+        .output(&Cmd::new("test").args(["-e", path]))
+        .await
+        .unwrap();
+    ssh.close().await.unwrap();
+    out.status.success()
+}
+
+async fn agent(lab: &Lab, host: &str, args: &[&str]) -> Vec<serde_json::Value> {
+    let ssh = lab.connect(host).await.unwrap();
+    let out = ssh
+        .output(&Cmd::new(BIN).arg("agent").args(args))
+        .await
+        .unwrap();
+    ssh.close().await.unwrap();
+    berth::agent::find_events(&out.stdout, "result")
+        .into_iter()
+        .chain(berth::agent::find_events(&out.stdout, "deployment"))
+        .collect()
+}
+
+fn spec(host: &str, lab: &Lab, version: &str, tags: &[&str]) -> serde_json::Value {
+    serde_json::json!({
+        "host": host,
+        "address": lab.host(host).unwrap().net.addr.to_string(),
+        "version": version,
+        "tags": tags,
+        "confirmTimeout": 3,
+        "retries": 1,
+    })
+}
+
+#[test]
+fn system_deploys_on_lab_hosts() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let dir = PathBuf::from(format!("/srv/berth-test-{}-deploy", std::process::id()));
+        let kinds = [
+            HostKind::Plain,
+            HostKind::Plain,
+            HostKind::Plain,
+            HostKind::Plain,
+            HostKind::Systemd,
+        ];
+        let mut lab = LabGuard::up(&dir, &kinds).await.expect("lab up");
+        // Every run builds new systems, so nothing is already in a store.
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+            .to_string();
+        let v = |n: u32| format!("{n}.{nonce}");
+        let mut fleet = Fleet::new("fleet");
+        for (node, host) in [
+            ("web1", "h1"),
+            ("web2", "h2"),
+            ("web3", "h3"),
+            ("web4", "h4"),
+        ] {
+            fleet.set(node, spec(host, &lab, &v(1), &["web"]));
+        }
+        fleet.set("sys5", spec("h5", &lab, &v(1), &["sys"]));
+
+        // One host.
+        let run = deploy(&lab, &[&fleet.node("web1")]);
+        assert_eq!(run.code, 0);
+        assert!(
+            run.stderr.contains("web1 (h1): deployed (generation 1)"),
+            "{}",
+            run.stderr
+        );
+        let (link, path) = generation(&lab, "h1").await;
+        assert_eq!(link, "system-1-link");
+        assert!(
+            path.ends_with(&format!("nixos-system-web1-{}", v(1))),
+            "{path}"
+        );
+
+        // The same again: a cheap check, no copy, no activation.
+        let run = deploy(&lab, &["--json", &fleet.node("web1")]);
+        assert_eq!(run.code, 0);
+        let phases: Vec<String> = run
+            .events("phase")
+            .iter()
+            .map(|e| e["phase"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(phases, ["connect", "check"], "{phases:?}");
+        assert_eq!(run.events("host_result")[0]["outcome"], "unchanged");
+        assert_eq!(generation(&lab, "h1").await.0, "system-1-link");
+
+        // Four hosts at once, chosen by tag; the systemd host is not one of them.
+        let run = deploy(&lab, &["--json", &fleet.flake(), "--on", "@web", "-p", "4"]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let results = run.events("host_result");
+        // Events come as hosts finish; the order is theirs.
+        let mut outcomes: Vec<(&str, &str)> = results
+            .iter()
+            .map(|r| (r["node"].as_str().unwrap(), r["outcome"].as_str().unwrap()))
+            .collect();
+        outcomes.sort();
+        assert_eq!(
+            outcomes,
+            [
+                ("web1", "unchanged"),
+                ("web2", "deployed"),
+                ("web3", "deployed"),
+                ("web4", "deployed")
+            ]
+        );
+        assert!(!exists_on(&lab, "h5", "/nix/var/nix/profiles/system").await);
+
+        // A failing HTTP health check: back to the recorded generation, the
+        // failed one deleted.
+        fleet.update(
+            "web2",
+            serde_json::json!({ "version": v(2), "behaviour": "unhealthy" }),
+        );
+        let run = deploy(&lab, &[&fleet.node("web2")]);
+        assert_eq!(run.code, 1);
+        assert!(
+            run.stderr
+                .contains("web2 (h2): rolled back: health check GET http://"),
+            "{}",
+            run.stderr
+        );
+        assert!(
+            run.stderr.contains("answered 404 (expected 200"),
+            "{}",
+            run.stderr
+        );
+        assert!(
+            run.stderr
+                .contains("back on generation 1; deleted generation 2"),
+            "{}",
+            run.stderr
+        );
+        assert_eq!(generation(&lab, "h2").await.0, "system-1-link");
+        assert!(!exists_on(&lab, "h2", "/nix/var/nix/profiles/system-2-link").await);
+
+        // Failed units (switch-to-configuration exits 4) count as a failure.
+        fleet.update(
+            "web4",
+            serde_json::json!({ "version": v(2), "behaviour": "failed-units" }),
+        );
+        let run = deploy(&lab, &[&fleet.node("web4")]);
+        assert_eq!(run.code, 1);
+        assert!(
+            run.stderr.contains("failed units (exit 4)"),
+            "{}",
+            run.stderr
+        );
+        assert_eq!(generation(&lab, "h4").await.0, "system-1-link");
+
+        // An activation that takes the host's network down: the host rolls
+        // itself back when no confirmation comes, and berth says so.
+        fleet.update(
+            "web3",
+            serde_json::json!({ "version": v(2), "behaviour": "link-down" }),
+        );
+        let run = deploy(&lab, &[&fleet.node("web3")]);
+        assert_eq!(run.code, 1, "{}", run.stderr);
+        assert!(
+            run.stderr.contains("web3 (h3): rolled back"),
+            "{}",
+            run.stderr
+        );
+        assert_eq!(generation(&lab, "h3").await.0, "system-1-link");
+
+        // An activation that stops sshd, on the systemd host.
+        let run = deploy(&lab, &[&fleet.node("sys5")]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        fleet.update(
+            "sys5",
+            serde_json::json!({ "version": v(2), "behaviour": "kill-sshd" }),
+        );
+        let run = deploy(&lab, &[&fleet.node("sys5")]);
+        assert_eq!(run.code, 1, "{}", run.stderr);
+        assert!(
+            run.stderr.contains("sys5 (h5): rolled back"),
+            "{}",
+            run.stderr
+        );
+        assert_eq!(generation(&lab, "h5").await.0, "system-1-link");
+
+        // Built on the host: the result never comes back to this machine.
+        fleet.update(
+            "web4",
+            serde_json::json!({ "version": v(3), "behaviour": "healthy" }),
+        );
+        let run = deploy(&lab, &[&fleet.node("web4"), "--build-on-target"]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        assert!(
+            run.stderr.contains("building on the host"),
+            "{}",
+            run.stderr
+        );
+        let (_, path) = generation(&lab, "h4").await;
+        assert!(
+            path.ends_with(&format!("nixos-system-web4-{}", v(3))),
+            "{path}"
+        );
+        assert!(
+            !Path::new(&path).exists(),
+            "{path} came back to the deployer's store"
+        );
+
+        // plan: the closure diff and the units that would restart.
+        fleet.update(
+            "web2",
+            serde_json::json!({ "version": v(3), "behaviour": "healthy" }),
+        );
+        let run = berth(
+            &lab.ssh_config(),
+            &["--json", "plan", &fleet.node("web2"), "--agent", BIN],
+        );
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let plan = &run.events("plan")[0];
+        assert_eq!(plan["closure"]["changed"][0]["name"], "nixos-system-web2");
+        assert_eq!(plan["closure"]["changed"][0]["from"][0], v(1).as_str());
+        assert_eq!(plan["closure"]["changed"][0]["to"][0], v(3).as_str());
+        assert_eq!(plan["units"]["restart"][0], "example-web.service");
+        assert!(run.stderr.contains("example-web.service"), "{}", run.stderr);
+        assert_eq!(
+            generation(&lab, "h2").await.0,
+            "system-1-link",
+            "plan changed the host"
+        );
+
+        // Two deploys to one host at once: the second refuses, naming the first.
+        let (_, running) = generation(&lab, "h1").await;
+        let pending = agent(
+            &lab,
+            "h1",
+            &[
+                "activate",
+                "--id",
+                "held-by-test",
+                "--node",
+                "web1",
+                "--path",
+                &running,
+                "--goal",
+                "test",
+                "--confirm-timeout",
+                "600",
+                "--actor",
+                "tester@lab",
+            ],
+        )
+        .await;
+        assert_eq!(pending[0]["outcome"], "pending");
+        fleet.update("web1", serde_json::json!({ "version": v(2) }));
+        let run = deploy(&lab, &[&fleet.node("web1")]);
+        assert_eq!(run.code, 1);
+        assert!(
+            run.stderr.contains("held-by-test of web1 by tester@lab"),
+            "{}",
+            run.stderr
+        );
+        assert!(run.stderr.contains("still pending"), "{}", run.stderr);
+
+        // At boot, an unconfirmed deployment is rolled back.
+        let checked = agent(&lab, "h1", &["boot-check"]).await;
+        assert_eq!(checked[0]["outcome"], "rolled_back");
+        assert_eq!(checked[0]["deployment"]["id"], "held-by-test");
+
+        // … also across a real reboot of the systemd host.
+        let (_, running) = generation(&lab, "h5").await;
+        let pending = agent(
+            &lab,
+            "h5",
+            &[
+                "activate",
+                "--id",
+                "before-reboot",
+                "--node",
+                "sys5",
+                "--path",
+                &running,
+                "--goal",
+                "test",
+                "--confirm-timeout",
+                "600",
+                "--actor",
+                "tester@lab",
+            ],
+        )
+        .await;
+        assert_eq!(pending[0]["outcome"], "pending");
+        lab.reboot("h5").await.expect("reboot h5");
+        let checked = agent(&lab, "h5", &["boot-check"]).await;
+        assert_eq!(checked[0]["outcome"], "rolled_back", "{checked:?}");
+        let shown = agent(&lab, "h5", &["show", "--id", "before-reboot"]).await;
+        assert_eq!(shown[0]["status"], "rolled_back");
+        assert_eq!(shown[0]["failure_phase"], "boot");
+
+        // history reads what the host recorded.
+        let run = berth(
+            &lab.ssh_config(),
+            &["history", &fleet.node("web2"), "--agent", BIN],
+        );
+        assert_eq!(run.code, 0);
+        let lines: Vec<&str> = run
+            .stderr
+            .lines()
+            .filter(|l| l.contains("switch"))
+            .collect();
+        assert_eq!(lines.len(), 2, "{}", run.stderr);
+        assert!(
+            lines[0].contains("rolled_back") && lines[0].contains("failed at health"),
+            "{}",
+            lines[0]
+        );
+        assert!(lines[1].contains("confirmed"), "{}", lines[1]);
+
+        bad_input_touches_nothing(&lab, &mut fleet, &v(1)).await;
+
+        drop(fleet);
+        lab.down().await.expect("lab down");
+    });
+}
+
+async fn bad_input_touches_nothing(lab: &Lab, fleet: &mut Fleet, version: &str) {
+    let before = agent(lab, "h1", &["history", "--node", "web1"]).await.len();
+
+    let run = deploy(lab, &[&fleet.node("nope")]);
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("nope"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("web1"),
+        "names the known nodes: {}",
+        run.stderr
+    );
+
+    let run = deploy(lab, &[&fleet.flake(), "--on", "web*,"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.starts_with("error:"), "{}", run.stderr);
+
+    let run = deploy(lab, &[&fleet.flake(), "--on", "@nosuchtag"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("@nosuchtag"), "{}", run.stderr);
+
+    let broken = Fleet::new("broken");
+    std::fs::write(
+        broken.dir.join("flake.nix"),
+        "{ outputs = { self }: { nixosConfigurations = ; }; }",
+    )
+    .unwrap();
+    let run = deploy(lab, &[&broken.flake()]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("syntax error"),
+        "carries nix's message: {}",
+        run.stderr
+    );
+
+    let bare = Fleet::new("bare");
+    std::fs::write(
+        bare.dir.join("flake.nix"),
+        "{ outputs = { self }: { nixosConfigurations.web1 = { config = { }; }; }; }",
+    )
+    .unwrap();
+    let run = deploy(lab, &[&bare.flake()]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("web1 has no config.system.build.toplevel"),
+        "{}",
+        run.stderr
+    );
+
+    let mut far = Fleet::new("far");
+    far.set("lost", serde_json::json!({ "host": "h99.invalid", "address": "10.231.255.254", "version": version }));
+    let run = deploy(lab, &[&far.node("lost")]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("could not connect to root@h99.invalid"),
+        "{}",
+        run.stderr
+    );
+
+    // h1 offering a key that is not the recorded one.
+    let known = lab.dir().join("known_hosts");
+    let text = std::fs::read_to_string(&known).unwrap();
+    let h2_key = text
+        .lines()
+        .find(|l| l.starts_with("h2,"))
+        .unwrap()
+        .split_once(' ')
+        .unwrap()
+        .1;
+    let wrong = lab.dir().join("known_hosts.wrong");
+    let h1_addr = lab.host("h1").unwrap().net.addr;
+    std::fs::write(&wrong, format!("h1,{h1_addr} {h2_key}\n")).unwrap();
+    let config = lab.dir().join("ssh_config.wrong");
+    let ssh_config = std::fs::read_to_string(lab.ssh_config())
+        .unwrap()
+        .replace(known.to_str().unwrap(), wrong.to_str().unwrap());
+    std::fs::write(&config, ssh_config).unwrap();
+    let run = berth(&config, &["deploy", &fleet.node("web1"), "--agent", BIN]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("known_hosts"), "{}", run.stderr);
+
+    assert_eq!(
+        agent(lab, "h1", &["history", "--node", "web1"]).await.len(),
+        before,
+        "bad input changed h1"
+    );
+}
