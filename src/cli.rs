@@ -83,8 +83,11 @@ pub struct Context {
 }
 
 impl Context {
-    fn resolve(global: &GlobalArgs) -> Result<Context, UsageError> {
-        if let Some(config) = &global.ssh_config {
+    /// `uses_ssh`: whether the command reaches hosts with the deployer's
+    /// SSH settings (the lab writes its own ssh_config, so
+    /// `BERTH_SSH_CONFIG` may name one that `lab up` is about to make).
+    fn resolve(global: &GlobalArgs, uses_ssh: bool) -> Result<Context, UsageError> {
+        if let Some(config) = global.ssh_config.as_ref().filter(|_| uses_ssh) {
             if !config.is_file() {
                 return Err(UsageError::new(format!(
                     "the ssh_config {} does not exist",
@@ -186,7 +189,11 @@ pub fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let ctx = Context::resolve(&cli.global)?;
+        let uses_ssh = !matches!(
+            cli.command,
+            Command::Lab(_) | Command::Completions(_) | Command::Man(_) | Command::Agent(_)
+        );
+        let ctx = Context::resolve(&cli.global, uses_ssh)?;
         run(ctx, cli.command).await
     });
     match result {

@@ -77,7 +77,7 @@ fn usage_errors_exit_2_on_stderr() {
 #[test]
 fn missing_ssh_config_is_a_usage_error() {
     let (code, _, err) = run(berth()
-        .args(["lab", "status", "--lab-dir", "/nonexistent/lab"])
+        .args(["status", "/nonexistent/flake"])
         .env("BERTH_SSH_CONFIG", "/nonexistent/ssh_config"));
     assert_eq!(code, 2);
     assert_eq!(
