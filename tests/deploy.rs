@@ -341,6 +341,27 @@ fn system_deploys_on_lab_hosts() {
             "{path} came back to the deployer's store"
         );
 
+        // Built on a separate build host (h4) and copied from there to h3.
+        fleet.update(
+            "web3",
+            serde_json::json!({ "version": v(3), "behaviour": "healthy" }),
+        );
+        let run = deploy(&lab, &[&fleet.node("web3"), "--build-host", "root@h4"]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let (_, path) = generation(&lab, "h3").await;
+        assert!(
+            path.ends_with(&format!("nixos-system-web3-{}", v(3))),
+            "{path}"
+        );
+        assert!(
+            exists_on(&lab, "h4", &path).await,
+            "the build host lacks {path}"
+        );
+        assert!(
+            !Path::new(&path).exists(),
+            "{path} came to the deployer's store"
+        );
+
         // plan: the closure diff and the units that would restart.
         fleet.update(
             "web2",

@@ -10,7 +10,9 @@ use crate::cli::Context;
 use crate::deploy::{self, Job, Options, Outcome, Report};
 use crate::diagnostics::Exit;
 use crate::env;
-use crate::flake::{self, FlakeRef, Selector};
+use crate::flake::{self, FlakeRef, NodeMeta, Selector};
+use crate::host::{Destination, Host, SshHost};
+use crate::nix::{self, StorePath};
 use crate::output::Printer;
 
 #[derive(Debug, clap::Args)]
@@ -27,6 +29,9 @@ pub struct Args {
     /// Build each system on its host instead of here
     #[arg(long)]
     pub build_on_target: bool,
+    /// Build every system on this host (`[user@]host`) and copy it from there to each target
+    #[arg(long, value_name = "HOST", conflicts_with = "build_on_target")]
+    pub build_host: Option<String>,
     /// How many hosts at once
     #[arg(short = 'p', long, value_name = "N", default_value_t = 10)]
     pub parallel: usize,
@@ -65,10 +70,17 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
         .collect::<Vec<_>>()
         .join(", ");
 
+    let mut jobs = Vec::new();
+    let nodes = match &args.build_host {
+        Some(build_host) => {
+            jobs = build_on(ctx, build_host, &target.flake, nodes).await?;
+            Vec::new()
+        }
+        None => nodes,
+    };
     let (on_target, here): (Vec<_>, Vec<_>) = nodes
         .into_iter()
         .partition(|n| args.build_on_target || n.settings.build_on_target);
-    let mut jobs = Vec::new();
     if !here.is_empty() {
         let here_names: Vec<_> = here.iter().map(|n| n.name.clone()).collect();
         printer.line(format!(
@@ -86,6 +98,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
                 settings: node.settings,
                 toplevel: built.out,
                 drv: None,
+                built_on: None,
             });
         }
     }
@@ -98,6 +111,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
                 settings: node.settings,
                 toplevel: drv.out,
                 drv: Some(drv.drv),
+                built_on: None,
             });
         }
     }
@@ -146,6 +160,49 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
         }
     };
     Ok(summarize(&reports, printer))
+}
+
+/// `--build-host`: evaluate here, build every system on that host in one
+/// `nix-store --realise`, and have each target copy from there.
+async fn build_on(
+    ctx: &Context,
+    build_host: &str,
+    flake: &str,
+    nodes: Vec<NodeMeta>,
+) -> anyhow::Result<Vec<Job>> {
+    let destination = Destination::parse(build_host)?;
+    let names: Vec<_> = nodes.iter().map(|n| n.name.clone()).collect();
+    let toplevels = flake::drv_paths(flake, &names).await?;
+    let mut drvs: Vec<StorePath> = Vec::new();
+    for t in &toplevels {
+        if !drvs.contains(&t.drv) {
+            drvs.push(t.drv.clone());
+        }
+    }
+    ctx.printer.line(format!("building on {destination}"));
+    let host = SshHost::connect(&destination, &ctx.ssh).await?;
+    host.copy_derivations(&drvs).await?;
+    let built = host.run(&nix::realise(&drvs)).await?;
+    let outs = flake::parse_realise(&built.stdout, &drvs)?;
+    let store = host.store_uri();
+    let _ = host.close().await;
+    Ok(nodes
+        .into_iter()
+        .zip(toplevels)
+        .map(|(node, t)| {
+            let i = drvs
+                .iter()
+                .position(|d| *d == t.drv)
+                .expect("every drv was built");
+            Job {
+                node: node.name,
+                settings: node.settings,
+                toplevel: outs[i].clone(),
+                drv: None,
+                built_on: Some(store.clone()),
+            }
+        })
+        .collect())
 }
 
 /// Who deploys, from where, and the CI run when there is one.

@@ -34,6 +34,9 @@ pub struct Job {
     pub toplevel: StorePath,
     /// With `--build-on-target`: the derivation, built on the host.
     pub drv: Option<StorePath>,
+    /// With `--build-host`: the store (`ssh-ng://…`) the system was built
+    /// in, copied from there straight to the host.
+    pub built_on: Option<String>,
 }
 
 impl Job {
@@ -308,7 +311,23 @@ impl HostRun<'_> {
                 };
             }
             self.phase("build", "building on the host");
-            if let Err(err) = host.run(&nix::realise(drv)).await {
+            if let Err(err) = host.run(&nix::realise(std::slice::from_ref(drv))).await {
+                return Outcome::Failed {
+                    why: err.to_string(),
+                };
+            }
+        } else if let Some(from) = &job.built_on {
+            self.phase("copy", &format!("copying {} from {from}", job.toplevel));
+            let cmd = nix::copy_between(
+                from,
+                &host.store_uri(),
+                std::slice::from_ref(&job.toplevel),
+                &self.options.ssh.nix_sshopts(),
+            );
+            if let Err(err) = crate::process::output(&cmd, crate::process::Via::Local, host.log())
+                .await
+                .and_then(|out| out.check())
+            {
                 return Outcome::Failed {
                     why: err.to_string(),
                 };

@@ -179,18 +179,7 @@ pub async fn drv_paths(flake: &str, nodes: &[NodeName]) -> Result<Vec<Built>, Fl
     parse_drv_paths(&out.stdout, nodes)
 }
 
-/// Builds the `out` output of each derivation in one process. nix-store
-/// prints one path per argument, in argument order, in every Nix version;
-/// `!out` keeps it to one even for a derivation with several outputs. It
-/// needs no flake, so it runs as well on a target the derivations were
-/// copied to.
-pub fn realise_cmd(drvs: &[StorePath]) -> Cmd {
-    Cmd::new("nix-store")
-        .arg("--realise")
-        .args(drvs.iter().map(|drv| format!("{drv}!out")))
-}
-
-/// Reads what [`realise_cmd`] printed: the output of each of `drvs`, in
+/// Reads what [`crate::nix::realise`] printed: the output of each of `drvs`, in
 /// order.
 pub fn parse_realise(stdout: &[u8], drvs: &[StorePath]) -> Result<Vec<StorePath>, FlakeError> {
     let text = String::from_utf8_lossy(stdout);
@@ -225,7 +214,7 @@ pub async fn build(flake: &str, nodes: &[NodeName]) -> Result<Vec<Built>, FlakeE
             unique.push(t.drv.clone());
         }
     }
-    let out = run(&realise_cmd(&unique))
+    let out = run(&crate::nix::realise(&unique))
         .await
         .map_err(|source| FlakeError::Build {
             nodes: list(nodes),
@@ -328,7 +317,7 @@ mod tests {
     #[test]
     fn realise_argv() {
         assert_eq!(
-            realise_cmd(&[path(DRV_A), path(DRV_B)]).argv(),
+            crate::nix::realise(&[path(DRV_A), path(DRV_B)]).argv(),
             [
                 "nix-store",
                 "--realise",

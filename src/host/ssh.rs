@@ -192,7 +192,7 @@ impl SshHost {
     /// `NIX_SSHOPTS` that make Nix's ssh use this host's connection and
     /// berth's SSH settings. Nix splits it on whitespace.
     pub fn nix_sshopts(&self) -> String {
-        nix_sshopts(&self.settings, self.control_path())
+        nix_sshopts(&self.settings, Some(self.control_path()))
     }
 
     /// Closes the master connection.
@@ -201,13 +201,23 @@ impl SshHost {
     }
 }
 
-fn nix_sshopts(settings: &SshSettings, control_path: &Path) -> String {
+impl SshSettings {
+    /// `NIX_SSHOPTS` for a nix command that reaches more than one host (a
+    /// copy from a build host to a target), so it cannot share one master.
+    pub fn nix_sshopts(&self) -> String {
+        nix_sshopts(self, None)
+    }
+}
+
+fn nix_sshopts(settings: &SshSettings, control_path: Option<&Path>) -> String {
     let mut opts = Vec::new();
     if let Some(config) = &settings.config_file {
         opts.push(format!("-F {}", config.display()));
     }
-    opts.push(format!("-o ControlPath={}", control_path.display()));
-    opts.push("-o ControlMaster=no".to_owned());
+    if let Some(control_path) = control_path {
+        opts.push(format!("-o ControlPath={}", control_path.display()));
+        opts.push("-o ControlMaster=no".to_owned());
+    }
     opts.push("-o BatchMode=yes".to_owned());
     opts.push(format!(
         "-o StrictHostKeyChecking={}",
@@ -286,7 +296,7 @@ mod tests {
             ..SshSettings::default()
         };
         assert_eq!(
-            nix_sshopts(&settings, Path::new("/tmp/.ssh-connection1/master")),
+            nix_sshopts(&settings, Some(Path::new("/tmp/.ssh-connection1/master"))),
             "-F /lab/ssh_config -o ControlPath=/tmp/.ssh-connection1/master \
              -o ControlMaster=no -o BatchMode=yes -o StrictHostKeyChecking=yes"
         );
@@ -294,6 +304,11 @@ mod tests {
             accept_new_host_keys: true,
             ..SshSettings::default()
         };
-        assert!(nix_sshopts(&accept, Path::new("/c")).ends_with("StrictHostKeyChecking=accept-new"));
+        assert!(nix_sshopts(&accept, Some(Path::new("/c")))
+            .ends_with("StrictHostKeyChecking=accept-new"));
+        assert_eq!(
+            accept.nix_sshopts(),
+            "-o BatchMode=yes -o StrictHostKeyChecking=accept-new"
+        );
     }
 }

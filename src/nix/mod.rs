@@ -39,10 +39,33 @@ pub fn set_profile(profile: &str, path: &StorePath) -> Cmd {
         .arg(path.as_str())
 }
 
-/// Builds the outputs of `drv` in the store the command runs against
-/// (on a target host, with `--build-on-target`); prints the output paths.
-pub fn realise(drv: &StorePath) -> Cmd {
-    Cmd::new("nix-store").args(["--realise", drv.as_str()])
+/// Builds the `out` output of each derivation in one process, in the store
+/// the command runs against (here, on a build host or on the target).
+/// nix-store prints one path per argument, in argument order, in every Nix
+/// version; `!out` keeps it to one even for a derivation with several
+/// outputs.
+pub fn realise(drvs: &[StorePath]) -> Cmd {
+    Cmd::new("nix-store")
+        .arg("--realise")
+        .args(drvs.iter().map(|drv| format!("{drv}!out")))
+}
+
+/// `nix copy` of `paths` from one store straight to another (from a build
+/// host to a target): the closure streams through, nothing lands in this
+/// machine's store.
+pub fn copy_between(from: &str, to: &str, paths: &[StorePath], ssh_opts: &str) -> Cmd {
+    Cmd::new("nix")
+        .args([
+            "copy",
+            "--no-check-sigs",
+            "--substitute-on-destination",
+            "--from",
+            from,
+            "--to",
+            to,
+        ])
+        .args(paths.iter().map(StorePath::as_str))
+        .env(crate::env::NIX_SSHOPTS, ssh_opts)
 }
 
 /// Whether `path` is valid in the store the command runs against.
