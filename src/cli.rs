@@ -49,6 +49,11 @@ pub struct GlobalArgs {
     /// Trust and record the key of a host never seen before (a changed key is refused anyway)
     #[arg(long, global = true)]
     pub accept_new_host_keys: bool,
+
+    /// The berth program on the hosts [default: this berth's closure, copied there, when it runs
+    /// from the Nix store; else `berth`]
+    #[arg(long, value_name = "PATH", global = true)]
+    pub agent: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -80,6 +85,8 @@ pub enum Command {
 pub struct Context {
     pub printer: Printer,
     pub ssh: SshSettings,
+    /// The agent on the hosts.
+    pub agent: crate::agent::Program,
 }
 
 impl Context {
@@ -111,6 +118,7 @@ impl Context {
                 accept_new_host_keys: global.accept_new_host_keys,
                 ..SshSettings::default()
             },
+            agent: crate::agent::Program::resolve(global.agent.clone()),
         })
     }
 }

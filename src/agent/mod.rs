@@ -238,3 +238,86 @@ pub mod call {
         }
     }
 }
+
+/// Which berth program runs as the agent on the hosts.
+#[derive(Clone, Debug)]
+pub struct Program {
+    /// The command to run there.
+    pub program: String,
+    /// The deployer's own closure, copied to each host first, when berth
+    /// runs from the Nix store and no `--agent` was given: the agent then
+    /// matches the deployer exactly.
+    pub closure: Option<crate::nix::StorePath>,
+}
+
+impl Program {
+    /// `--agent PATH` as given; else this berth's own closure when it runs
+    /// from the Nix store; else `berth` on the host's PATH (the NixOS module
+    /// installs it).
+    pub fn resolve(explicit: Option<String>) -> Program {
+        if let Some(program) = explicit {
+            return Program {
+                program,
+                closure: None,
+            };
+        }
+        let exe = std::env::current_exe()
+            .ok()
+            .and_then(|p| std::fs::canonicalize(p).ok());
+        let closure = exe.as_deref().and_then(store_root);
+        match closure {
+            Some(root) => Program {
+                program: format!("{root}/bin/berth"),
+                closure: Some(root),
+            },
+            None => Program {
+                program: "berth".into(),
+                closure: None,
+            },
+        }
+    }
+
+    /// Makes sure the agent is on `host` (copies the deployer's closure).
+    pub async fn install(
+        &self,
+        host: &dyn crate::host::Host,
+    ) -> Result<(), crate::process::CommandError> {
+        match &self.closure {
+            Some(closure) => host.copy_closure(std::slice::from_ref(closure)).await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// `/nix/store/<hash>-berth-0.1.0` for a path inside it.
+fn store_root(path: &std::path::Path) -> Option<crate::nix::StorePath> {
+    let mut parts = path.strip_prefix("/nix/store").ok()?.components();
+    let first = parts.next()?.as_os_str().to_str()?;
+    crate::nix::StorePath::new(format!("/nix/store/{first}")).ok()
+}
+
+#[cfg(test)]
+mod program_tests {
+    use super::*;
+
+    #[test]
+    fn the_store_root_of_an_installed_berth() {
+        let root = store_root(std::path::Path::new(
+            "/nix/store/67gmyx5vdbg0dv7csdd6gh406z3bs23w-berth-0.1.0/bin/berth",
+        ))
+        .unwrap();
+        assert_eq!(
+            root.as_str(),
+            "/nix/store/67gmyx5vdbg0dv7csdd6gh406z3bs23w-berth-0.1.0"
+        );
+        assert!(store_root(std::path::Path::new("/work/target/debug/berth")).is_none());
+    }
+
+    #[test]
+    fn an_explicit_agent_wins() {
+        let p = Program::resolve(Some("/opt/berth".into()));
+        assert_eq!((p.program.as_str(), p.closure), ("/opt/berth", None));
+        // Tests run from target/, not the store.
+        assert_eq!(Program::resolve(None).program, "berth");
+    }
+}

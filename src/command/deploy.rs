@@ -47,9 +47,6 @@ pub struct Args {
     /// Evaluate and build, show what would be deployed where, change nothing
     #[arg(long)]
     pub dry_run: bool,
-    /// The berth program on the hosts (default: `berth` on their PATH)
-    #[arg(long, value_name = "PATH", default_value = "berth")]
-    pub agent: String,
     /// Why, recorded in each host's history
     #[arg(long)]
     pub reason: Option<String>,
@@ -144,7 +141,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
         goal: args.goal,
         confirm_timeout: args.confirm_timeout.map(Duration::from_secs),
         magic_rollback: !args.no_magic_rollback,
-        agent: args.agent,
+        agent: ctx.agent.clone(),
         audit: audit(args.reason),
         ssh: ctx.ssh.clone(),
     });

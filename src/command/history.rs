@@ -16,9 +16,6 @@ pub struct Args {
     /// How many deployments
     #[arg(long, default_value_t = 20)]
     pub limit: usize,
-    /// The berth program on the host
-    #[arg(long, value_name = "PATH", default_value = "berth")]
-    pub agent: String,
 }
 
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
@@ -26,7 +23,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
     let host = nodes::connect(ctx, &node).await?;
     let events = nodes::agent_events(
         &host,
-        &call::history(&args.agent, node.name.as_ref(), args.limit),
+        &call::history(&ctx.agent.program, node.name.as_ref(), args.limit),
         EVENT_DEPLOYMENT,
     )
     .await?;

@@ -35,7 +35,9 @@ pub async fn one(target: &str) -> anyhow::Result<NodeMeta> {
 pub async fn connect(ctx: &Context, node: &NodeMeta) -> anyhow::Result<SshHost> {
     let destination =
         deploy::destination(&node.name, &node.settings).map_err(anyhow::Error::msg)?;
-    Ok(SshHost::connect(&destination, &ctx.ssh).await?)
+    let host = SshHost::connect(&destination, &ctx.ssh).await?;
+    ctx.agent.install(&host).await?;
+    Ok(host)
 }
 
 /// Runs an agent verb on `host` and returns its events named `event`.

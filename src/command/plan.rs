@@ -22,9 +22,6 @@ pub struct Args {
     /// Which nodes: names, globs, @tag, comma-separated
     #[arg(long, value_name = "SELECTOR")]
     pub on: Option<String>,
-    /// The berth program on the hosts
-    #[arg(long, value_name = "PATH", default_value = "berth")]
-    pub agent: String,
 }
 
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
@@ -36,10 +33,14 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
     for (node, built) in selected.iter().zip(built) {
         let name = node.name.to_string();
         let host = nodes::connect(ctx, node).await?;
-        let status = nodes::agent_events(&host, &call::status(&args.agent, &name), EVENT_STATUS)
-            .await?
-            .pop()
-            .unwrap_or_default();
+        let status = nodes::agent_events(
+            &host,
+            &call::status(&ctx.agent.program, &name),
+            EVENT_STATUS,
+        )
+        .await?
+        .pop()
+        .unwrap_or_default();
         let current = status["profile"]["path"]
             .as_str()
             .map(StorePath::new)

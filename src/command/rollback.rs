@@ -17,9 +17,6 @@ pub struct Args {
     /// The generation to go back to (default: the one before the current)
     #[arg(long, value_name = "GENERATION")]
     pub to: Option<u64>,
-    /// The berth program on the host
-    #[arg(long, value_name = "PATH", default_value = "berth")]
-    pub agent: String,
 }
 
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
@@ -27,7 +24,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
     let host = nodes::connect(ctx, &node).await?;
     let actor = deploy::audit(None).actor;
     let cmd = call::rollback_to(
-        &args.agent,
+        &ctx.agent.program,
         &state::new_id(),
         node.name.as_ref(),
         args.to,

@@ -16,9 +16,6 @@ pub struct Args {
     /// Which nodes: names, globs, @tag, comma-separated
     #[arg(long, value_name = "SELECTOR")]
     pub on: Option<String>,
-    /// The berth program on the hosts
-    #[arg(long, value_name = "PATH", default_value = "berth")]
-    pub agent: String,
 }
 
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
@@ -28,9 +25,12 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
         let name = node.name.to_string();
         let status = match nodes::connect(ctx, &node).await {
             Ok(host) => {
-                let events =
-                    nodes::agent_events(&host, &call::status(&args.agent, &name), EVENT_STATUS)
-                        .await;
+                let events = nodes::agent_events(
+                    &host,
+                    &call::status(&ctx.agent.program, &name),
+                    EVENT_STATUS,
+                )
+                .await;
                 let _ = host.close().await;
                 events.map(|mut e| e.pop())
             }

@@ -58,8 +58,8 @@ pub struct Options {
     /// Overrides each node's `confirmTimeout`.
     pub confirm_timeout: Option<Duration>,
     pub magic_rollback: bool,
-    /// The agent program on the host (`--agent`).
-    pub agent: String,
+    /// The agent on the hosts (`--agent`).
+    pub agent: agent::Program,
     pub audit: Audit,
     pub ssh: SshSettings,
 }
@@ -282,8 +282,13 @@ impl HostRun<'_> {
 
     async fn on_host(&mut self, host: &SshHost, destination: &Destination) -> Outcome {
         let job = self.job;
-        let agent = &self.options.agent;
+        let agent = &self.options.agent.program;
         let node = job.node.as_ref();
+        if let Err(err) = self.options.agent.install(host).await {
+            return Outcome::Failed {
+                why: format!("could not copy the berth agent to the host: {err}"),
+            };
+        }
 
         // The cheap check: is this already what the host runs?
         match host.run(&call::status(agent, node)).await {
@@ -470,7 +475,9 @@ impl HostRun<'_> {
         let fresh = SshHost::connect(destination, &self.options.ssh)
             .await
             .map_err(|e| format!("{e}: {}", crate::diagnostics::causes(&e)))?;
-        let confirmed = fresh.run(&call::confirm(&self.options.agent, id)).await;
+        let confirmed = fresh
+            .run(&call::confirm(&self.options.agent.program, id))
+            .await;
         let _ = fresh.close().await;
         confirmed.map(|_| ()).map_err(|e| e.to_string())
     }
@@ -518,7 +525,10 @@ impl HostRun<'_> {
             ..self.options.ssh.clone()
         };
         let host = SshHost::connect(destination, &settings).await.ok()?;
-        let out = host.run(&call::show(&self.options.agent, id)).await.ok();
+        let out = host
+            .run(&call::show(&self.options.agent.program, id))
+            .await
+            .ok();
         let _ = host.close().await;
         let event = agent::find_events(&out?.stdout, agent::EVENT_DEPLOYMENT).pop()?;
         serde_json::from_value(event).ok()
