@@ -471,6 +471,53 @@ fn system_deploys_on_lab_hosts() {
         );
         assert!(lines[1].contains("confirmed"), "{}", lines[1]);
 
+        // A failing canary stops the rest, which are reported as skipped.
+        fleet.update(
+            "web1",
+            serde_json::json!({ "version": v(4), "behaviour": "unhealthy" }),
+        );
+        fleet.update("web2", serde_json::json!({ "version": v(4) }));
+        let run = deploy(
+            &lab,
+            &[
+                "--json",
+                &fleet.flake(),
+                "--on",
+                "web1,web2,web3",
+                "--canary",
+                "1",
+                "-p",
+                "2",
+            ],
+        );
+        assert_eq!(run.code, 1, "{}", run.stderr);
+        let mut outcomes: Vec<(String, String)> = run
+            .events("host_result")
+            .iter()
+            .map(|r| {
+                (
+                    r["node"].as_str().unwrap().to_owned(),
+                    r["outcome"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        outcomes.sort();
+        assert_eq!(
+            outcomes,
+            [
+                ("web1".into(), "rolled_back".into()),
+                ("web2".into(), "skipped".into()),
+                ("web3".into(), "skipped".into())
+            ]
+        );
+        assert!(
+            run.stderr
+                .contains("web2 (h2): skipped: a canary host failed"),
+            "{}",
+            run.stderr
+        );
+        assert_eq!(generation(&lab, "h2").await.0, "system-1-link");
+
         bad_input_touches_nothing(&lab, &mut fleet, &v(1)).await;
 
         drop(fleet);

@@ -153,14 +153,16 @@ pub async fn deploy_all(
     for (i, wave) in waves.into_iter().enumerate() {
         if let Some(why) = &halted {
             for job in wave {
-                reports.push(Report {
+                let report = Report {
                     host: job.settings.target_host(&job.node).to_owned(),
                     node: job.node.to_string(),
                     outcome: Outcome::Skipped { why: why.clone() },
                     deployment: None,
                     seconds: 0.0,
                     log: Vec::new(),
-                });
+                };
+                printer.event("host_result", &report);
+                reports.push(report);
             }
             continue;
         }
