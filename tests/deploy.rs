@@ -518,6 +518,27 @@ fn system_deploys_on_lab_hosts() {
         );
         assert_eq!(generation(&lab, "h2").await.0, "system-1-link");
 
+        // A node reached by address, with its own sshOptions (key and
+        // known_hosts), which berth's connections and nix copy both honour.
+        let address = lab.host("h2").unwrap().net.addr.to_string();
+        let key = lab.dir().join("id_ed25519");
+        let known = lab.dir().join("known_hosts");
+        fleet.update(
+            "web2",
+            serde_json::json!({
+                "host": address,
+                "version": v(5),
+                "sshOptions": ["-i", key, "-o", format!("UserKnownHostsFile={}", known.display()), "-oIdentitiesOnly=yes"],
+            }),
+        );
+        let run = deploy(&lab, &[&fleet.node("web2")]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        assert!(run.stderr.contains(&format!("web2 ({address}): deployed")), "{}", run.stderr);
+        fleet.update("web2", serde_json::json!({ "sshOptions": ["-R", "8080:localhost:80"] }));
+        let run = deploy(&lab, &[&fleet.node("web2")]);
+        assert_eq!(run.code, 1);
+        assert!(run.stderr.contains("sshOptions `-R` is not supported"), "{}", run.stderr);
+
         bad_input_touches_nothing(&lab, &mut fleet, &v(1)).await;
 
         drop(fleet);

@@ -20,6 +20,7 @@
             tags = spec.tags or [ ];
             confirmTimeout = spec.confirmTimeout or 10;
             buildOnTarget = spec.buildOnTarget or false;
+            sshOptions = spec.sshOptions or [ ];
             healthChecks.http = [{
               url = "http://${spec.address}:8080/health";
               timeout = 2;

@@ -32,12 +32,39 @@ pub async fn one(target: &str) -> anyhow::Result<NodeMeta> {
     Ok(nodes.remove(0))
 }
 
-pub async fn connect(ctx: &Context, node: &NodeMeta) -> anyhow::Result<SshHost> {
+/// A node's host, reached with its `sshOptions`, the agent installed.
+pub struct Connected {
+    pub host: SshHost,
+    /// Holds the node's ssh_config while the host is used.
+    _scratch: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Connected {
+    type Target = SshHost;
+    fn deref(&self) -> &SshHost {
+        &self.host
+    }
+}
+
+impl Connected {
+    pub async fn close(self) {
+        let _ = self.host.close().await;
+    }
+}
+
+pub async fn connect(ctx: &Context, node: &NodeMeta) -> anyhow::Result<Connected> {
     let destination =
         deploy::destination(&node.name, &node.settings).map_err(anyhow::Error::msg)?;
-    let host = SshHost::connect(&destination, &ctx.ssh).await?;
+    let scratch = tempfile::tempdir().context("could not make a temporary directory")?;
+    let ssh = ctx
+        .ssh
+        .with_options(&node.settings.ssh_options, scratch.path())?;
+    let host = SshHost::connect(&destination, &ssh).await?;
     ctx.agent.install(&host).await?;
-    Ok(host)
+    Ok(Connected {
+        host,
+        _scratch: scratch,
+    })
 }
 
 /// Runs an agent verb on `host` and returns its events named `event`.

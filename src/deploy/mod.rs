@@ -217,6 +217,7 @@ pub async fn deploy_host(job: &Job, options: &Options, printer: Printer) -> Repo
         printer,
         deployment: None,
         log: Vec::new(),
+        ssh: options.ssh.clone(),
     };
     let outcome = run.run().await;
     let log = if outcome.ok() {
@@ -243,6 +244,8 @@ struct HostRun<'a> {
     printer: Printer,
     deployment: Option<String>,
     log: Vec<String>,
+    /// The deployer's SSH settings plus the node's `sshOptions`.
+    ssh: SshSettings,
 }
 
 impl HostRun<'_> {
@@ -265,8 +268,29 @@ impl HostRun<'_> {
             Ok(d) => d,
             Err(why) => return Outcome::Failed { why },
         };
+        // Holds the node's ssh_config, if it has sshOptions, while it is used.
+        let scratch = match tempfile::tempdir() {
+            Ok(dir) => dir,
+            Err(err) => {
+                return Outcome::Failed {
+                    why: format!("could not make a temporary directory: {err}"),
+                }
+            }
+        };
+        self.ssh = match self
+            .options
+            .ssh
+            .with_options(&self.job.settings.ssh_options, scratch.path())
+        {
+            Ok(ssh) => ssh,
+            Err(err) => {
+                return Outcome::Failed {
+                    why: format!("node {}: {err}", self.job.node),
+                }
+            }
+        };
         self.phase("connect", &format!("connecting to {destination}"));
-        let host = match SshHost::connect(&destination, &self.options.ssh).await {
+        let host = match SshHost::connect(&destination, &self.ssh).await {
             Ok(host) => host,
             Err(err) => {
                 let mut why = format!("{err}: {}", crate::diagnostics::causes(&err));
@@ -329,7 +353,7 @@ impl HostRun<'_> {
                 from,
                 &host.store_uri(),
                 std::slice::from_ref(&job.toplevel),
-                &self.options.ssh.nix_sshopts(),
+                &self.ssh.nix_sshopts(),
             );
             if let Err(err) = crate::process::output(&cmd, crate::process::Via::Local, host.log())
                 .await
@@ -474,7 +498,7 @@ impl HostRun<'_> {
     /// Confirms over a NEW connection: a host whose sshd broke cannot be
     /// confirmed through a session that was open before.
     async fn confirm(&self, destination: &Destination, id: &str) -> Result<(), String> {
-        let fresh = SshHost::connect(destination, &self.options.ssh)
+        let fresh = SshHost::connect(destination, &self.ssh)
             .await
             .map_err(|e| format!("{e}: {}", crate::diagnostics::causes(&e)))?;
         let confirmed = fresh
@@ -524,7 +548,7 @@ impl HostRun<'_> {
     async fn show(&self, destination: &Destination, id: &str) -> Option<Deployment> {
         let settings = SshSettings {
             connect_timeout: Duration::from_secs(3),
-            ..self.options.ssh.clone()
+            ..self.ssh.clone()
         };
         let host = SshHost::connect(destination, &settings).await.ok()?;
         let out = host

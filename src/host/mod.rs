@@ -5,7 +5,7 @@ mod local;
 mod ssh;
 
 pub use local::LocalHost;
-pub use ssh::{ConnectError, Destination, SshHost, SshSettings};
+pub use ssh::{ConnectError, Destination, SshHost, SshSettings, UnsupportedSshOption};
 
 use std::path::Path;
 

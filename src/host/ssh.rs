@@ -32,7 +32,34 @@ impl Default for SshSettings {
     }
 }
 
+/// A node's `sshOptions` that berth cannot express in an ssh_config.
+#[derive(Debug, thiserror::Error)]
+#[error("sshOptions `{0}` is not supported: use `-o Key=Value`, `-p PORT`, `-i FILE`, `-J JUMP` or `-l USER`")]
+pub struct UnsupportedSshOption(String);
+
 impl SshSettings {
+    /// These settings plus a node's `sshOptions` (ssh command-line words such
+    /// as `-p 2222` or `-o Key=Value`). The options go into an ssh_config of
+    /// their own, in `dir`, ahead of an `Include` of the config in use, so
+    /// that berth's connections and `nix copy` see them alike.
+    pub fn with_options(
+        &self,
+        options: &[String],
+        dir: &Path,
+    ) -> Result<SshSettings, UnsupportedSshOption> {
+        if options.is_empty() {
+            return Ok(self.clone());
+        }
+        let text = options_config(options, self.config_file.as_deref())?;
+        let path = dir.join("ssh_config");
+        std::fs::write(&path, text)
+            .map_err(|e| UnsupportedSshOption(format!("(writing {}: {e})", path.display())))?;
+        Ok(SshSettings {
+            config_file: Some(path),
+            ..self.clone()
+        })
+    }
+
     fn strict_host_key_checking(&self) -> &'static str {
         if self.accept_new_host_keys {
             "accept-new"
@@ -201,6 +228,47 @@ impl SshHost {
     }
 }
 
+/// An ssh_config that sets `options` for every host, then includes `base`
+/// (or the user's and the system's configs, which `-F` would skip).
+fn options_config(options: &[String], base: Option<&Path>) -> Result<String, UnsupportedSshOption> {
+    let mut lines = vec!["# berth: a node's sshOptions, ahead of the config in use".to_owned()];
+    let mut words = options.iter();
+    while let Some(word) = words.next() {
+        let (flag, inline) = match word.strip_prefix('-').and_then(|w| w.chars().next()) {
+            Some(flag) => (flag, &word[2..]),
+            None => return Err(UnsupportedSshOption(word.clone())),
+        };
+        let value = if inline.is_empty() {
+            words
+                .next()
+                .cloned()
+                .ok_or_else(|| UnsupportedSshOption(word.clone()))?
+        } else {
+            inline.to_owned()
+        };
+        let line = match flag {
+            'o' => value.replacen('=', " ", 1),
+            'p' => format!("Port {value}"),
+            'i' => format!("IdentityFile {value}"),
+            'J' => format!("ProxyJump {value}"),
+            'l' => format!("User {value}"),
+            _ => return Err(UnsupportedSshOption(word.clone())),
+        };
+        if line.contains('\n') {
+            return Err(UnsupportedSshOption(word.clone()));
+        }
+        lines.push(line);
+    }
+    match base {
+        Some(base) => lines.push(format!("Include {}", base.display())),
+        None => {
+            lines.push("Include ~/.ssh/config".to_owned());
+            lines.push("Include /etc/ssh/ssh_config".to_owned());
+        }
+    }
+    Ok(lines.join("\n") + "\n")
+}
+
 impl SshSettings {
     /// `NIX_SSHOPTS` for a nix command that reaches more than one host (a
     /// copy from a build host to a target), so it cannot share one master.
@@ -265,6 +333,44 @@ impl Host for SshHost {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ssh_options_become_a_config_ahead_of_the_one_in_use() {
+        let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let text = options_config(
+            &words(&[
+                "-p",
+                "2222",
+                "-oConnectTimeout=5",
+                "-o",
+                "ServerAliveCountMax=2",
+                "-i",
+                "/k",
+            ]),
+            Some(Path::new("/lab/ssh_config")),
+        )
+        .unwrap();
+        assert_eq!(
+            text,
+            "# berth: a node's sshOptions, ahead of the config in use\n\
+             Port 2222\nConnectTimeout 5\nServerAliveCountMax 2\nIdentityFile /k\n\
+             Include /lab/ssh_config\n"
+        );
+        let text = options_config(&words(&["-J", "bastion"]), None).unwrap();
+        assert!(text
+            .ends_with("ProxyJump bastion\nInclude ~/.ssh/config\nInclude /etc/ssh/ssh_config\n"));
+        for bad in [
+            &["-v"][..],
+            &["-p"],
+            &["ConnectTimeout=5"],
+            &["-R", "80:x:80"],
+        ] {
+            assert!(
+                options_config(&words(bad), None).is_err(),
+                "{bad:?} was accepted"
+            );
+        }
+    }
 
     #[test]
     fn destinations() {
