@@ -15,4 +15,5 @@ pub mod lab;
 pub mod nix;
 pub mod output;
 pub mod process;
+pub mod progress;
 pub mod state;

@@ -18,6 +18,7 @@ use crate::host::{Destination, Host, SshHost, SshSettings};
 use crate::nix::{self, StorePath};
 use crate::output::Printer;
 use crate::process::CommandError;
+use crate::progress::{HostProgress, Progress};
 use crate::state::{self, Deployment, Status};
 
 /// How many log lines a failed host shows.
@@ -149,6 +150,7 @@ pub async fn deploy_all(
         }
         waves
     };
+    let progress = Progress::new(printer);
     let mut halted: Option<String> = None;
     for (i, wave) in waves.into_iter().enumerate() {
         if let Some(why) = &halted {
@@ -166,7 +168,7 @@ pub async fn deploy_all(
             }
             continue;
         }
-        let wave_reports = run_wave(wave, &options, parallel, printer).await;
+        let wave_reports = run_wave(wave, &options, parallel, printer, &progress).await;
         if canary > 0 && wave_reports.iter().any(|r| !r.outcome.ok()) {
             halted = Some(if i == 0 {
                 "a canary host failed".into()
@@ -184,15 +186,17 @@ async fn run_wave(
     options: &Arc<Options>,
     parallel: usize,
     printer: Printer,
+    progress: &Progress,
 ) -> Vec<Report> {
     let limit = Arc::new(tokio::sync::Semaphore::new(parallel));
     let mut tasks = tokio::task::JoinSet::new();
     for (index, job) in jobs.into_iter().enumerate() {
         let limit = limit.clone();
         let options = options.clone();
+        let line = progress.host(job.node.as_ref());
         tasks.spawn(async move {
             let _permit = limit.acquire_owned().await;
-            (index, deploy_host(&job, &options, printer).await)
+            (index, deploy_host(&job, &options, printer, &line).await)
         });
     }
     let mut reports = Vec::new();
@@ -208,7 +212,12 @@ async fn run_wave(
 
 /// Deploys one host and reports how it went; never panics on a host's
 /// failure, so the others' reports are not lost.
-pub async fn deploy_host(job: &Job, options: &Options, printer: Printer) -> Report {
+pub async fn deploy_host(
+    job: &Job,
+    options: &Options,
+    printer: Printer,
+    line: &HostProgress,
+) -> Report {
     let started = Instant::now();
     let host_name = job.settings.target_host(&job.node).to_owned();
     let mut run = HostRun {
@@ -218,6 +227,7 @@ pub async fn deploy_host(job: &Job, options: &Options, printer: Printer) -> Repo
         deployment: None,
         log: Vec::new(),
         ssh: options.ssh.clone(),
+        line,
     };
     let outcome = run.run().await;
     let log = if outcome.ok() {
@@ -234,6 +244,7 @@ pub async fn deploy_host(job: &Job, options: &Options, printer: Printer) -> Repo
         log,
     };
     printer.event("host_result", &report);
+    line.finish(&report.outcome.describe());
     report
 }
 
@@ -246,6 +257,7 @@ struct HostRun<'a> {
     log: Vec<String>,
     /// The deployer's SSH settings plus the node's `sshOptions`.
     ssh: SshSettings,
+    line: &'a HostProgress,
 }
 
 impl HostRun<'_> {
@@ -254,7 +266,7 @@ impl HostRun<'_> {
             "phase",
             &serde_json::json!({ "node": self.job.node.as_ref(), "phase": phase, "message": message }),
         );
-        self.printer.line(format!("{}: {message}", self.job.node));
+        self.line.phase(message);
     }
 
     fn confirm_timeout(&self) -> Duration {
