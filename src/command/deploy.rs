@@ -10,19 +10,17 @@ use crate::cli::Context;
 use crate::deploy::{self, Job, Options, Outcome, Report};
 use crate::diagnostics::Exit;
 use crate::env;
-use crate::flake::{self, FlakeRef, NodeMeta, Selector};
+use crate::flake::{self, NodeMeta};
+
+use super::nodes;
 use crate::host::{Destination, Host, SshHost};
 use crate::nix::{self, StorePath};
 use crate::output::Printer;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The flake and, after `#`, one node (default: every node of `.`)
-    #[arg(value_name = "FLAKE[#NODE]", default_value = ".")]
-    pub target: String,
-    /// Which nodes: names, globs, @tag, comma-separated
-    #[arg(long, value_name = "SELECTOR")]
-    pub on: Option<String>,
+    #[command(flatten)]
+    pub nodes: nodes::NodesArgs,
     /// What switch-to-configuration does
     #[arg(long, value_enum, default_value = "switch")]
     pub goal: Goal,
@@ -53,13 +51,8 @@ pub struct Args {
 }
 
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
-    let target = FlakeRef::parse(&args.target)?;
-    let selector = args.on.as_deref().map(Selector::parse).transpose()?;
     let printer = ctx.printer;
-
-    printer.line(format!("evaluating {}", target.flake));
-    let nodes = flake::evaluate(&target.flake).await?;
-    let nodes = flake::select(&nodes, target.node.as_ref(), selector.as_ref())?;
+    let (target, nodes) = nodes::select(ctx, &args.nodes).await?;
     let names: Vec<_> = nodes.iter().map(|n| n.name.clone()).collect();
     let names_text = names
         .iter()

@@ -19,7 +19,7 @@ pub struct Args {
 }
 
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
-    let node = nodes::one(&args.node).await?;
+    let node = nodes::one(ctx, &args.node).await?;
     let host = nodes::connect(ctx, &node).await?;
     let events = nodes::agent_events(
         &host,
@@ -46,7 +46,7 @@ pub fn line(d: &Deployment) -> String {
     let generation = |g: Option<u64>| g.map_or("-".to_owned(), |g| g.to_string());
     let mut text = format!(
         "{}  {:<15} {} -> {}  {:<8} by {}  ({})",
-        nodes::time(d.started),
+        crate::state::utc_time(d.started),
         d.status.as_str(),
         generation(d.from_generation),
         generation(d.to_generation),

@@ -16,16 +16,12 @@ use super::nodes;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The flake and, after `#`, one node (default: every node of `.`)
-    #[arg(value_name = "FLAKE[#NODE]", default_value = ".")]
-    pub target: String,
-    /// Which nodes: names, globs, @tag, comma-separated
-    #[arg(long, value_name = "SELECTOR")]
-    pub on: Option<String>,
+    #[command(flatten)]
+    pub nodes: nodes::NodesArgs,
 }
 
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
-    let (target, selected) = nodes::select(&args.target, args.on.as_deref()).await?;
+    let (target, selected) = nodes::select(ctx, &args.nodes).await?;
     let names: Vec<_> = selected.iter().map(|n| n.name.clone()).collect();
     ctx.printer
         .line(format!("building {} node(s)", names.len()));

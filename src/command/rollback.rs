@@ -20,7 +20,7 @@ pub struct Args {
 }
 
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
-    let node = nodes::one(&args.node).await?;
+    let node = nodes::one(ctx, &args.node).await?;
     let host = nodes::connect(ctx, &node).await?;
     let actor = deploy::audit(None).actor;
     let cmd = call::rollback_to(

@@ -47,6 +47,18 @@ fn utc_stamp(secs: i64) -> String {
     )
 }
 
+/// Unix seconds as people read them: `2026-11-23 09:15:02Z`.
+pub fn utc_time(secs: i64) -> String {
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 /// The proleptic Gregorian date of a day count since 1970-01-01, after
 /// Howard Hinnant's `civil_from_days`.
 fn civil_from_days(days: i64) -> (i64, i64, i64) {
@@ -66,6 +78,13 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_for_people() {
+        assert_eq!(utc_time(0), "1970-01-01 00:00:00Z");
+        assert_eq!(utc_time(1_779_357_205), "2026-05-21 09:53:25Z");
+        assert_eq!(utc_time(951_782_400), "2000-02-29 00:00:00Z");
+    }
 
     #[test]
     fn stamps_are_utc() {

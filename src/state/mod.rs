@@ -19,7 +19,7 @@ use std::str::FromStr;
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use serde::{Deserialize, Serialize};
 
-pub use id::{new_id, now};
+pub use id::{new_id, now, utc_time};
 pub use store::Store;
 
 /// Where the agent keeps its state on a host.
