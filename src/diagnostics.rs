@@ -5,6 +5,7 @@ use std::error::Error as StdError;
 use std::fmt::Write;
 
 use crate::flake::FlakeError;
+use crate::host::tailscale::TailscaleError;
 use crate::host::ConnectError;
 use crate::lab::LabError;
 use crate::output::{paint, Style};
@@ -67,6 +68,9 @@ fn diagnose(err: &(dyn StdError + 'static)) -> (Option<String>, bool) {
         return (e.hint(), false);
     }
     if let Some(e) = err.downcast_ref::<FlakeError>() {
+        return (e.hint(), e.is_usage());
+    }
+    if let Some(e) = err.downcast_ref::<TailscaleError>() {
         return (e.hint(), e.is_usage());
     }
     (None, false)

@@ -13,7 +13,7 @@ use crate::env;
 use crate::flake::{self, NodeMeta};
 
 use super::nodes;
-use crate::host::{Destination, Host, SshHost};
+use crate::host::{tailscale, Destination, Host, SshHost};
 use crate::nix::{self, StorePath};
 use crate::output::Printer;
 
@@ -52,7 +52,9 @@ pub struct Args {
 
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
     let printer = ctx.printer;
-    let (target, nodes) = nodes::select(ctx, &args.nodes).await?;
+    let (target, mut nodes) = nodes::select(ctx, &args.nodes).await?;
+    // Before building: an offline or unknown Tailscale peer fails fast.
+    tailscale::resolve_nodes(&mut nodes, printer).await?;
     let names: Vec<_> = nodes.iter().map(|n| n.name.clone()).collect();
     let names_text = names
         .iter()

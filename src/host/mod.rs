@@ -3,6 +3,7 @@
 
 mod local;
 mod ssh;
+pub mod tailscale;
 
 pub use local::LocalHost;
 pub use ssh::{ConnectError, Destination, SshHost, SshSettings, UnsupportedSshOption};
