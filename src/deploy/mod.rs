@@ -341,7 +341,11 @@ impl HostRun<'_> {
             }
             Err(err) => {
                 return Outcome::Failed {
-                    why: format!("the berth agent on the host did not answer: {err}"),
+                    why: format!(
+                        "the berth agent on the host did not answer: {err} (hint: import berth's \
+                         NixOS module on the host, run berth from the Nix store so it copies \
+                         itself, or pass --agent PATH)"
+                    ),
                 }
             }
         }
