@@ -112,6 +112,9 @@ pub struct Agent {
     profile: PathBuf,
     printer: Printer,
     log: JobLog,
+    /// Whether this activation has changed the profile or the running
+    /// system yet (an error before that needs no rollback).
+    touched: bool,
 }
 
 impl Agent {
@@ -122,6 +125,7 @@ impl Agent {
             profile: profile.to_owned(),
             printer: Printer::new(true, false),
             log: JobLog::new(),
+            touched: false,
         })
     }
 
@@ -178,8 +182,30 @@ impl Agent {
             Err(e) => return Err(e.into()),
         };
         let id = deployment.id.clone();
+        // Once recorded, an error must not leave the deployment unfinished
+        // (it would hold the host): undo what was done and record why.
+        self.touched = false;
+        match self.activate_recorded(&id, a, before.as_ref()).await {
+            Ok(result) => Ok(result),
+            Err(err) if self.touched => self.fail(&id, "agent", &err.to_string()).await,
+            Err(err) => {
+                let why = err.to_string();
+                self.phase(&id, "agent", &why);
+                let d = self.store.set_status(&id, Status::Failed, Some("agent"))?;
+                Ok(AgentResult::of(&d, format!("{why}; nothing was changed")))
+            }
+        }
+    }
+
+    async fn activate_recorded(
+        &mut self,
+        id: &str,
+        a: &Activation,
+        before: Option<&Generation>,
+    ) -> Result<AgentResult, AgentError> {
+        let id = id.to_owned();
         self.store.set_agent_pid(&id, std::process::id())?;
-        let rollback_point = match &before {
+        let rollback_point = match before {
             Some(g) => format!("generation {} ({})", g.number, g.path.display()),
             None => "none (first deploy)".to_owned(),
         };
@@ -198,6 +224,7 @@ impl Agent {
                 "armed: rolls back unless confirmed in time",
             );
         }
+        self.touched = true;
         if a.goal.sets_profile() {
             if let Err(err) = self
                 .run(&nix::set_profile(&self.profile_str(), &a.path))
