@@ -167,7 +167,20 @@ impl Agent {
             reason: a.reason.clone(),
             ci_run_url: a.ci_run_url.clone(),
         };
-        let deployment = match self.store.begin(&new) {
+        // A host runs one system: an unfinished deployment of any node name
+        // holds it (begin checks the same name in one transaction).
+        let other = self
+            .store
+            .all_active()?
+            .into_iter()
+            .find(|d| d.kind == Kind::System && d.target != new.target);
+        let begun = match other {
+            Some(holder) => Err(StateError::Busy {
+                holder: Box::new(holder),
+            }),
+            None => self.store.begin(&new),
+        };
+        let deployment = match begun {
             Ok(d) => d,
             Err(StateError::Busy { holder }) => {
                 return Ok(AgentResult {
