@@ -319,6 +319,24 @@ fn system_deploys_on_lab_hosts() {
         );
         assert_eq!(generation(&lab, "h5").await.0, "system-1-link");
 
+        // Units that must be active and commands on the host are checked too.
+        fleet.update(
+            "sys5",
+            serde_json::json!({ "version": v(3), "behaviour": "healthy", "units": ["ssh.service"],
+                                "commands": [["test", "-s", "/nix/var/berth-example/www/health"]] }),
+        );
+        let run = deploy(&lab, &[&fleet.node("sys5")]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        fleet.update("sys5", serde_json::json!({ "version": v(4), "units": ["berth-example-missing.service"] }));
+        let run = deploy(&lab, &[&fleet.node("sys5")]);
+        assert_eq!(run.code, 1, "{}", run.stderr);
+        assert!(run.stderr.contains("unit berth-example-missing.service is inactive, not active"), "{}", run.stderr);
+        fleet.update("sys5", serde_json::json!({ "version": v(5), "units": [], "commands": [["false"]] }));
+        let run = deploy(&lab, &[&fleet.node("sys5")]);
+        assert_eq!(run.code, 1, "{}", run.stderr);
+        assert!(run.stderr.contains("health command failed: `false`"), "{}", run.stderr);
+        assert_eq!(generation(&lab, "h5").await.0, "system-2-link");
+
         // Built on the host: the result never comes back to this machine.
         fleet.update(
             "web4",

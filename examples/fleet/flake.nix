@@ -21,11 +21,15 @@
             confirmTimeout = spec.confirmTimeout or 10;
             buildOnTarget = spec.buildOnTarget or false;
             sshOptions = spec.sshOptions or [ ];
-            healthChecks.http = [{
-              url = "http://${spec.address}:8080/health";
-              timeout = 2;
-              retries = spec.retries or 2;
-            }];
+            healthChecks = {
+              http = [{
+                url = "http://${spec.address}:8080/health";
+                timeout = 2;
+                retries = spec.retries or 2;
+              }];
+              units = spec.units or [ ];
+              commands = map (command: { inherit command; }) (spec.commands or [ ]);
+            };
           };
         };
       };
