@@ -383,7 +383,9 @@ impl Lab {
             log: log_tail(host),
         };
         loop {
-            if !self.is_running(host) {
+            // Only liveness: the pid was just spawned by us, and until it has
+            // exec'd its command line is still berth's own.
+            if !host.pid.is_some_and(procs::alive) {
                 return Err(not_ready("its process exited".into()));
             }
             let connect = tokio::net::TcpStream::connect((host.net.addr, 22));
