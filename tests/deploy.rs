@@ -337,6 +337,14 @@ fn system_deploys_on_lab_hosts() {
         assert!(run.stderr.contains("health command failed: `false`"), "{}", run.stderr);
         assert_eq!(generation(&lab, "h5").await.0, "system-2-link");
 
+        // A unit that failed during the switch fails the deploy, even when
+        // switch-to-configuration itself exits 0.
+        fleet.update("sys5", serde_json::json!({ "version": v(6), "commands": [], "behaviour": "failed-unit" }));
+        let run = deploy(&lab, &[&fleet.node("sys5")]);
+        assert_eq!(run.code, 1, "{}", run.stderr);
+        assert!(run.stderr.contains("failed units after the switch: berth-example-broken.service"), "{}", run.stderr);
+        assert_eq!(generation(&lab, "h5").await.0, "system-2-link");
+
         // Built on the host: the result never comes back to this machine.
         fleet.update(
             "web4",

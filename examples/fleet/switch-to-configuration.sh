@@ -27,6 +27,7 @@ for dev in /sys/class/net/*; do
 done
 if [ -d /run/systemd/system ]; then
   systemctl start ssh.service 2>/dev/null || true
+  systemctl reset-failed 2>/dev/null || true
 fi
 
 echo "@name@ @version@" >"$www/version"
@@ -47,6 +48,11 @@ same_netns() {
 case "@behaviour@" in
   healthy) echo ok >"$www/health" ;;
   unhealthy) rm -f "$www/health" ;;
+  failed-unit)
+    # A unit that fails while switch-to-configuration itself succeeds.
+    echo ok >"$www/health"
+    systemd-run --quiet --wait --unit berth-example-broken.service false || true
+    ;;
   failed-units)
     echo "warning: the following units failed: example-web.service" >&2
     exit 4

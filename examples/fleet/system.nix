@@ -5,6 +5,7 @@
 #   healthy       /health answers 200
 #   unhealthy     /health answers 404
 #   failed-units  switch-to-configuration exits 4 (failed units)
+#   failed-unit   a unit fails, but switch-to-configuration exits 0
 #   kill-sshd     stops the host's sshd after switching
 #   link-down     takes the host's network links down after switching
 { name, version, behaviour ? "healthy", system ? "x86_64-linux" }:

@@ -265,6 +265,27 @@ impl Agent {
             "activate",
             &format!("switch-to-configuration {} succeeded", a.goal.as_str()),
         );
+        // Where systemd runs, no unit may be failed after the switch (checked
+        // here, on the host, so the deployer needs no round trip for it).
+        if a.goal.activates() && Path::new("/run/systemd/system").is_dir() {
+            let listed = self
+                .run(&Cmd::new("systemctl").args([
+                    "list-units",
+                    "--state=failed",
+                    "--no-legend",
+                    "--plain",
+                ]))
+                .await?
+                .stdout_str();
+            let failed: Vec<&str> = listed
+                .lines()
+                .filter_map(|l| l.split_whitespace().next())
+                .collect();
+            if !failed.is_empty() {
+                let why = format!("failed units after the switch: {}", failed.join(", "));
+                return self.fail(&id, "activate", &why).await;
+            }
+        }
 
         if magic {
             let deadline = now() + a.confirm_timeout.as_secs() as i64;

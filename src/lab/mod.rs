@@ -611,8 +611,10 @@ fn net_cmds(net: &HostNet) -> Vec<Cmd> {
     ]
 }
 
-/// sshd in the host's namespace, with the host's own `/nix` bound over the
-/// machine's in a private mount namespace.
+/// sshd in the host's namespace, with the host's own `/nix` and
+/// `/var/lib/berth` bound over the machine's in a private mount namespace,
+/// and root's shell setup on the machine (version managers and the like,
+/// which cost every SSH command time) hidden, as in a systemd host.
 fn plain_host_cmd(host: &LabHost, sshd: &Path) -> Cmd {
     Cmd::new("ip")
         .args(["netns", "exec", &host.net.netns])
@@ -620,7 +622,7 @@ fn plain_host_cmd(host: &LabHost, sshd: &Path) -> Cmd {
         .args([
             "sh",
             "-c",
-            r#"mount --bind "$1" /nix && mount --bind "$5" /var/lib/berth && exec "$2" -D -f "$3" -E "$4""#,
+            r#"mount --bind "$1" /nix && mount --bind "$5" /var/lib/berth && { [ ! -e /root/.bashrc ] || mount --bind /dev/null /root/.bashrc; } && exec "$2" -D -f "$3" -E "$4""#,
             "sh",
         ])
         .arg(host.nix_dir())
