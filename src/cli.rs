@@ -197,10 +197,13 @@ pub fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let uses_ssh = !matches!(
-            cli.command,
-            Command::Lab(_) | Command::Completions(_) | Command::Man(_) | Command::Agent(_)
-        );
+        let uses_ssh = match &cli.command {
+            Command::Lab(_) | Command::Completions(_) | Command::Man(_) | Command::Agent(_) => {
+                false
+            }
+            Command::Deploy(args) => !args.dry_run,
+            _ => true,
+        };
         let ctx = Context::resolve(&cli.global, uses_ssh)?;
         run(ctx, cli.command).await
     });
