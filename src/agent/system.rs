@@ -49,7 +49,7 @@ impl Goal {
     }
 
     /// Whether the running system changes, so magic rollback applies.
-    fn activates(self) -> bool {
+    pub fn activates(self) -> bool {
         matches!(self, Goal::Switch | Goal::Test)
     }
 }
@@ -412,9 +412,7 @@ impl Agent {
                     return Ok(AgentResult::of(&d, "nothing to watch"));
                 }
                 Status::Pending => d.confirm_deadline.is_some_and(|t| now() >= t),
-                _ => d
-                    .agent_pid
-                    .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()),
+                _ => d.agent_pid.is_some_and(|pid| !process::alive(pid)),
             };
             if expired {
                 let why = match d.status {

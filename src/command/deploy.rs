@@ -14,7 +14,6 @@ use crate::flake::{self, NodeMeta};
 
 use super::nodes;
 use crate::host::{tailscale, Destination, Host, SshHost};
-use crate::nix::{self, StorePath};
 use crate::output::Printer;
 
 #[derive(Debug, clap::Args)]
@@ -165,34 +164,22 @@ async fn build_on(
     let destination = Destination::parse(build_host)?;
     let names: Vec<_> = nodes.iter().map(|n| n.name.clone()).collect();
     let toplevels = flake::drv_paths(flake, &names).await?;
-    let mut drvs: Vec<StorePath> = Vec::new();
-    for t in &toplevels {
-        if !drvs.contains(&t.drv) {
-            drvs.push(t.drv.clone());
-        }
-    }
     ctx.printer.line(format!("building on {destination}"));
     let host = SshHost::connect(&destination, &ctx.ssh).await?;
-    host.copy_derivations(&drvs).await?;
-    let built = host.run(&nix::realise(&drvs)).await?;
-    let outs = flake::parse_realise(&built.stdout, &drvs)?;
+    host.copy_derivations(&flake::unique_drvs(&toplevels))
+        .await?;
+    let built = flake::realise_on(&host, toplevels).await?;
     let store = host.store_uri();
     let _ = host.close().await;
     Ok(nodes
         .into_iter()
-        .zip(toplevels)
-        .map(|(node, t)| {
-            let i = drvs
-                .iter()
-                .position(|d| *d == t.drv)
-                .expect("every drv was built");
-            Job {
-                node: node.name,
-                settings: node.settings,
-                toplevel: outs[i].clone(),
-                drv: None,
-                built_on: Some(store.clone()),
-            }
+        .zip(built)
+        .map(|(node, built)| Job {
+            node: node.name,
+            settings: node.settings,
+            toplevel: built.out,
+            drv: None,
+            built_on: Some(store.clone()),
         })
         .collect())
 }

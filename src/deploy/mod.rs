@@ -460,7 +460,7 @@ impl HostRun<'_> {
             }
             AgentOutcome::Unchanged => return Outcome::Unchanged,
         }
-        if !self.options.goal_activates() {
+        if !self.options.goal.activates() {
             return Outcome::Deployed { generation };
         }
 
@@ -574,12 +574,6 @@ impl HostRun<'_> {
         let _ = host.close().await;
         let event = agent::find_events(&out?.stdout, agent::EVENT_DEPLOYMENT).pop()?;
         serde_json::from_value(event).ok()
-    }
-}
-
-impl Options {
-    fn goal_activates(&self) -> bool {
-        matches!(self.goal, Goal::Switch | Goal::Test)
     }
 }
 

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{DeploymentSettings, FlakeError, NodeMeta, NodeName};
+use crate::host::Host;
 use crate::nix::StorePath;
 use crate::process::{self, Cmd, CommandError, JobLog, Output, Via};
 
@@ -204,20 +205,22 @@ pub fn parse_realise(stdout: &[u8], drvs: &[StorePath]) -> Result<Vec<StorePath>
 /// their derivations, one build for all of them. In the order of `nodes`.
 pub async fn build(flake: &str, nodes: &[NodeName]) -> Result<Vec<Built>, FlakeError> {
     let toplevels = drv_paths(flake, nodes).await?;
+    realise_on(&crate::host::LocalHost::new(), toplevels).await
+}
+
+/// Builds `toplevels` (from [`drv_paths`]) in `host`'s store — this
+/// machine's, or a build host's the derivations were copied to — in one
+/// `nix-store --realise`, and returns them with the outputs that were built.
+pub async fn realise_on(host: &dyn Host, toplevels: Vec<Built>) -> Result<Vec<Built>, FlakeError> {
     if toplevels.is_empty() {
         return Ok(Vec::new());
     }
-    // Nodes with identical systems share a derivation: build it once.
-    let mut unique: Vec<StorePath> = Vec::new();
-    for t in &toplevels {
-        if !unique.contains(&t.drv) {
-            unique.push(t.drv.clone());
-        }
-    }
-    let out = run(&crate::nix::realise(&unique))
+    let unique = unique_drvs(&toplevels);
+    let out = host
+        .run(&crate::nix::realise(&unique))
         .await
         .map_err(|source| FlakeError::Build {
-            nodes: list(nodes),
+            nodes: list(&toplevels.iter().map(|t| t.node.clone()).collect::<Vec<_>>()),
             source: Box::new(source),
         })?;
     let outs = parse_realise(&out.stdout, &unique)?;
@@ -231,6 +234,18 @@ pub async fn build(flake: &str, nodes: &[NodeName]) -> Result<Vec<Built>, FlakeE
             out: out_of[&t.drv].clone(),
         })
         .collect())
+}
+
+/// The derivations of `toplevels`, each once: nodes with identical systems
+/// share one, and it is copied and built once.
+pub fn unique_drvs(toplevels: &[Built]) -> Vec<StorePath> {
+    let mut unique: Vec<StorePath> = Vec::new();
+    for t in toplevels {
+        if !unique.contains(&t.drv) {
+            unique.push(t.drv.clone());
+        }
+    }
+    unique
 }
 
 async fn run(cmd: &Cmd) -> Result<Output, CommandError> {

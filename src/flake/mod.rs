@@ -10,7 +10,7 @@ mod settings;
 
 pub use eval::{
     build, drv_paths, drv_paths_cmd, eval_cmd, evaluate, parse_drv_paths, parse_eval,
-    parse_realise, Built,
+    parse_realise, realise_on, unique_drvs, Built,
 };
 pub use node::{FlakeRef, NodeName};
 pub use selector::{select, Selector};

@@ -215,7 +215,7 @@ impl Lab {
     /// Whether the host's process is still the one the lab started.
     pub fn is_running(&self, host: &LabHost) -> bool {
         host.pid
-            .is_some_and(|pid| procs::alive(pid) && procs::is_ours(pid, &host.process_tag()))
+            .is_some_and(|pid| process::alive(pid) && procs::is_ours(pid, &host.process_tag()))
     }
 
     /// The ssh_config with an alias per host (`ssh -F <it> h1`).
@@ -385,7 +385,7 @@ impl Lab {
         loop {
             // Only liveness: the pid was just spawned by us, and until it has
             // exec'd its command line is still berth's own.
-            if !host.pid.is_some_and(procs::alive) {
+            if !host.pid.is_some_and(process::alive) {
                 return Err(not_ready("its process exited".into()));
             }
             let connect = tokio::net::TcpStream::connect((host.net.addr, 22));

@@ -32,3 +32,29 @@ pub fn find_program(program: &str) -> Option<PathBuf> {
         .map(|dir| dir.join(program))
         .find(|p| executable(p))
 }
+
+/// Reads `/proc/PID/stat`: the process state letter and parent pid.
+pub(crate) fn stat(pid: u32) -> Option<(char, u32)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name sits in parentheses and may hold anything.
+    let rest = &text[text.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+/// Reaps `pid` if it is a finished child of this process.
+fn reap(pid: u32) {
+    let mut status = 0;
+    // SAFETY: waitpid with WNOHANG only inspects our own children.
+    unsafe {
+        libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG);
+    }
+}
+
+/// Whether `pid` exists and has not exited (a zombie has exited).
+pub fn alive(pid: u32) -> bool {
+    reap(pid);
+    matches!(stat(pid), Some((state, _)) if state != 'Z' && state != 'X')
+}
