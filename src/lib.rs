@@ -4,6 +4,7 @@
 //! drive the same code (the lab, hosts, the command runner) that users run.
 
 pub mod agent;
+pub mod app;
 pub mod cli;
 pub mod command;
 pub mod deploy;

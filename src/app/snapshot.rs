@@ -1,0 +1,1 @@
+//! SQLite snapshots (to be written).
