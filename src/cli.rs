@@ -68,6 +68,17 @@ pub enum Command {
     History(command::history::Args),
     /// What each node's host runs and how its last deploy went
     Status(command::status::Args),
+    /// Read-only HTTP checks of a deployed app: status codes of paths, with a summary
+    Smoke(command::smoke::Args),
+    /// Apps whose code lives in git: deploy an exact revision safely, roll back, status, history
+    #[command(subcommand)]
+    App(command::app::AppCommand),
+    /// Hold a service or a whole host against deploys, with an owner and a reason
+    #[command(subcommand)]
+    Lock(command::lock::LockCommand),
+    /// Snapshots of a service's data: create, list, restore
+    #[command(subcommand)]
+    Snapshot(command::snapshot::SnapshotCommand),
     /// Throwaway target hosts on this machine, to try berth and to test it
     #[command(subcommand)]
     Lab(command::lab::LabCommand),
@@ -198,9 +209,11 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         let uses_ssh = match &cli.command {
-            Command::Lab(_) | Command::Completions(_) | Command::Man(_) | Command::Agent(_) => {
-                false
-            }
+            Command::Lab(_)
+            | Command::Smoke(_)
+            | Command::Completions(_)
+            | Command::Man(_)
+            | Command::Agent(_) => false,
             Command::Deploy(args) => !args.dry_run,
             _ => true,
         };
@@ -235,6 +248,10 @@ async fn run(ctx: Context, command: Command) -> anyhow::Result<Exit> {
         Command::Rollback(args) => command::rollback::run(&ctx, args).await,
         Command::History(args) => command::history::run(&ctx, args).await,
         Command::Status(args) => command::status::run(&ctx, args).await,
+        Command::Smoke(args) => command::smoke::run(&ctx, args).await,
+        Command::App(cmd) => command::app::run(&ctx, cmd).await,
+        Command::Lock(cmd) => command::lock::run(&ctx, cmd).await,
+        Command::Snapshot(cmd) => command::snapshot::run(&ctx, cmd).await,
         Command::Lab(cmd) => command::lab::run(&ctx, cmd).await,
         Command::Completions(args) => command::completions::run(args),
         Command::Man(args) => command::man::run(args),

@@ -23,6 +23,10 @@ impl Exit {
     pub const USAGE: Exit = Exit(2);
     /// Rolled back, but the host needs attention.
     pub const ATTENTION: Exit = Exit(3);
+    /// A lock is held by someone else (`berth lock`, `berth app deploy`).
+    pub const HELD: Exit = Exit(2);
+    /// Waited for a lock and it was not let go in time.
+    pub const TIMED_OUT: Exit = Exit(4);
     /// Interrupted (Ctrl-C).
     pub const INTERRUPTED: Exit = Exit(130);
 }
@@ -55,11 +59,62 @@ impl UsageError {
     }
 }
 
+/// An error the agent on a host reported (its `error:` text, and hint).
+#[derive(Debug, thiserror::Error)]
+#[error("on {host}: {message}")]
+pub struct RemoteError {
+    pub host: String,
+    pub message: String,
+    pub hint: Option<String>,
+    /// The agent exited 2: bad input, nothing changed.
+    pub usage: bool,
+}
+
+impl RemoteError {
+    /// From what the agent wrote on stderr (rendered by [`render`]).
+    pub fn from_agent(host: &str, stderr: &[u8], code: Option<i32>) -> RemoteError {
+        let text = String::from_utf8_lossy(stderr);
+        let mut message = Vec::new();
+        let mut hint = None;
+        for line in text.lines() {
+            if let Some(h) = line.strip_prefix("hint: ") {
+                hint = Some(h.to_owned());
+            } else if let Some(m) = line.strip_prefix("error: ") {
+                message.push(m.to_owned());
+            } else if !message.is_empty() {
+                message.push(line.to_owned());
+            }
+        }
+        if message.is_empty() {
+            message.push(format!(
+                "the berth agent failed ({}): {}",
+                code.map_or("killed".into(), |c| format!("exit {c}")),
+                text.trim()
+            ));
+        }
+        RemoteError {
+            host: host.to_owned(),
+            message: message.join("\n"),
+            hint,
+            usage: code == Some(i32::from(Exit::USAGE.0)),
+        }
+    }
+}
+
 /// What berth knows about one error in a chain: a hint, and whether it is a
 /// usage error.
 fn diagnose(err: &(dyn StdError + 'static)) -> (Option<String>, bool) {
     if let Some(e) = err.downcast_ref::<UsageError>() {
         return (e.hint.clone(), true);
+    }
+    if let Some(e) = err.downcast_ref::<RemoteError>() {
+        return (e.hint.clone(), e.usage);
+    }
+    if let Some(e) = err.downcast_ref::<crate::app::manifest::ManifestError>() {
+        return (e.hint(), true);
+    }
+    if let Some(e) = err.downcast_ref::<crate::app::transaction::AppError>() {
+        return (e.hint(), e.is_usage());
     }
     if let Some(e) = err.downcast_ref::<LabError>() {
         return (e.hint(), e.is_usage());

@@ -28,8 +28,10 @@ pub enum Outcome {
     RolledBack,
     RollbackFailed,
     Failed,
-    /// Another deployment holds the host.
+    /// Another deployment, or a lock, holds the host or the service.
     Busy,
+    /// Waited for a lock, and it was not let go in time.
+    TimedOut,
     /// The host already runs this.
     Unchanged,
 }

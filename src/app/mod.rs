@@ -2,4 +2,8 @@
 //! transaction that the agent runs (lock, exact revision, SQLite snapshot,
 //! release swap, health, restore and rollback).
 
+pub mod manifest;
+pub mod release;
 pub mod snapshot;
+pub mod transaction;
+pub mod unit;

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use crate::agent::system::{Activation, Agent, Goal};
 use crate::agent::{AgentResult, Outcome, EVENT_DEPLOYMENT, EVENT_RESULT, EVENT_STATUS};
+use crate::app::manifest::{self, Manifest, Overrides};
+use crate::app::transaction::{AppAgent, DeployRequest, RollbackRequest};
 use crate::cli::Context;
+use crate::command::app;
 use crate::diagnostics::Exit;
 use crate::env;
 use crate::nix::{StorePath, SYSTEM_PROFILE};
@@ -23,6 +26,35 @@ pub struct Args {
     /// The system profile
     #[arg(long, value_name = "PATH", default_value = SYSTEM_PROFILE, global = true)]
     pub profile: PathBuf,
+    /// Where app manifests are
+    #[arg(long, value_name = "DIR", default_value = manifest::MANIFEST_DIR, global = true)]
+    pub manifest_dir: PathBuf,
+}
+
+/// Who acts on an app, and how long to wait for its lock.
+#[derive(Debug, clap::Args)]
+pub struct AppAudit {
+    #[arg(long, default_value = "unknown")]
+    actor: String,
+    #[arg(long)]
+    reason: Option<String>,
+    #[arg(long)]
+    ci_run_url: Option<String>,
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    lock_wait: u64,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum SnapshotAction {
+    Create,
+    List,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LockAction {
+    Acquire,
+    Release,
+    Status,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -89,6 +121,93 @@ pub enum Verb {
         #[arg(long)]
         node: String,
     },
+    /// Deploy an app: the whole transaction (docs/app.md)
+    AppDeploy {
+        #[arg(long)]
+        service: String,
+        #[arg(long)]
+        id: String,
+        #[command(flatten)]
+        revision: app::RevisionArgs,
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        audit: AppAudit,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+    /// Put an app back on a kept release
+    AppRollback {
+        #[arg(long)]
+        service: String,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        restore_data: bool,
+        #[command(flatten)]
+        audit: AppAudit,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+    /// An app's state (recovers an interrupted deploy first)
+    AppStatus {
+        #[arg(long)]
+        service: String,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+    /// An app's deploys, newest first
+    AppHistory {
+        #[arg(long)]
+        service: String,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+    /// Snapshot an app's data now, or list its snapshots
+    Snapshot {
+        #[arg(value_enum)]
+        action: SnapshotAction,
+        #[arg(long)]
+        service: String,
+        #[command(flatten)]
+        audit: AppAudit,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+    /// Put an app's data back from a snapshot
+    Restore {
+        #[arg(long)]
+        service: String,
+        #[arg(long)]
+        snapshot: String,
+        #[arg(long)]
+        id: String,
+        #[command(flatten)]
+        audit: AppAudit,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+    /// Hold, release or show a service's or the host's lock
+    Lock {
+        #[arg(value_enum)]
+        action: LockAction,
+        /// The service (else the whole host)
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long, default_value = "unknown")]
+        owner: String,
+        #[arg(long)]
+        reason: Option<String>,
+        /// Wait this long for a held lock
+        #[arg(long, value_name = "SECS", default_value_t = 0)]
+        wait: u64,
+    },
     /// Past deployments, newest first
     History {
         #[arg(long)]
@@ -106,6 +225,9 @@ pub async fn run(_ctx: &Context, args: Args) -> anyhow::Result<Exit> {
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }
     let printer = Printer::new(true, false);
+    if let Some(exit) = run_app(&args, printer).await? {
+        return Ok(exit);
+    }
     let mut agent = Agent::open(&args.state_dir, &args.profile)?;
     let result = match args.verb {
         Verb::Activate {
@@ -172,15 +294,253 @@ pub async fn run(_ctx: &Context, args: Args) -> anyhow::Result<Exit> {
             }
             return Ok(Exit::SUCCESS);
         }
+        Verb::AppDeploy { .. }
+        | Verb::AppRollback { .. }
+        | Verb::AppStatus { .. }
+        | Verb::AppHistory { .. }
+        | Verb::Snapshot { .. }
+        | Verb::Restore { .. }
+        | Verb::Lock { .. } => unreachable!("run_app handles the app verbs"),
     };
     printer.event(EVENT_RESULT, &result);
     Ok(exit_of(&result))
 }
 
+/// The app verbs; `None` for a system verb.
+async fn run_app(args: &Args, printer: Printer) -> anyhow::Result<Option<Exit>> {
+    let open = |service: &str, overrides: &Overrides| -> anyhow::Result<AppAgent> {
+        let manifest = Manifest::load(&args.manifest_dir, service, overrides)?;
+        Ok(AppAgent::open(manifest, &args.state_dir)?)
+    };
+    let wait = |a: &AppAudit| Duration::from_secs(a.lock_wait);
+    if matches!(
+        args.verb,
+        Verb::AppDeploy { .. } | Verb::AppRollback { .. } | Verb::Restore { .. }
+    ) {
+        crate::app::transaction::lead_process_group();
+    }
+    let result = match &args.verb {
+        Verb::AppDeploy {
+            service,
+            id,
+            revision,
+            force,
+            dry_run,
+            audit,
+            overrides,
+        } => {
+            let mut agent = open(service, overrides)?;
+            let request = DeployRequest {
+                id: id.clone(),
+                wanted: revision.wanted(),
+                actor: audit.actor.clone(),
+                reason: audit.reason.clone(),
+                ci_run_url: audit.ci_run_url.clone(),
+                lock_wait: wait(audit),
+                force: *force,
+                dry_run: *dry_run,
+            };
+            if *dry_run {
+                printer.event("plan", &agent.plan(&request).await?);
+                return Ok(Some(Exit::SUCCESS));
+            }
+            agent.deploy(&request).await?
+        }
+        Verb::AppRollback {
+            service,
+            id,
+            to,
+            restore_data,
+            audit,
+            overrides,
+        } => {
+            let mut agent = open(service, overrides)?;
+            agent
+                .rollback(&RollbackRequest {
+                    id: id.clone(),
+                    to: to.clone(),
+                    restore_data: *restore_data,
+                    actor: audit.actor.clone(),
+                    lock_wait: wait(audit),
+                })
+                .await?
+        }
+        Verb::AppStatus { service, overrides } => {
+            let status = open(service, overrides)?.status().await?;
+            printer.event(EVENT_STATUS, &status);
+            return Ok(Some(Exit::SUCCESS));
+        }
+        Verb::AppHistory {
+            service,
+            limit,
+            overrides,
+        } => {
+            for d in open(service, overrides)?.history(*limit)? {
+                printer.event(EVENT_DEPLOYMENT, &d);
+            }
+            return Ok(Some(Exit::SUCCESS));
+        }
+        Verb::Snapshot {
+            action,
+            service,
+            audit,
+            overrides,
+        } => {
+            let mut agent = open(service, overrides)?;
+            match action {
+                SnapshotAction::List => {
+                    for s in agent.snapshots()? {
+                        printer.event("snapshot", &s);
+                    }
+                    return Ok(Some(Exit::SUCCESS));
+                }
+                SnapshotAction::Create => {
+                    match agent
+                        .snapshot_create(&state::new_id(), &audit.actor, wait(audit))
+                        .await?
+                    {
+                        Ok(s) => {
+                            printer.event("snapshot", &s);
+                            return Ok(Some(Exit::SUCCESS));
+                        }
+                        Err(busy) => busy,
+                    }
+                }
+            }
+        }
+        Verb::Restore {
+            service,
+            snapshot,
+            id,
+            audit,
+            overrides,
+        } => {
+            open(service, overrides)?
+                .restore(id, snapshot, &audit.actor, wait(audit))
+                .await?
+        }
+        Verb::Lock {
+            action,
+            service,
+            owner,
+            reason,
+            wait,
+        } => {
+            return lock(
+                args,
+                *action,
+                service.as_deref(),
+                owner,
+                reason.as_deref(),
+                *wait,
+                printer,
+            )
+            .await
+            .map(Some)
+        }
+        _ => return Ok(None),
+    };
+    printer.event(EVENT_RESULT, &result);
+    Ok(Some(app::exit_of(result.outcome)))
+}
+
+/// `agent lock`: a service's lock lives in its own state, the host's in
+/// the agent's.
+async fn lock(
+    args: &Args,
+    action: LockAction,
+    service: Option<&str>,
+    owner: &str,
+    reason: Option<&str>,
+    wait: u64,
+    printer: Printer,
+) -> anyhow::Result<Exit> {
+    let (mut store, scope) = match service {
+        Some(service) => {
+            let manifest = Manifest::load(&args.manifest_dir, service, &Overrides::default())?;
+            (
+                state::Store::open(&manifest.layout().state())?,
+                state::service_scope(service),
+            )
+        }
+        None => (
+            state::Store::open(&args.state_dir)?,
+            state::HOST_SCOPE.to_owned(),
+        ),
+    };
+    let what = state::scope_name(&scope);
+    let (outcome, message, exit) = match action {
+        LockAction::Status => match store.lock_holder(&scope)? {
+            Some(h) => ("held", format!("{what} is locked by {h}"), Exit::SUCCESS),
+            None => ("free", format!("{what} is not locked"), Exit::SUCCESS),
+        },
+        LockAction::Acquire => {
+            let deadline = std::time::Instant::now() + Duration::from_secs(wait);
+            loop {
+                match store.hold(&scope, owner, reason) {
+                    Ok(state::Acquired::New) => {
+                        break (
+                            "acquired",
+                            format!("{what} is locked by {owner}"),
+                            Exit::SUCCESS,
+                        )
+                    }
+                    Ok(state::Acquired::AlreadyHeld) => {
+                        break (
+                            "acquired",
+                            format!("{what} was already locked by {owner}"),
+                            Exit::SUCCESS,
+                        )
+                    }
+                    Err(state::LockError::Held { holder }) => {
+                        if std::time::Instant::now() >= deadline {
+                            break if wait == 0 {
+                                ("held", format!("{what} is locked by {holder}"), Exit::HELD)
+                            } else {
+                                (
+                                    "timed_out",
+                                    format!(
+                                        "{what} is still locked by {holder} after waiting {wait}s"
+                                    ),
+                                    Exit::TIMED_OUT,
+                                )
+                            };
+                        }
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        LockAction::Release => match store.release(&scope, owner) {
+            Ok(state::Released::Released) => {
+                ("released", format!("{what} is unlocked"), Exit::SUCCESS)
+            }
+            Ok(state::Released::NotHeld) => {
+                ("free", format!("{what} was not locked"), Exit::SUCCESS)
+            }
+            Err(e @ state::LockError::NotHolder { .. }) => {
+                ("refused", e.to_string(), Exit::ATTENTION)
+            }
+            Err(e) => return Err(e.into()),
+        },
+    };
+    printer.event(
+        "lock",
+        &serde_json::json!({
+            "scope": scope,
+            "outcome": outcome,
+            "message": message,
+            "holder": store.lock_holder(&scope)?,
+        }),
+    );
+    Ok(exit)
+}
+
 fn exit_of(result: &AgentResult) -> Exit {
     match result.outcome {
         Outcome::Pending | Outcome::Confirmed | Outcome::Unchanged => Exit::SUCCESS,
-        Outcome::RolledBack | Outcome::Failed | Outcome::Busy => Exit::FAILURE,
+        Outcome::RolledBack | Outcome::Failed | Outcome::Busy | Outcome::TimedOut => Exit::FAILURE,
         Outcome::RollbackFailed => Exit::ATTENTION,
     }
 }

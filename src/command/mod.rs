@@ -1,12 +1,16 @@
 //! One module per command: its clap arguments and its `run`.
 
 pub mod agent;
+pub mod app;
 pub mod completions;
 pub mod deploy;
 pub mod history;
 pub mod lab;
+pub mod lock;
 pub mod man;
 mod nodes;
 pub mod plan;
 pub mod rollback;
+pub mod smoke;
+pub mod snapshot;
 pub mod status;

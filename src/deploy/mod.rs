@@ -443,7 +443,7 @@ impl HostRun<'_> {
             .and_then(|g| g.as_u64());
         match result.outcome {
             AgentOutcome::Pending | AgentOutcome::Confirmed => {}
-            AgentOutcome::Busy => {
+            AgentOutcome::Busy | AgentOutcome::TimedOut => {
                 return Outcome::Failed {
                     why: result.message,
                 }

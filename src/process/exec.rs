@@ -189,9 +189,21 @@ fn tail(bytes: &[u8], n: usize) -> String {
 
 /// The recent output of one job (a host's deploy, a lab host's start), kept
 /// so a failure can show its last lines rather than the whole log.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct JobLog {
     lines: Arc<Mutex<VecDeque<String>>>,
+    /// Sees each line as it comes (a live view of an agent's events).
+    watcher: Arc<Mutex<Option<Watcher>>>,
+}
+
+type Watcher = Box<dyn Fn(Stream, &str) + Send + Sync>;
+
+impl fmt::Debug for JobLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobLog")
+            .field("lines", &self.lines)
+            .finish()
+    }
 }
 
 impl JobLog {
@@ -199,7 +211,16 @@ impl JobLog {
         Self::default()
     }
 
+    /// Calls `watch` with every line pushed from now on (replacing an
+    /// earlier watcher).
+    pub fn watch(&self, watch: impl Fn(Stream, &str) + Send + Sync + 'static) {
+        *self.watcher.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(watch));
+    }
+
     pub fn push(&self, stream: Stream, line: &str) {
+        if let Some(watch) = &*self.watcher.lock().unwrap_or_else(|e| e.into_inner()) {
+            watch(stream, line);
+        }
         let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
         if lines.len() == JOB_LOG_LINES {
             lines.pop_front();

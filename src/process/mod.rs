@@ -44,6 +44,21 @@ pub(crate) fn stat(pid: u32) -> Option<(char, u32)> {
     Some((state, ppid))
 }
 
+/// When `pid` started, in clock ticks since boot (`/proc/PID/stat` field
+/// 22): with the pid, it names one process even after pids wrap around.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 1..];
+    // Fields after the name start at field 3 (the state).
+    rest.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+/// Whether the process `pid` that started at `start` (from [`start_time`])
+/// still runs: a recycled pid has another start time.
+pub fn alive_since(pid: u32, start: Option<u64>) -> bool {
+    alive(pid) && (start.is_none() || start_time(pid) == start)
+}
+
 /// Reaps `pid` if it is a finished child of this process.
 fn reap(pid: u32) {
     let mut status = 0;

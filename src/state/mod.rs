@@ -8,6 +8,7 @@
 //! generation to roll back to.
 
 mod id;
+mod locks;
 mod schema;
 mod store;
 
@@ -20,6 +21,9 @@ use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, 
 use serde::{Deserialize, Serialize};
 
 pub use id::{new_id, now, utc_time};
+pub use locks::{
+    scope_name, service_scope, Acquired, Blocked, LockError, LockHolder, Released, HOST_SCOPE,
+};
 pub use store::Store;
 
 /// Where the agent keeps its state on a host.

@@ -69,6 +69,14 @@ const MIGRATIONS: &[&str] = &[
         acquired INTEGER NOT NULL
     ) STRICT;
     ",
+    // 2: locks know the process that holds them (a transaction's lock goes
+    // with its process; a dead holder's lock is stale) and whether someone
+    // holds it beyond any process (`berth lock acquire`).
+    "
+    ALTER TABLE locks ADD COLUMN pid INTEGER CHECK (pid >= 0);
+    ALTER TABLE locks ADD COLUMN pid_start INTEGER;
+    ALTER TABLE locks ADD COLUMN held INTEGER NOT NULL DEFAULT 0 CHECK (held IN (0, 1));
+    ",
 ];
 
 /// The schema version this berth writes.

@@ -21,7 +21,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// A connection to the state database. Each process (or thread) opens its
 /// own; SQLite's locking keeps them consistent.
 pub struct Store {
-    conn: Connection,
+    pub(super) conn: Connection,
 }
 
 impl Store {
@@ -42,6 +42,25 @@ impl Store {
             source,
         })?;
         Store::set_up(conn, &path)
+    }
+
+    /// Opens an existing database read-only, as it is (no migration), for
+    /// a reader that may not write there: `None` when there is none.
+    pub fn open_read_only(dir: &Path) -> Result<Option<Store>, StateError> {
+        use rusqlite::OpenFlags;
+        let path = db_path(dir);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(
+            |source| StateError::Open {
+                path: path.clone(),
+                source,
+            },
+        )?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(|source| StateError::Open { path, source })?;
+        Ok(Some(Store { conn }))
     }
 
     /// A private database that lives as long as the store (for tests).
@@ -793,7 +812,7 @@ mod tests {
                 err,
                 StateError::NewerSchema {
                     found: 7,
-                    known: 1,
+                    known: 2,
                     ..
                 }
             ),
@@ -801,7 +820,7 @@ mod tests {
         );
         let message = err.to_string();
         assert!(message.contains("schema version 7"), "{message}");
-        assert!(message.contains("versions up to 1"), "{message}");
+        assert!(message.contains("versions up to 2"), "{message}");
         assert!(message.contains("state.db"), "{message}");
     }
 

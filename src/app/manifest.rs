@@ -1,0 +1,552 @@
+//! The app manifest: what the agent needs to deploy a service — its
+//! directory, unit, repository, health check, commands and databases. The
+//! NixOS module writes it to `/etc/berth/services/<service>.json`; flags of
+//! `berth app deploy` override it. The schema is documented in docs/app.md.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Where the NixOS module writes manifests.
+pub const MANIFEST_DIR: &str = "/etc/berth/services";
+
+/// The manifest version this berth reads.
+pub const VERSION: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    pub version: u32,
+    pub service: String,
+    /// The service's directory: `repo.git`, `releases/`, `current`,
+    /// `data/`, `snapshots/`.
+    pub dir: PathBuf,
+    /// The systemd unit that runs `current`.
+    pub unit: String,
+    /// Where the code is fetched from (any URL git fetches).
+    pub repository: Option<String>,
+    /// Revisions must be reachable from this branch (unless forced).
+    #[serde(default = "default_branch")]
+    pub branch: String,
+    pub health: Health,
+    #[serde(default)]
+    pub commands: Commands,
+    #[serde(default)]
+    pub data: Data,
+    /// Releases kept, besides the current and the previous one.
+    #[serde(default = "default_keep")]
+    pub keep_releases: usize,
+    /// Snapshots kept.
+    #[serde(default = "default_keep")]
+    pub keep_snapshots: usize,
+    /// Extra environment for the install, build and migrate commands.
+    #[serde(default)]
+    pub environment: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Health {
+    /// Checked over loopback, e.g. `http://127.0.0.1:3000/health`.
+    pub url: String,
+    /// The status a healthy app answers.
+    #[serde(default = "default_status")]
+    pub status: u16,
+    /// Seconds the app has to become healthy after it starts.
+    #[serde(default = "default_health_timeout")]
+    pub timeout: u64,
+    /// Seconds it must stay healthy (no restart, still answering) after it
+    /// first answers.
+    #[serde(default = "default_settle")]
+    pub settle: u64,
+    /// Whether the answer must carry the deployed revision (its first 12
+    /// characters, anywhere in the body).
+    #[serde(default)]
+    pub expect_revision: bool,
+}
+
+/// Shell commands run as the service's user (`sh -c`) in the new release.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Commands {
+    /// Installs dependencies, with a frozen lockfile.
+    pub install: Option<String>,
+    pub build: Option<String>,
+    /// Runs with the service stopped, after the snapshot.
+    pub migrate: Option<String>,
+}
+
+/// What the service keeps in `data/`: snapshot before each deploy and
+/// backed up.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Data {
+    /// SQLite databases, relative to the service directory or absolute
+    /// inside it.
+    #[serde(default)]
+    pub sqlite: Vec<PathBuf>,
+    /// PostgreSQL databases, by name (backed up by the module's timer).
+    #[serde(default)]
+    pub postgres: Vec<String>,
+    /// Files and directories, as `sqlite`.
+    #[serde(default)]
+    pub files: Vec<PathBuf>,
+    /// Globs the backup leaves out.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+}
+
+fn default_branch() -> String {
+    "main".into()
+}
+fn default_keep() -> usize {
+    5
+}
+fn default_status() -> u16 {
+    200
+}
+fn default_health_timeout() -> u64 {
+    60
+}
+fn default_settle() -> u64 {
+    3
+}
+
+/// Flags that override the manifest (and stand in for it on a host without
+/// the module).
+#[derive(Clone, Debug, Default, clap::Args)]
+#[command(next_help_heading = "Manifest overrides")]
+pub struct Overrides {
+    /// The git repository to fetch from
+    #[arg(long, value_name = "URL")]
+    pub repo: Option<String>,
+    /// The health check URL, over loopback on the host
+    #[arg(long, value_name = "URL")]
+    pub health_url: Option<String>,
+    /// An SQLite database to snapshot (repeat for several; replaces the manifest's list)
+    #[arg(long = "db", value_name = "PATH")]
+    pub dbs: Vec<PathBuf>,
+    /// The install command (e.g. `bun install --frozen-lockfile`)
+    #[arg(long, value_name = "CMD")]
+    pub install: Option<String>,
+    /// The build command
+    #[arg(long, value_name = "CMD")]
+    pub build: Option<String>,
+    /// The migrate command, run with the service stopped
+    #[arg(long, value_name = "CMD")]
+    pub migrate: Option<String>,
+    /// The systemd unit
+    #[arg(long, value_name = "NAME")]
+    pub unit: Option<String>,
+}
+
+impl Overrides {
+    /// The same flags, for the agent's command line.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        let mut flag = |name: &str, value: &Option<String>| {
+            if let Some(v) = value {
+                args.extend([format!("--{name}"), v.clone()]);
+            }
+        };
+        flag("repo", &self.repo);
+        flag("health-url", &self.health_url);
+        flag("install", &self.install);
+        flag("build", &self.build);
+        flag("migrate", &self.migrate);
+        flag("unit", &self.unit);
+        for db in &self.dbs {
+            args.extend(["--db".into(), db.display().to_string()]);
+        }
+        args
+    }
+
+    fn is_empty(&self) -> bool {
+        self.to_args().is_empty()
+    }
+}
+
+/// A manifest that cannot be used. Nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("unknown service `{service}`: there is no {}", .path.display())]
+    Unknown { service: String, path: PathBuf },
+    #[error("could not read the manifest {}", .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the manifest {} is not valid", .path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("the manifest {} has version {found}; this berth reads version {VERSION}", .path.display())]
+    Version { path: PathBuf, found: u32 },
+    #[error("service `{service}`: {problem}")]
+    Invalid { service: String, problem: String },
+}
+
+impl ManifestError {
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            ManifestError::Unknown { service, .. } => Some(format!(
+                "enable `berth.services.{service}` in the host's NixOS configuration, or give \
+                 --repo and --health-url to deploy without a manifest"
+            )),
+            ManifestError::Version { .. } => Some(
+                "use the berth the host's NixOS configuration installs (`--agent berth`)".into(),
+            ),
+            _ => None,
+        }
+    }
+}
+
+/// Whether `name` can be a service (and user, unit and directory) name.
+pub fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && name.len() <= 64
+}
+
+impl Manifest {
+    /// Reads `service`'s manifest from `dir` and applies `overrides`. With
+    /// no manifest, the overrides must name at least the repository and the
+    /// health URL; the directory is then `/var/lib/<service>` and the unit
+    /// `<service>.service`.
+    pub fn load(
+        dir: &Path,
+        service: &str,
+        overrides: &Overrides,
+    ) -> Result<Manifest, ManifestError> {
+        let invalid = |problem: String| ManifestError::Invalid {
+            service: service.to_owned(),
+            problem,
+        };
+        if !valid_name(service) {
+            return Err(invalid(
+                "a service name is lowercase letters, digits, `-` and `_`, starting with a letter or digit".into(),
+            ));
+        }
+        let path = dir.join(format!("{service}.json"));
+        let mut manifest = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let m: Manifest =
+                    serde_json::from_slice(&bytes).map_err(|source| ManifestError::Parse {
+                        path: path.clone(),
+                        source,
+                    })?;
+                if m.version != VERSION {
+                    return Err(ManifestError::Version {
+                        path,
+                        found: m.version,
+                    });
+                }
+                if m.service != service {
+                    return Err(invalid(format!(
+                        "{} is the manifest of `{}`",
+                        path.display(),
+                        m.service
+                    )));
+                }
+                m
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                if overrides.repo.is_none() || overrides.health_url.is_none() {
+                    return Err(ManifestError::Unknown {
+                        service: service.to_owned(),
+                        path,
+                    });
+                }
+                Manifest::bare(service)
+            }
+            Err(source) => return Err(ManifestError::Read { path, source }),
+        };
+        if !overrides.is_empty() {
+            manifest.apply(overrides);
+        }
+        manifest.validate().map_err(invalid)?;
+        Ok(manifest)
+    }
+
+    /// The defaults of a service without a manifest.
+    fn bare(service: &str) -> Manifest {
+        Manifest {
+            version: VERSION,
+            service: service.to_owned(),
+            dir: PathBuf::from(format!("/var/lib/{service}")),
+            unit: format!("{service}.service"),
+            repository: None,
+            branch: default_branch(),
+            health: Health {
+                url: String::new(),
+                status: default_status(),
+                timeout: default_health_timeout(),
+                settle: default_settle(),
+                expect_revision: false,
+            },
+            commands: Commands::default(),
+            data: Data::default(),
+            keep_releases: default_keep(),
+            keep_snapshots: default_keep(),
+            environment: BTreeMap::new(),
+        }
+    }
+
+    fn apply(&mut self, o: &Overrides) {
+        if let Some(repo) = &o.repo {
+            self.repository = Some(repo.clone());
+        }
+        if let Some(url) = &o.health_url {
+            self.health.url = url.clone();
+        }
+        if !o.dbs.is_empty() {
+            self.data.sqlite = o.dbs.clone();
+        }
+        for (slot, value) in [
+            (&mut self.commands.install, &o.install),
+            (&mut self.commands.build, &o.build),
+            (&mut self.commands.migrate, &o.migrate),
+        ] {
+            if value.is_some() {
+                slot.clone_from(value);
+            }
+        }
+        if let Some(unit) = &o.unit {
+            self.unit = unit.clone();
+        }
+    }
+
+    /// Checks what the deploy relies on, and makes data paths absolute.
+    fn validate(&mut self) -> Result<(), String> {
+        if !self.dir.is_absolute() || has_dot_dot(&self.dir) || self.dir == Path::new("/") {
+            return Err(format!(
+                "its directory {} must be an absolute path below /, without `..`",
+                self.dir.display()
+            ));
+        }
+        if !self.unit.contains('.') {
+            self.unit.push_str(".service");
+        }
+        if self.unit.starts_with('-')
+            || self
+                .unit
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == '/')
+        {
+            return Err(format!("`{}` is not a systemd unit name", self.unit));
+        }
+        if !(self.health.url.starts_with("http://") || self.health.url.starts_with("https://")) {
+            return Err(format!(
+                "the health URL `{}` must be an http:// or https:// URL",
+                self.health.url
+            ));
+        }
+        let dir = self.dir.clone();
+        for path in self
+            .data
+            .sqlite
+            .iter_mut()
+            .chain(self.data.files.iter_mut())
+        {
+            *path = inside(&dir, path)?;
+        }
+        Ok(())
+    }
+
+    pub fn layout(&self) -> Layout {
+        Layout {
+            dir: self.dir.clone(),
+        }
+    }
+}
+
+fn has_dot_dot(path: &Path) -> bool {
+    path.components().any(|c| c == Component::ParentDir)
+}
+
+/// `path` made absolute against `dir`; an error when it leaves `dir`.
+fn inside(dir: &Path, path: &Path) -> Result<PathBuf, String> {
+    let full = dir.join(path);
+    if has_dot_dot(path) || !full.starts_with(dir) || full == dir {
+        return Err(format!(
+            "the data path {} is outside the service's directory {}",
+            path.display(),
+            dir.display()
+        ));
+    }
+    Ok(full)
+}
+
+/// Where a service's things are, under its directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub dir: PathBuf,
+}
+
+impl Layout {
+    pub fn repo(&self) -> PathBuf {
+        self.dir.join("repo.git")
+    }
+    pub fn releases(&self) -> PathBuf {
+        self.dir.join("releases")
+    }
+    pub fn release(&self, revision: &str) -> PathBuf {
+        self.releases().join(revision)
+    }
+    /// The symlink the unit runs from.
+    pub fn current(&self) -> PathBuf {
+        self.dir.join("current")
+    }
+    pub fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+    pub fn snapshots(&self) -> PathBuf {
+        self.dir.join("snapshots")
+    }
+    pub fn snapshot(&self, id: &str) -> PathBuf {
+        self.snapshots().join(id)
+    }
+    /// berth's records of this service: its state database.
+    pub fn state(&self) -> PathBuf {
+        self.dir.join(".berth")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, service: &str, json: serde_json::Value) {
+        std::fs::write(dir.join(format!("{service}.json")), json.to_string()).unwrap();
+    }
+
+    fn minimal(service: &str) -> serde_json::Value {
+        serde_json::json!({
+            "version": 1,
+            "service": service,
+            "dir": format!("/var/lib/{service}"),
+            "unit": service,
+            "repository": "https://example.com/notes.git",
+            "health": { "url": "http://127.0.0.1:3000/health" },
+            "data": { "sqlite": ["data/app.db", "/var/lib/notes/data/jobs.db"] },
+        })
+    }
+
+    #[test]
+    fn reads_a_manifest_with_defaults() {
+        let tmp = tempfile::tempdir().unwrap();
+        write(tmp.path(), "notes", minimal("notes"));
+        let m = Manifest::load(tmp.path(), "notes", &Overrides::default()).unwrap();
+        assert_eq!(m.unit, "notes.service");
+        assert_eq!(m.branch, "main");
+        assert_eq!((m.health.status, m.health.timeout), (200, 60));
+        assert_eq!(
+            m.data.sqlite,
+            [
+                PathBuf::from("/var/lib/notes/data/app.db"),
+                PathBuf::from("/var/lib/notes/data/jobs.db")
+            ]
+        );
+        assert_eq!(m.keep_releases, 5);
+        assert_eq!(m.layout().current(), Path::new("/var/lib/notes/current"));
+    }
+
+    #[test]
+    fn flags_override_the_manifest() {
+        let tmp = tempfile::tempdir().unwrap();
+        write(tmp.path(), "notes", minimal("notes"));
+        let o = Overrides {
+            health_url: Some("http://127.0.0.1:9/ok".into()),
+            dbs: vec!["data/other.db".into()],
+            migrate: Some("./migrate".into()),
+            ..Overrides::default()
+        };
+        let m = Manifest::load(tmp.path(), "notes", &o).unwrap();
+        assert_eq!(m.health.url, "http://127.0.0.1:9/ok");
+        assert_eq!(
+            m.data.sqlite,
+            [PathBuf::from("/var/lib/notes/data/other.db")]
+        );
+        assert_eq!(m.commands.migrate.as_deref(), Some("./migrate"));
+        assert_eq!(
+            o.to_args(),
+            [
+                "--health-url",
+                "http://127.0.0.1:9/ok",
+                "--migrate",
+                "./migrate",
+                "--db",
+                "data/other.db"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unknown_service_says_how_to_declare_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let err = Manifest::load(tmp.path(), "ghost", &Overrides::default()).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("unknown service `ghost`: there is no "),
+            "{err}"
+        );
+        assert!(err.hint().unwrap().contains("berth.services.ghost"));
+        // Flags can stand in for the manifest.
+        let o = Overrides {
+            repo: Some("/srv/ghost.git".into()),
+            health_url: Some("http://127.0.0.1:1/".into()),
+            ..Overrides::default()
+        };
+        let m = Manifest::load(tmp.path(), "ghost", &o).unwrap();
+        assert_eq!(m.dir, Path::new("/var/lib/ghost"));
+    }
+
+    #[test]
+    fn refuses_paths_outside_the_service_and_bad_names() {
+        let tmp = tempfile::tempdir().unwrap();
+        for (db, ok) in [
+            ("data/app.db", true),
+            ("../other/app.db", false),
+            ("/etc/shadow", false),
+            ("/var/lib/notes", false),
+            ("/var/lib/notesX/app.db", false),
+        ] {
+            let mut json = minimal("notes");
+            json["data"]["sqlite"] = serde_json::json!([db]);
+            write(tmp.path(), "notes", json);
+            let result = Manifest::load(tmp.path(), "notes", &Overrides::default());
+            assert_eq!(result.is_ok(), ok, "{db}: {result:?}");
+            if let Err(err) = result {
+                assert!(
+                    err.to_string().contains("outside the service's directory"),
+                    "{err}"
+                );
+            }
+        }
+        assert!(Manifest::load(tmp.path(), "../etc", &Overrides::default()).is_err());
+        let mut json = minimal("notes");
+        json["unit"] = "a b".into();
+        write(tmp.path(), "notes", json);
+        assert!(Manifest::load(tmp.path(), "notes", &Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn refuses_a_newer_manifest_and_another_services() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut json = minimal("notes");
+        json["version"] = 2.into();
+        write(tmp.path(), "notes", json);
+        let err = Manifest::load(tmp.path(), "notes", &Overrides::default()).unwrap_err();
+        assert!(
+            matches!(err, ManifestError::Version { found: 2, .. }),
+            "{err}"
+        );
+        write(tmp.path(), "wiki", minimal("notes"));
+        assert!(Manifest::load(tmp.path(), "wiki", &Overrides::default()).is_err());
+    }
+}

@@ -1,0 +1,1124 @@
+//! The app deploy transaction, run on the host by the agent as the
+//! service's own user (docs/app.md has the steps):
+//! lock → fetch the exact revision → build `releases/<sha>` while the old
+//! release serves → snapshot the databases → stop → migrate → swap
+//! `current` → start → health. A failure after the stop restores the
+//! snapshot and the previous release, checks health again and blocks the
+//! revision.
+//!
+//! Each phase is recorded in the service's state database as it passes, so
+//! when the agent is killed the next `app deploy`, `app status` or
+//! `app rollback` of the service finishes or rolls back what it left.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::manifest::{Layout, Manifest};
+use super::release::{self, ReleaseError, Repo, Wanted};
+use super::snapshot::{self, Snapshot};
+use super::unit::{self, HealthCheck, UnitState};
+use crate::agent::{AgentResult, Outcome, EVENT_PHASE};
+use crate::output::Printer;
+use crate::process::{self, CommandError, JobLog};
+use crate::state::{
+    self, service_scope, Deployment, Kind, LockError, LockHolder, NewDeployment, StateError,
+    Status, Store, HOST_SCOPE,
+};
+
+/// The goal recorded for each kind of app deployment.
+pub const GOAL_DEPLOY: &str = "app";
+pub const GOAL_ROLLBACK: &str = "app-rollback";
+pub const GOAL_RESTORE: &str = "restore";
+
+/// The event that reports a dead agent's deployment, settled before this
+/// command's own work.
+pub const EVENT_RECOVERED: &str = "recovered";
+
+/// The phase recorded right before the service is first touched: an
+/// interrupted deployment that reached it must be rolled back.
+const TOUCHED: &str = "stop";
+/// The phase recorded once the new release passed its health check: an
+/// interrupted deployment that reached it is finished, not rolled back.
+const HEALTHY: &str = "healthy";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Release(#[from] ReleaseError),
+    #[error(transparent)]
+    Snapshot(#[from] snapshot::SnapshotError),
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    #[error("revision {revision} of {service} was rolled back before ({why}): it is blocked")]
+    Blocked {
+        service: String,
+        revision: String,
+        why: String,
+    },
+    #[error("{} is not an SQLite database", .0.display())]
+    NotSqlite(PathBuf),
+    #[error("{service} has no kept release {wanted}{}", kept_list(.kept))]
+    NoSuchRelease {
+        service: String,
+        wanted: String,
+        kept: Vec<String>,
+    },
+    #[error("{0}")]
+    Nothing(String),
+    #[error("no snapshot {id} of {service}")]
+    NoSuchSnapshot { service: String, id: String },
+}
+
+fn kept_list(kept: &[String]) -> String {
+    if kept.is_empty() {
+        " (none are kept)".into()
+    } else {
+        format!(" (kept: {})", kept.join(", "))
+    }
+}
+
+impl AppError {
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            AppError::Blocked { .. } => Some(
+                "fix it in a new commit, or pass --force to deploy this revision anyway".into(),
+            ),
+            AppError::Release(e) => e.hint(),
+            AppError::NotSqlite(_) => Some(
+                "list only SQLite files in data.sqlite (or --db); declare other data in data.files"
+                    .into(),
+            ),
+            _ => None,
+        }
+    }
+
+    /// Bad input: nothing was touched.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            AppError::Blocked { .. }
+                | AppError::NotSqlite(_)
+                | AppError::NoSuchRelease { .. }
+                | AppError::NoSuchSnapshot { .. }
+                | AppError::Nothing(_)
+        ) || matches!(
+            self,
+            AppError::Release(
+                ReleaseError::BadRevision(_)
+                    | ReleaseError::BadName(_)
+                    | ReleaseError::NotFound { .. }
+                    | ReleaseError::NotOnBranch { .. }
+                    | ReleaseError::NoRepository
+            )
+        )
+    }
+}
+
+/// What `app deploy` asks for.
+#[derive(Clone, Debug)]
+pub struct DeployRequest {
+    pub id: String,
+    pub wanted: Wanted,
+    pub actor: String,
+    pub reason: Option<String>,
+    pub ci_run_url: Option<String>,
+    pub lock_wait: Duration,
+    /// Deploy a blocked revision, or one off the branch.
+    pub force: bool,
+    pub dry_run: bool,
+}
+
+/// What `app rollback` asks for.
+#[derive(Clone, Debug)]
+pub struct RollbackRequest {
+    pub id: String,
+    /// A kept release (full or abbreviated name); default the previous one.
+    pub to: Option<String>,
+    /// Also put back the data as it was before the release being left was
+    /// deployed.
+    pub restore_data: bool,
+    pub actor: String,
+    pub lock_wait: Duration,
+}
+
+/// `app deploy --dry-run`: what a deploy would do.
+#[derive(Clone, Debug, Serialize)]
+pub struct Plan {
+    pub service: String,
+    pub from: Option<String>,
+    pub to: String,
+    pub unchanged: bool,
+    pub build: bool,
+    pub databases: Vec<PathBuf>,
+    pub files: Vec<PathBuf>,
+    pub migrate: Option<String>,
+    pub lock: Option<LockHolder>,
+}
+
+/// `app status`.
+#[derive(Clone, Debug, Serialize)]
+pub struct AppStatus {
+    pub service: String,
+    pub unit: String,
+    pub state: Option<UnitState>,
+    pub current: Option<String>,
+    pub releases: Vec<String>,
+    pub active: Option<Deployment>,
+    pub last: Option<Deployment>,
+    pub lock: Option<LockHolder>,
+    /// What this call recovered first, if an agent had died mid-deploy.
+    pub recovered: Option<AgentResult>,
+}
+
+/// The agent's side of one service.
+pub struct AppAgent {
+    store: Store,
+    manifest: Manifest,
+    layout: Layout,
+    printer: Printer,
+    log: JobLog,
+    /// Where the host's own state is (its host-wide lock).
+    host_state: PathBuf,
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AppError {
+    let what = what.into();
+    move |source| AppError::Release(ReleaseError::Io { what, source })
+}
+
+impl AppAgent {
+    pub fn open(manifest: Manifest, host_state: &Path) -> Result<AppAgent, AppError> {
+        let layout = manifest.layout();
+        let store = Store::open(&layout.state())?;
+        Ok(AppAgent {
+            store,
+            manifest,
+            layout,
+            printer: Printer::new(true, false),
+            log: JobLog::new(),
+            host_state: host_state.to_owned(),
+        })
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    fn service(&self) -> &str {
+        &self.manifest.service
+    }
+
+    fn phase(&self, id: &str, phase: &str, message: &str) {
+        let _ = self.store.add_event(id, phase, message);
+        self.printer.event(
+            EVENT_PHASE,
+            &serde_json::json!({ "id": id, "phase": phase, "message": message }),
+        );
+    }
+
+    fn result(&self, deployment: &Deployment, message: impl Into<String>) -> AgentResult {
+        AgentResult::of(deployment, message)
+    }
+
+    fn repo(&self) -> Result<Repo<'_>, AppError> {
+        Ok(Repo {
+            path: self.layout.repo(),
+            url: self
+                .manifest
+                .repository
+                .clone()
+                .ok_or(ReleaseError::NoRepository)?,
+            log: &self.log,
+        })
+    }
+
+    /// The environment of the service's install, build and migrate steps.
+    fn step_env(&self, revision: &str, release: &Path) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = self
+            .manifest
+            .environment
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        env.extend([
+            ("BERTH_SERVICE".into(), self.service().to_owned()),
+            ("BERTH_REVISION".into(), revision.to_owned()),
+            ("BERTH_RELEASE".into(), release.display().to_string()),
+            (
+                "BERTH_DATA".into(),
+                self.layout.data().display().to_string(),
+            ),
+        ]);
+        env
+    }
+
+    fn health_check(&self, revision: Option<&str>) -> HealthCheck {
+        let h = &self.manifest.health;
+        HealthCheck {
+            url: h.url.clone(),
+            status: h.status,
+            timeout: Duration::from_secs(h.timeout),
+            settle: Duration::from_secs(h.settle),
+            expect: revision
+                .filter(|_| h.expect_revision)
+                .map(|r| r[..r.len().min(12)].to_owned()),
+        }
+    }
+
+    /// The host-wide lock, when someone other than `actor` holds it. The
+    /// host's state may not be readable by the service's user: then there
+    /// is no host lock to honour.
+    fn host_lock(&self, actor: &str) -> Option<LockHolder> {
+        let store = Store::open_read_only(&self.host_state).ok().flatten()?;
+        store
+            .lock_holder(HOST_SCOPE)
+            .ok()
+            .flatten()
+            .filter(|h| h.owner != actor)
+    }
+
+    /// Takes the service's lock for this process, waiting up to `wait`.
+    async fn lock(&mut self, actor: &str, reason: &str, wait: Duration) -> Result<(), Busy> {
+        let scope = service_scope(&self.manifest.service);
+        let deadline = Instant::now() + wait;
+        loop {
+            let held = match self.host_lock(actor) {
+                Some(holder) => Some(holder),
+                None => match self.store.lock_for_process(&scope, actor, Some(reason)) {
+                    Ok(_) => return Ok(()),
+                    Err(LockError::Held { holder }) => Some(*holder),
+                    Err(e) => return Err(Busy::Error(e.to_string())),
+                },
+            };
+            if let Some(holder) = held {
+                if Instant::now() >= deadline {
+                    let what = state::scope_name(&holder.scope);
+                    return Err(if wait.is_zero() {
+                        Busy::Held(format!("{what} is locked by {holder}"))
+                    } else {
+                        Busy::TimedOut(format!(
+                            "{what} is still locked by {holder} after waiting {}s",
+                            wait.as_secs()
+                        ))
+                    });
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    fn unlock(&mut self) {
+        let _ = self
+            .store
+            .unlock_process(&service_scope(&self.manifest.service));
+    }
+
+    /// Whether deployment `d`'s agent still runs (it holds the lock).
+    fn running(&self, d: &Deployment) -> bool {
+        let holder = self
+            .store
+            .lock_holder(&service_scope(&self.manifest.service))
+            .ok()
+            .flatten();
+        matches!((holder, d.agent_pid), (Some(h), Some(pid)) if h.pid == Some(pid) && h.process_alive())
+    }
+
+    /// Finishes or rolls back a deployment whose agent died: one that had
+    /// passed its health check is confirmed; one that had touched the
+    /// service is rolled back (not blocked: the revision did not fail);
+    /// one that had not is marked failed.
+    pub async fn recover(&mut self) -> Result<Option<AgentResult>, AppError> {
+        let Some(d) = self.store.active(Kind::App, &self.manifest.service)? else {
+            return Ok(None);
+        };
+        if self.running(&d) {
+            return Ok(None);
+        }
+        let phases: Vec<String> = self
+            .store
+            .events(&d.id)?
+            .into_iter()
+            .map(|e| e.phase)
+            .collect();
+        if let Some(pid) = d.agent_pid {
+            kill_leftovers(pid);
+        }
+        let seen = |p: &str| phases.iter().any(|x| x == p);
+        let last = phases.last().cloned().unwrap_or_else(|| "recorded".into());
+        self.phase(
+            &d.id,
+            "recover",
+            &format!(
+                "the agent of deployment {} died during its {last} phase",
+                d.id
+            ),
+        );
+        let result = if seen(HEALTHY) {
+            let done = self.store.set_status(&d.id, Status::Confirmed, None)?;
+            self.result(
+                &done,
+                format!(
+                    "finished deployment {} of {}: it had passed its health check",
+                    d.id, d.to_path
+                ),
+            )
+        } else if seen(TOUCHED) {
+            self.undo(&d, "its agent died mid-deploy", false).await?
+        } else {
+            let done = self.store.set_status(&d.id, Status::Failed, Some(&last))?;
+            self.result(
+                &done,
+                format!(
+                    "deployment {} died before it touched the service; nothing to undo",
+                    d.id
+                ),
+            )
+        };
+        self.unlock();
+        Ok(Some(result))
+    }
+
+    /// Checks what a deploy of `wanted` needs, and resolves it. Touches
+    /// nothing but the repository cache.
+    async fn prepare(&self, req: &DeployRequest) -> Result<String, AppError> {
+        for db in &self.manifest.data.sqlite {
+            if !snapshot::check_sqlite(db)? {
+                return Err(AppError::NotSqlite(db.clone()));
+            }
+        }
+        let repo = self.repo()?;
+        release::check(&req.wanted)?;
+        repo.ensure().await?;
+        repo.fetch().await?;
+        let sha = repo.resolve(&req.wanted).await?;
+        if !req.force {
+            if let Some(b) = self.store.blocked(self.service(), &sha)? {
+                return Err(AppError::Blocked {
+                    service: self.service().to_owned(),
+                    revision: sha,
+                    why: format!(
+                        "deployment {}: {}",
+                        b.deployment_id.unwrap_or_default(),
+                        b.reason.unwrap_or_default()
+                    ),
+                });
+            }
+            if !repo.on_branch(&sha, &self.manifest.branch).await? {
+                return Err(ReleaseError::NotOnBranch {
+                    revision: sha,
+                    branch: self.manifest.branch.clone(),
+                    repository: repo.url.clone(),
+                }
+                .into());
+            }
+        }
+        Ok(sha)
+    }
+
+    /// `app deploy --dry-run`.
+    pub async fn plan(&mut self, req: &DeployRequest) -> Result<Plan, AppError> {
+        let sha = self.prepare(req).await?;
+        let from = release::current_revision(&self.layout.current());
+        Ok(Plan {
+            service: self.service().to_owned(),
+            unchanged: from.as_deref() == Some(sha.as_str()),
+            from,
+            build: !release::is_built(&self.layout.release(&sha)),
+            to: sha,
+            databases: self.manifest.data.sqlite.clone(),
+            files: self.manifest.data.files.clone(),
+            migrate: self.manifest.commands.migrate.clone(),
+            lock: self
+                .store
+                .lock_holder(&service_scope(self.service()))?
+                .or_else(|| self.host_lock(&req.actor)),
+        })
+    }
+
+    /// `app deploy`: the whole transaction.
+    pub async fn deploy(&mut self, req: &DeployRequest) -> Result<AgentResult, AppError> {
+        if let Some(recovered) = self.recover().await? {
+            self.printer.event(EVENT_RECOVERED, &recovered);
+        }
+        let reason = format!("deploy {} by {}", req.id, req.actor);
+        if let Err(busy) = self.lock(&req.actor, &reason, req.lock_wait).await {
+            return Ok(busy.result());
+        }
+        let result = self.deploy_locked(req).await;
+        self.unlock();
+        result
+    }
+
+    async fn deploy_locked(&mut self, req: &DeployRequest) -> Result<AgentResult, AppError> {
+        let sha = self.prepare(req).await?;
+        let from = release::current_revision(&self.layout.current());
+        if from.as_deref() == Some(sha.as_str()) {
+            return Ok(AgentResult {
+                outcome: Outcome::Unchanged,
+                message: format!("{} already runs {sha}", self.service()),
+                deployment: None,
+            });
+        }
+        let d = self.store.begin(&NewDeployment {
+            id: req.id.clone(),
+            kind: Kind::App,
+            target: self.service().to_owned(),
+            from_path: from.clone(),
+            from_generation: None,
+            to_path: sha.clone(),
+            goal: GOAL_DEPLOY.into(),
+            actor: req.actor.clone(),
+            reason: req.reason.clone(),
+            ci_run_url: req.ci_run_url.clone(),
+        })?;
+        self.store.set_agent_pid(&d.id, std::process::id())?;
+        self.phase(
+            &d.id,
+            "recorded",
+            &format!(
+                "{} → {sha} (agent pid {})",
+                from.as_deref().unwrap_or("nothing"),
+                std::process::id()
+            ),
+        );
+        match self.run_deploy(&d, &sha, req.force).await {
+            Ok(result) => Ok(result),
+            Err((phase, err)) => self.fail(&d, &phase, err).await,
+        }
+    }
+
+    /// Settles a deployment whose step `phase` failed with `err`: before
+    /// the service was touched it just failed; after, it is rolled back.
+    async fn fail(
+        &mut self,
+        d: &Deployment,
+        phase: &str,
+        err: AppError,
+    ) -> Result<AgentResult, AppError> {
+        let why = format!("{phase} failed: {err}{}", command_tail(&err));
+        let touched = self.store.events(&d.id)?.iter().any(|e| e.phase == TOUCHED);
+        if touched {
+            let result = self.undo(d, &why, true).await?;
+            return Ok(result);
+        }
+        self.phase(&d.id, phase, &why);
+        let done = self.store.set_status(&d.id, Status::Failed, Some(phase))?;
+        Ok(self.result(
+            &done,
+            format!(
+                "{why}; the service was not touched and still runs {}",
+                running(&done.from_path)
+            ),
+        ))
+    }
+
+    /// The steps after recording; an error names its phase.
+    async fn run_deploy(
+        &mut self,
+        d: &Deployment,
+        sha: &str,
+        force: bool,
+    ) -> Result<AgentResult, (String, AppError)> {
+        let at = |phase: &str| {
+            let phase = phase.to_owned();
+            move |e: AppError| (phase, e)
+        };
+        let dir = self.layout.release(sha);
+        self.build(d, sha, &dir).await.map_err(at("build"))?;
+
+        let snap = self.snapshot_into(&d.id).map_err(at("snapshot"))?;
+        self.phase(&d.id, "snapshot", &describe(&snap));
+
+        self.phase(&d.id, TOUCHED, &format!("stopping {}", self.manifest.unit));
+        unit::control("stop", &self.manifest.unit, &self.log)
+            .await
+            .map_err(|e| ("stop".to_owned(), e.into()))?;
+        if let Some(migrate) = self.manifest.commands.migrate.clone() {
+            self.phase(&d.id, "migrate", &migrate);
+            let env = self.step_env(sha, &dir);
+            self.step("migrate", &migrate, &dir, &env)
+                .await
+                .map_err(at("migrate"))?;
+        }
+        self.phase(&d.id, "swap", &format!("current → releases/{sha}"));
+        release::swap_symlink(&self.layout.current(), &dir)
+            .map_err(|e| ("swap".to_owned(), e.into()))?;
+        self.phase(&d.id, "start", &format!("starting {}", self.manifest.unit));
+        unit::control("start", &self.manifest.unit, &self.log)
+            .await
+            .map_err(|e| ("start".to_owned(), e.into()))?;
+
+        self.phase(&d.id, "health", &self.manifest.health.url.clone());
+        let verdict = unit::wait_healthy(
+            &self.manifest.unit,
+            &self.health_check(Some(sha)),
+            &self.log,
+        )
+        .await;
+        if !verdict.healthy {
+            return Err(("health".into(), AppError::Nothing(verdict.message)));
+        }
+        self.phase(&d.id, HEALTHY, &verdict.message);
+
+        if force {
+            let _ = self.store.unblock(self.service(), sha);
+        }
+        let done = self
+            .store
+            .set_status(&d.id, Status::Confirmed, None)
+            .map_err(|e| ("record".to_owned(), e.into()))?;
+        self.prune(&[sha, d.from_path.as_deref().unwrap_or("")], &d.id);
+        Ok(self.result(&done, format!("{} runs {sha}", self.service())))
+    }
+
+    /// Builds `releases/<sha>` unless it is already built.
+    async fn build(&self, d: &Deployment, sha: &str, dir: &Path) -> Result<(), AppError> {
+        if release::is_built(dir) {
+            self.phase(&d.id, "build", &format!("releases/{sha} is already built"));
+            return Ok(());
+        }
+        self.phase(
+            &d.id,
+            "build",
+            &format!("checking out {sha} into releases/{sha}"),
+        );
+        release::remove_tree(dir).map_err(io(format!("remove {}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
+        self.repo()?.checkout(sha, dir).await?;
+        let rev_file = dir.join(release::REVISION_FILE);
+        std::fs::write(&rev_file, format!("{sha}\n"))
+            .map_err(io(format!("write {}", rev_file.display())))?;
+        let env = self.step_env(sha, dir);
+        for (name, command) in [
+            ("install", self.manifest.commands.install.clone()),
+            ("build", self.manifest.commands.build.clone()),
+        ] {
+            if let Some(command) = command {
+                self.phase(&d.id, name, &command);
+                self.step(name, &command, dir, &env).await?;
+            }
+        }
+        release::mark_built(dir)?;
+        Ok(())
+    }
+
+    async fn step(
+        &self,
+        name: &'static str,
+        command: &str,
+        dir: &Path,
+        env: &[(String, String)],
+    ) -> Result<(), AppError> {
+        process::output(
+            &release::step(command, dir, env),
+            process::Via::Local,
+            &self.log,
+        )
+        .await
+        .and_then(process::Output::check)
+        .map(drop)
+        .map_err(|source| {
+            ReleaseError::Step {
+                step: name,
+                dir: dir.to_owned(),
+                source,
+            }
+            .into()
+        })
+    }
+
+    fn snapshot_into(&self, id: &str) -> Result<Snapshot, AppError> {
+        Ok(snapshot::create(
+            &self.layout.snapshot(id),
+            id,
+            self.service(),
+            &self.layout.dir,
+            &self.manifest.data.sqlite,
+            &self.manifest.data.files,
+        )?)
+    }
+
+    /// Puts the service back as deployment `d` found it: stop, restore the
+    /// snapshot taken under `d`'s id (if it took one), `current` back to
+    /// `d`'s starting release, start, and check health again. `block`
+    /// refuses `d`'s revision from now on.
+    async fn undo(
+        &mut self,
+        d: &Deployment,
+        why: &str,
+        block: bool,
+    ) -> Result<AgentResult, AppError> {
+        self.phase(&d.id, "rollback", why);
+        let mut problems = Vec::new();
+        if let Err(e) = unit::control("stop", &self.manifest.unit, &self.log).await {
+            problems.push(format!("stop: {e}"));
+        }
+        let snap_dir = self.layout.snapshot(&d.id);
+        if snapshot::read(&snap_dir).is_ok() {
+            match snapshot::restore(&snap_dir, &d.id) {
+                Ok(s) => self.phase(&d.id, "restore", &format!("restored {}", describe(&s))),
+                Err(e) => problems.push(format!("restore: {e}")),
+            }
+        }
+        let previous = d.from_path.clone();
+        match &previous {
+            Some(prev) => {
+                let dir = self.layout.release(prev);
+                if let Err(e) = release::swap_symlink(&self.layout.current(), &dir) {
+                    problems.push(format!("swap: {e}"));
+                }
+                self.phase(&d.id, "swap", &format!("current → releases/{prev}"));
+                if let Err(e) = unit::control("start", &self.manifest.unit, &self.log).await {
+                    problems.push(format!("start: {e}"));
+                }
+                let verdict = unit::wait_healthy(
+                    &self.manifest.unit,
+                    &self.health_check(Some(prev)),
+                    &self.log,
+                )
+                .await;
+                self.phase(&d.id, "health", &verdict.message);
+                if !verdict.healthy {
+                    problems.push(format!("{prev} is not healthy either: {}", verdict.message));
+                }
+            }
+            None => {
+                // A first deploy: there is nothing to go back to.
+                let _ = std::fs::remove_file(self.layout.current());
+                self.phase(
+                    &d.id,
+                    "swap",
+                    "no previous release: the service stays stopped",
+                );
+            }
+        }
+        if block {
+            self.store.block(self.service(), &d.to_path, &d.id, why)?;
+            self.phase(
+                &d.id,
+                "block",
+                &format!("revision {} is blocked", d.to_path),
+            );
+        }
+        let failed_phase = self
+            .store
+            .events(&d.id)?
+            .iter()
+            .rev()
+            .find(|e| {
+                !["rollback", "restore", "swap", "health", "block", "recover"]
+                    .contains(&e.phase.as_str())
+            })
+            .map(|e| e.phase.clone());
+        if problems.is_empty() {
+            let done = self
+                .store
+                .set_status(&d.id, Status::RolledBack, failed_phase.as_deref())?;
+            Ok(self.result(
+                &done,
+                format!(
+                    "{why}; rolled back: {} runs {} again",
+                    self.service(),
+                    running(&previous)
+                ),
+            ))
+        } else {
+            let done =
+                self.store
+                    .set_status(&d.id, Status::RollbackFailed, failed_phase.as_deref())?;
+            Ok(self.result(
+                &done,
+                format!("{why}; the rollback failed too: {}", problems.join("; ")),
+            ))
+        }
+    }
+
+    /// Keeps `keep_releases` releases and `keep_snapshots` snapshots, and
+    /// those named in `protect`.
+    fn prune(&self, protect_releases: &[&str], protect_snapshot: &str) {
+        release::prune(
+            &self.layout.releases(),
+            self.manifest.keep_releases,
+            protect_releases,
+        );
+        let _ = snapshot::prune(
+            &self.layout.snapshots(),
+            self.manifest.keep_snapshots,
+            &[protect_snapshot],
+        );
+    }
+
+    /// `app rollback`: back to a kept release, without rebuilding.
+    pub async fn rollback(&mut self, req: &RollbackRequest) -> Result<AgentResult, AppError> {
+        if let Some(recovered) = self.recover().await? {
+            self.printer.event(EVENT_RECOVERED, &recovered);
+        }
+        let reason = format!("rollback {} by {}", req.id, req.actor);
+        if let Err(busy) = self.lock(&req.actor, &reason, req.lock_wait).await {
+            return Ok(busy.result());
+        }
+        let result = self.rollback_locked(req).await;
+        self.unlock();
+        result
+    }
+
+    async fn rollback_locked(&mut self, req: &RollbackRequest) -> Result<AgentResult, AppError> {
+        let current = release::current_revision(&self.layout.current());
+        let kept: Vec<String> = release::list(&self.layout.releases())
+            .into_iter()
+            .map(|(n, _)| n)
+            .filter(|n| Some(n) != current.as_ref())
+            .collect();
+        let target = match &req.to {
+            Some(to) => kept
+                .iter()
+                .find(|n| n.starts_with(to.as_str()))
+                .cloned()
+                .ok_or_else(|| AppError::NoSuchRelease {
+                    service: self.service().to_owned(),
+                    wanted: to.clone(),
+                    kept: kept.clone(),
+                })?,
+            // The release the current one replaced, never just any kept
+            // one (it may be one that failed).
+            None => match self.previous(current.as_deref())? {
+                Some(p) if kept.contains(&p) => p,
+                Some(p) => {
+                    return Err(AppError::NoSuchRelease {
+                        service: self.service().to_owned(),
+                        wanted: format!("{p} (the one before the current release)"),
+                        kept,
+                    })
+                }
+                None => {
+                    return Err(AppError::Nothing(format!(
+                        "{} has no previous release on record; name one with --to{}",
+                        self.service(),
+                        kept_list(&kept)
+                    )))
+                }
+            },
+        };
+        // The data to put back: as it was before `current` was deployed
+        // over `target`.
+        let data = if req.restore_data {
+            let source = self
+                .store
+                .history(Kind::App, Some(self.service()), 1000)?
+                .into_iter()
+                .find(|d| {
+                    d.status == Status::Confirmed
+                        && d.goal == GOAL_DEPLOY
+                        && d.from_path.as_deref() == Some(target.as_str())
+                        && Some(&d.to_path) == current.as_ref()
+                })
+                .map(|d| self.layout.snapshot(&d.id))
+                .filter(|dir| snapshot::read(dir).is_ok());
+            Some(source.ok_or_else(|| {
+                AppError::Nothing(format!(
+                    "no snapshot of {} from before {} replaced {target}",
+                    self.service(),
+                    current.as_deref().unwrap_or("nothing"),
+                ))
+            })?)
+        } else {
+            None
+        };
+        let d = self.store.begin(&NewDeployment {
+            id: req.id.clone(),
+            kind: Kind::App,
+            target: self.service().to_owned(),
+            from_path: current.clone(),
+            from_generation: None,
+            to_path: target.clone(),
+            goal: GOAL_ROLLBACK.into(),
+            actor: req.actor.clone(),
+            reason: Some(match &data {
+                Some(_) => "rollback with data".into(),
+                None => "rollback".into(),
+            }),
+            ci_run_url: None,
+        })?;
+        self.store.set_agent_pid(&d.id, std::process::id())?;
+        self.phase(
+            &d.id,
+            "recorded",
+            &format!("{} → {target}", current.as_deref().unwrap_or("nothing")),
+        );
+        let steps = async {
+            if let Some(source) = &data {
+                // The data now is kept too, so this rollback can be undone.
+                let snap = self.snapshot_into(&d.id).map_err(|e| ("snapshot", e))?;
+                self.phase(&d.id, "snapshot", &describe(&snap));
+                self.phase(&d.id, TOUCHED, &format!("stopping {}", self.manifest.unit));
+                unit::control("stop", &self.manifest.unit, &self.log)
+                    .await
+                    .map_err(|e| ("stop", e.into()))?;
+                let restored =
+                    snapshot::restore(source, &d.id).map_err(|e| ("restore", e.into()))?;
+                self.phase(
+                    &d.id,
+                    "restore",
+                    &format!("restored {}", describe(&restored)),
+                );
+            } else {
+                self.phase(&d.id, TOUCHED, &format!("stopping {}", self.manifest.unit));
+                unit::control("stop", &self.manifest.unit, &self.log)
+                    .await
+                    .map_err(|e| ("stop", e.into()))?;
+            }
+            self.phase(&d.id, "swap", &format!("current → releases/{target}"));
+            release::swap_symlink(&self.layout.current(), &self.layout.release(&target))
+                .map_err(|e| ("swap", e.into()))?;
+            self.phase(&d.id, "start", &format!("starting {}", self.manifest.unit));
+            unit::control("start", &self.manifest.unit, &self.log)
+                .await
+                .map_err(|e| ("start", e.into()))?;
+            self.phase(&d.id, "health", &self.manifest.health.url.clone());
+            let verdict = unit::wait_healthy(
+                &self.manifest.unit,
+                &self.health_check(Some(&target)),
+                &self.log,
+            )
+            .await;
+            if verdict.healthy {
+                self.phase(&d.id, HEALTHY, &verdict.message);
+                Ok(())
+            } else {
+                Err(("health", AppError::Nothing(verdict.message)))
+            }
+        }
+        .await;
+        match steps {
+            Ok(()) => {
+                let done = self.store.set_status(&d.id, Status::Confirmed, None)?;
+                Ok(self.result(&done, format!("{} runs {target} again", self.service())))
+            }
+            Err((phase, err)) => self.fail(&d, phase, err).await,
+        }
+    }
+
+    /// The release `current` replaced, from the records.
+    fn previous(&self, current: Option<&str>) -> Result<Option<String>, AppError> {
+        Ok(self
+            .store
+            .history(Kind::App, Some(self.service()), 1000)?
+            .into_iter()
+            .find(|d| d.status == Status::Confirmed && Some(d.to_path.as_str()) == current)
+            .and_then(|d| d.from_path))
+    }
+
+    /// `app status`, after recovering an interrupted deployment.
+    pub async fn status(&mut self) -> Result<AppStatus, AppError> {
+        let recovered = self.recover().await?;
+        let unit_state = unit::show(&self.manifest.unit, &self.log).await.ok();
+        let history = self.store.history(Kind::App, Some(self.service()), 1)?;
+        Ok(AppStatus {
+            service: self.service().to_owned(),
+            unit: self.manifest.unit.clone(),
+            state: unit_state,
+            current: release::current_revision(&self.layout.current()),
+            releases: release::list(&self.layout.releases())
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect(),
+            active: self.store.active(Kind::App, self.service())?,
+            last: history.into_iter().next(),
+            lock: self.store.lock_holder(&service_scope(self.service()))?,
+            recovered,
+        })
+    }
+
+    pub fn history(&self, limit: usize) -> Result<Vec<Deployment>, AppError> {
+        Ok(self.store.history(Kind::App, Some(self.service()), limit)?)
+    }
+
+    /// `snapshot create`: under the service's lock (backups and deploys
+    /// exclude each other).
+    pub async fn snapshot_create(
+        &mut self,
+        id: &str,
+        actor: &str,
+        wait: Duration,
+    ) -> Result<Result<Snapshot, AgentResult>, AppError> {
+        if let Err(busy) = self
+            .lock(actor, &format!("snapshot {id} by {actor}"), wait)
+            .await
+        {
+            return Ok(Err(busy.result()));
+        }
+        let result = self.snapshot_into(id);
+        if result.is_ok() {
+            let _ = snapshot::prune(
+                &self.layout.snapshots(),
+                self.manifest.keep_snapshots,
+                &[id],
+            );
+        }
+        self.unlock();
+        result.map(Ok)
+    }
+
+    pub fn snapshots(&self) -> Result<Vec<Snapshot>, AppError> {
+        Ok(snapshot::list(&self.layout.snapshots())?)
+    }
+
+    /// `snapshot restore`: stop, put the snapshot back, start, check
+    /// health; recorded as a deployment of its own.
+    pub async fn restore(
+        &mut self,
+        id: &str,
+        snapshot_id: &str,
+        actor: &str,
+        wait: Duration,
+    ) -> Result<AgentResult, AppError> {
+        let dir = self.layout.snapshot(snapshot_id);
+        if snapshot_id.contains('/') || snapshot::read(&dir).is_err() {
+            return Err(AppError::NoSuchSnapshot {
+                service: self.service().to_owned(),
+                id: snapshot_id.to_owned(),
+            });
+        }
+        if let Err(busy) = self
+            .lock(actor, &format!("restore {snapshot_id} by {actor}"), wait)
+            .await
+        {
+            return Ok(busy.result());
+        }
+        let current = release::current_revision(&self.layout.current());
+        let begun = self.store.begin(&NewDeployment {
+            id: id.to_owned(),
+            kind: Kind::App,
+            target: self.service().to_owned(),
+            from_path: current.clone(),
+            from_generation: None,
+            to_path: current.clone().unwrap_or_default(),
+            goal: GOAL_RESTORE.into(),
+            actor: actor.to_owned(),
+            reason: Some(format!("restore snapshot {snapshot_id}")),
+            ci_run_url: None,
+        });
+        let d = match begun {
+            Ok(d) => d,
+            Err(e) => {
+                self.unlock();
+                return Err(e.into());
+            }
+        };
+        let steps = async {
+            let snap = self.snapshot_into(id).map_err(|e| ("snapshot", e))?;
+            self.phase(
+                id,
+                "snapshot",
+                &format!("kept the data now: {}", describe(&snap)),
+            );
+            self.phase(id, TOUCHED, &format!("stopping {}", self.manifest.unit));
+            unit::control("stop", &self.manifest.unit, &self.log)
+                .await
+                .map_err(|e| ("stop", e.into()))?;
+            let restored = snapshot::restore(&dir, id).map_err(|e| ("restore", e.into()))?;
+            self.phase(id, "restore", &format!("restored {}", describe(&restored)));
+            unit::control("start", &self.manifest.unit, &self.log)
+                .await
+                .map_err(|e| ("start", e.into()))?;
+            let verdict = unit::wait_healthy(
+                &self.manifest.unit,
+                &self.health_check(current.as_deref()),
+                &self.log,
+            )
+            .await;
+            if verdict.healthy {
+                self.phase(id, HEALTHY, &verdict.message);
+                Ok(())
+            } else {
+                Err(("health", AppError::Nothing(verdict.message)))
+            }
+        }
+        .await;
+        let result = match steps {
+            Ok(()) => {
+                let done = self.store.set_status(id, Status::Confirmed, None)?;
+                Ok(self.result(&done, format!("restored snapshot {snapshot_id}")))
+            }
+            Err((phase, err)) => self.fail(&d, phase, err).await,
+        };
+        self.unlock();
+        result
+    }
+}
+
+/// Makes this agent the leader of its own process group, so that the steps
+/// it runs (and theirs) can be found by its pid after it dies.
+pub fn lead_process_group() {
+    // SAFETY: setpgid on ourselves has no memory-safety preconditions.
+    unsafe {
+        libc::setpgid(0, 0);
+    }
+}
+
+/// Kills what a dead agent's steps left running (its process group, see
+/// [`lead_process_group`]), so a half-done migration cannot go on writing
+/// to the data that recovery restores.
+fn kill_leftovers(agent_pid: u32) {
+    let Ok(pgid) = libc::pid_t::try_from(agent_pid) else {
+        return;
+    };
+    if pgid <= 1 {
+        return;
+    }
+    // SAFETY: kill has no memory-safety preconditions; ESRCH (no such
+    // group) is the common case and fine.
+    unsafe {
+        libc::kill(-pgid, libc::SIGKILL);
+    }
+}
+
+/// `notes: 2 database(s) (1.2 MiB), 1 file tree(s)`.
+fn describe(s: &Snapshot) -> String {
+    let bytes: u64 = s.databases.iter().map(|d| d.size).sum();
+    format!(
+        "snapshot {}: {} database(s) ({:.1} MiB), {} file tree(s)",
+        s.id,
+        s.databases.len(),
+        bytes as f64 / 1_048_576.0,
+        s.files.len()
+    )
+}
+
+fn running(rev: &Option<String>) -> String {
+    rev.clone().unwrap_or_else(|| "nothing".into())
+}
+
+/// What a failed step wrote last, for the message.
+fn command_tail(err: &AppError) -> String {
+    match err {
+        AppError::Release(ReleaseError::Step { source, .. }) => format!(": {source}"),
+        _ => String::new(),
+    }
+}
+
+/// Why the lock could not be taken.
+enum Busy {
+    Held(String),
+    TimedOut(String),
+    Error(String),
+}
+
+impl Busy {
+    fn result(self) -> AgentResult {
+        let (outcome, message) = match self {
+            Busy::Held(m) => (Outcome::Busy, m),
+            Busy::TimedOut(m) => (Outcome::TimedOut, m),
+            Busy::Error(m) => (Outcome::Failed, m),
+        };
+        AgentResult {
+            outcome,
+            message,
+            deployment: None,
+        }
+    }
+}

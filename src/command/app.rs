@@ -1,0 +1,553 @@
+//! `berth app deploy|rollback|status|history`: apps whose code lives in
+//! git, deployed on their host by the agent as one transaction (see
+//! docs/app.md). Also what `berth lock` and `berth snapshot` share: reaching
+//! a service's host as its user and running an agent verb there.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+use crate::agent::{
+    AgentResult, Outcome, EVENT_DEPLOYMENT, EVENT_PHASE, EVENT_RESULT, EVENT_STATUS,
+};
+use crate::app::manifest::Overrides;
+use crate::app::release::Wanted;
+use crate::cli::Context;
+use crate::diagnostics::{Exit, RemoteError, UsageError};
+use crate::host::{Destination, Host, SshHost};
+use crate::output::Printer;
+use crate::process::{Cmd, Stream};
+use crate::state::{self, Deployment};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum AppCommand {
+    /// Deploy an exact revision: build it beside the running one, snapshot the data, swap,
+    /// check health; on failure restore the data and the previous release
+    Deploy(DeployArgs),
+    /// Go back to the previous (or a named) kept release, without rebuilding
+    Rollback(RollbackArgs),
+    /// What the service runs, its unit, its releases and its last deploy
+    Status(StatusArgs),
+    /// Past deploys of the service, newest first
+    History(HistoryArgs),
+}
+
+/// A service on a host: `SERVICE --host HOST [--user USER]`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServiceArgs {
+    /// The service, as `berth.services.<name>` declares it
+    #[arg(value_name = "SERVICE")]
+    pub service: String,
+    #[command(flatten)]
+    pub host: HostArgs,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct HostArgs {
+    /// The host, as an SSH destination ([user@]host)
+    #[arg(long, value_name = "HOST")]
+    pub host: String,
+    /// Who to connect as [default: the service's own user, or root for the host]
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+}
+
+/// Exactly one of `--rev`, `--ref`, `--tag`.
+#[derive(Debug, Clone, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct RevisionArgs {
+    /// The exact commit to deploy (what CI tested)
+    #[arg(long, value_name = "SHA")]
+    pub rev: Option<String>,
+    /// A branch: its tip when the host fetches
+    #[arg(long = "ref", value_name = "BRANCH")]
+    pub branch: Option<String>,
+    /// A tag
+    #[arg(long, value_name = "TAG")]
+    pub tag: Option<String>,
+}
+
+impl RevisionArgs {
+    pub fn wanted(&self) -> Wanted {
+        match (&self.rev, &self.branch, &self.tag) {
+            (Some(r), _, _) => Wanted::Rev(r.clone()),
+            (_, Some(b), _) => Wanted::Ref(b.clone()),
+            (_, _, Some(t)) => Wanted::Tag(t.clone()),
+            // clap's group makes one of them required.
+            (None, None, None) => Wanted::Ref("main".into()),
+        }
+    }
+
+    pub fn to_args(&self) -> Vec<String> {
+        match self.wanted() {
+            Wanted::Rev(r) => vec!["--rev".into(), r],
+            Wanted::Ref(b) => vec!["--ref".into(), b],
+            Wanted::Tag(t) => vec!["--tag".into(), t],
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DeployArgs {
+    #[command(flatten)]
+    pub target: ServiceArgs,
+    #[command(flatten)]
+    pub revision: RevisionArgs,
+    /// Wait this long for the service's lock before giving up
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub lock_wait: u64,
+    /// Deploy a revision that was rolled back before, or one not on the service's branch
+    #[arg(long)]
+    pub force: bool,
+    /// Resolve the revision and show what would happen; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Why (recorded in the history)
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    #[command(flatten)]
+    pub overrides: Overrides,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    pub target: ServiceArgs,
+    /// The release to go to [default: the one the current release replaced]
+    #[arg(long, value_name = "SHA")]
+    pub to: Option<String>,
+    /// Also restore the data snapshot taken before the current release was deployed
+    #[arg(long)]
+    pub restore_data: bool,
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub lock_wait: u64,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub target: ServiceArgs,
+    /// Wait for a deploy in progress to end (re-attach after a dropped connection), then show
+    /// how it ended
+    #[arg(long)]
+    pub follow: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct HistoryArgs {
+    #[command(flatten)]
+    pub target: ServiceArgs,
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+}
+
+pub async fn run(ctx: &Context, command: AppCommand) -> anyhow::Result<Exit> {
+    match command {
+        AppCommand::Deploy(args) => deploy(ctx, args).await,
+        AppCommand::Rollback(args) => rollback(ctx, args).await,
+        AppCommand::Status(args) => status(ctx, args).await,
+        AppCommand::History(args) => history(ctx, args).await,
+    }
+}
+
+/// The agent program for app commands: `--agent`, else `berth` on the
+/// host's PATH (the NixOS module installs it). A service's user cannot add
+/// to the host's Nix store, so nothing is copied.
+pub fn program(ctx: &Context) -> String {
+    match ctx.agent.closure {
+        Some(_) => "berth".into(),
+        None => ctx.agent.program.clone(),
+    }
+}
+
+/// `<agent> agent VERB --service SERVICE`.
+pub fn agent(ctx: &Context, verb: &str, service: Option<&str>) -> Cmd {
+    let cmd = Cmd::new(program(ctx)).args(["agent", verb]);
+    match service {
+        Some(s) => cmd.args(["--service", s]),
+        None => cmd,
+    }
+}
+
+/// Connects to `host` as `user` (unless the host names one).
+pub async fn connect(
+    ctx: &Context,
+    host: &HostArgs,
+    default_user: &str,
+) -> anyhow::Result<SshHost> {
+    let text = if host.host.contains('@') {
+        host.host.clone()
+    } else {
+        format!(
+            "{}@{}",
+            host.user.as_deref().unwrap_or(default_user),
+            host.host
+        )
+    };
+    let destination = Destination::parse(&text).map_err(|e| UsageError::new(e.to_string()))?;
+    Ok(SshHost::connect(&destination, &ctx.ssh).await?)
+}
+
+/// What an agent verb left: its result (if it got that far) and events.
+pub struct AgentRun {
+    pub result: Option<AgentResult>,
+    pub stdout: Vec<u8>,
+}
+
+/// Runs an agent verb, showing its phases as they come (and passing its
+/// events on with `--json`). An agent that fails before a result becomes
+/// the error it printed.
+pub async fn run_agent(ctx: &Context, host: &SshHost, cmd: &Cmd) -> anyhow::Result<AgentRun> {
+    let printer = ctx.printer;
+    let name = host.name().to_owned();
+    host.log().watch(move |stream, line| {
+        if stream == Stream::Stdout {
+            show_event(printer, &name, line);
+        }
+    });
+    let out = host
+        .output(cmd)
+        .await
+        .with_context(|| format!("could not run the berth agent on {}", host.name()))?;
+    let result = crate::agent::find_result(&out.stdout);
+    if result.is_none() && !out.status.success() {
+        return Err(RemoteError::from_agent(host.name(), &out.stderr, out.status.code()).into());
+    }
+    Ok(AgentRun {
+        result,
+        stdout: out.stdout,
+    })
+}
+
+/// Renders one line of the agent's stdout.
+fn show_event(printer: Printer, host: &str, line: &str) {
+    let Ok(serde_json::Value::Object(mut event)) = serde_json::from_str(line) else {
+        return;
+    };
+    let Some(serde_json::Value::String(name)) = event.remove("event") else {
+        return;
+    };
+    if name == EVENT_PHASE {
+        let field = |k: &str| event.get(k).and_then(|v| v.as_str()).unwrap_or("");
+        printer.line(format!("{host}: {}: {}", field("phase"), field("message")));
+    }
+    if name == crate::app::transaction::EVENT_RECOVERED {
+        let message = event.get("message").and_then(|v| v.as_str()).unwrap_or("");
+        printer.line(format!(
+            "{host}: recovered an interrupted deploy: {message}"
+        ));
+    }
+    // The result is shown by the command, once.
+    if name != EVENT_RESULT {
+        printer.event(&name, &event);
+    }
+}
+
+/// The exit code of an agent's result (docs/cli.md).
+pub fn exit_of(outcome: Outcome) -> Exit {
+    match outcome {
+        Outcome::Pending | Outcome::Confirmed | Outcome::Unchanged => Exit::SUCCESS,
+        Outcome::RolledBack | Outcome::Failed => Exit::FAILURE,
+        Outcome::Busy => Exit::HELD,
+        Outcome::RollbackFailed => Exit::ATTENTION,
+        Outcome::TimedOut => Exit::TIMED_OUT,
+    }
+}
+
+/// Shows a result and returns its exit code.
+fn report(ctx: &Context, what: &str, result: &AgentResult, started: Instant) -> Exit {
+    ctx.printer.event(EVENT_RESULT, result);
+    let seconds = started.elapsed().as_secs_f64();
+    let text = match result.outcome {
+        Outcome::Confirmed | Outcome::Pending => format!("{what}: done: {}", result.message),
+        Outcome::Unchanged => format!("{what}: unchanged: {}", result.message),
+        Outcome::RolledBack => format!("{what}: FAILED, rolled back: {}", result.message),
+        Outcome::Failed => format!("{what}: FAILED: {}", result.message),
+        Outcome::RollbackFailed => format!("{what}: NEEDS ATTENTION: {}", result.message),
+        Outcome::Busy | Outcome::TimedOut => format!("{what}: not started: {}", result.message),
+    };
+    ctx.printer.line(format!("{text} [{seconds:.1}s]"));
+    exit_of(result.outcome)
+}
+
+fn audit_args(cmd: Cmd, reason: Option<String>) -> Cmd {
+    let audit = super::deploy::audit(reason);
+    let mut cmd = cmd.args(["--actor", &audit.actor]);
+    if let Some(reason) = &audit.reason {
+        cmd = cmd.args(["--reason", reason]);
+    }
+    if let Some(url) = &audit.ci_run_url {
+        cmd = cmd.args(["--ci-run-url", url]);
+    }
+    cmd
+}
+
+async fn deploy(ctx: &Context, args: DeployArgs) -> anyhow::Result<Exit> {
+    let started = Instant::now();
+    let service = &args.target.service;
+    let host = connect(ctx, &args.target.host, service).await?;
+    let id = state::new_id();
+    let mut cmd = agent(ctx, "app-deploy", Some(service))
+        .args(["--id", &id])
+        .args(args.revision.to_args())
+        .args(["--lock-wait", &args.lock_wait.to_string()])
+        .args(args.overrides.to_args());
+    if args.force {
+        cmd = cmd.arg("--force");
+    }
+    if args.dry_run {
+        cmd = cmd.arg("--dry-run");
+    }
+    let cmd = audit_args(cmd, args.reason.clone());
+    let what = format!("{service} on {}", host.name());
+    ctx.printer.line(format!(
+        "{what}: deploying {} (deploy {id})",
+        args.revision.wanted()
+    ));
+    let run = run_agent(ctx, &host, &cmd).await;
+    let _ = host.close().await;
+    let run = run?;
+    if args.dry_run {
+        for plan in crate::agent::find_events(&run.stdout, "plan") {
+            ctx.printer.event("plan", &plan);
+            ctx.printer.line(describe_plan(&plan));
+        }
+        return Ok(Exit::SUCCESS);
+    }
+    let result = run
+        .result
+        .context("the agent ended without saying how the deploy went")?;
+    Ok(report(ctx, &what, &result, started))
+}
+
+fn describe_plan(plan: &serde_json::Value) -> String {
+    let s = |k: &str| plan[k].as_str().unwrap_or("nothing").to_owned();
+    if plan["unchanged"] == true {
+        return format!(
+            "{} already runs {}: a deploy would change nothing",
+            s("service"),
+            s("to")
+        );
+    }
+    let mut text = format!("would deploy {} → {}", s("from"), s("to"));
+    if plan["build"] == true {
+        text.push_str(", building the release");
+    }
+    let dbs = plan["databases"].as_array().map_or(0, Vec::len);
+    text.push_str(&format!(", snapshotting {dbs} database(s)"));
+    if let Some(m) = plan["migrate"].as_str() {
+        text.push_str(&format!(", migrating with `{m}`"));
+    }
+    if plan["lock"].is_object() {
+        text.push_str(&format!(
+            "; but the lock is held by {}",
+            plan["lock"]["owner"].as_str().unwrap_or("someone")
+        ));
+    }
+    text
+}
+
+async fn rollback(ctx: &Context, args: RollbackArgs) -> anyhow::Result<Exit> {
+    let started = Instant::now();
+    let service = &args.target.service;
+    let host = connect(ctx, &args.target.host, service).await?;
+    let id = state::new_id();
+    let mut cmd = agent(ctx, "app-rollback", Some(service))
+        .args(["--id", &id])
+        .args(["--lock-wait", &args.lock_wait.to_string()]);
+    if let Some(to) = &args.to {
+        cmd = cmd.args(["--to", to]);
+    }
+    if args.restore_data {
+        cmd = cmd.arg("--restore-data");
+    }
+    let cmd = audit_args(cmd, None);
+    let what = format!("{service} on {}", host.name());
+    let run = run_agent(ctx, &host, &cmd).await;
+    let _ = host.close().await;
+    let result = run?
+        .result
+        .context("the agent ended without saying how the rollback went")?;
+    Ok(report(ctx, &what, &result, started))
+}
+
+async fn status(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
+    let service = &args.target.service;
+    let cmd = agent(ctx, "app-status", Some(service));
+    let mut announced = None;
+    loop {
+        // A fresh connection each time: following means outliving a
+        // dropped one.
+        let status = match status_once(ctx, &args.target, &cmd).await {
+            Ok(s) => s,
+            Err(err) if args.follow => {
+                tracing::info!("{err:#}; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(err) => return Err(err),
+        };
+        if let Some(r) = status.get("recovered").filter(|r| r.is_object()) {
+            ctx.printer.line(format!(
+                "{service}: recovered an interrupted deploy: {}",
+                r["message"].as_str().unwrap_or("")
+            ));
+        }
+        let active: Option<Deployment> = serde_json::from_value(status["active"].clone()).ok();
+        match active {
+            Some(d) if args.follow => {
+                if announced.as_ref() != Some(&d.id) {
+                    ctx.printer.line(format!(
+                        "{service}: deploy {} ({} → {}) is in progress; waiting",
+                        d.id,
+                        d.from_path.as_deref().unwrap_or("nothing"),
+                        d.to_path
+                    ));
+                    announced = Some(d.id.clone());
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            _ => {
+                ctx.printer.event(EVENT_STATUS, &status);
+                show_status(ctx.printer, service, &status);
+                let last: Option<Deployment> = serde_json::from_value(status["last"].clone()).ok();
+                return Ok(match (&announced, last) {
+                    // Following a deploy: its outcome is the exit code.
+                    (Some(_), Some(d)) => exit_of(d.status.into()),
+                    _ => Exit::SUCCESS,
+                });
+            }
+        }
+    }
+}
+
+async fn status_once(
+    ctx: &Context,
+    target: &ServiceArgs,
+    cmd: &Cmd,
+) -> anyhow::Result<serde_json::Value> {
+    let host = connect(ctx, &target.host, &target.service).await?;
+    let out = host.output(cmd).await;
+    let _ = host.close().await;
+    let out = out.context("could not run the berth agent")?;
+    if !out.status.success() {
+        return Err(
+            RemoteError::from_agent(&target.host.host, &out.stderr, out.status.code()).into(),
+        );
+    }
+    crate::agent::find_events(&out.stdout, EVENT_STATUS)
+        .into_iter()
+        .next()
+        .context("the agent did not report a status")
+}
+
+fn show_status(printer: Printer, service: &str, s: &serde_json::Value) {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+    printer.line(format!("{service}: runs {}", text(&s["current"])));
+    printer.line(format!(
+        "  unit {}: {} ({}), restarts {}",
+        text(&s["unit"]),
+        text(&s["state"]["active_state"]),
+        text(&s["state"]["sub_state"]),
+        s["state"]["n_restarts"]
+    ));
+    let releases: Vec<String> = s["releases"]
+        .as_array()
+        .map(|a| a.iter().map(text).collect())
+        .unwrap_or_default();
+    printer.line(format!("  releases kept: {}", releases.join(", ")));
+    if let Ok(d) = serde_json::from_value::<Deployment>(s["last"].clone()) {
+        printer.line(format!("  last deploy: {}", line(&d)));
+    }
+    if s["lock"].is_object() {
+        printer.line(format!(
+            "  locked by {}: {}",
+            text(&s["lock"]["owner"]),
+            text(&s["lock"]["reason"])
+        ));
+    }
+}
+
+async fn history(ctx: &Context, args: HistoryArgs) -> anyhow::Result<Exit> {
+    let service = &args.target.service;
+    let host = connect(ctx, &args.target.host, service).await?;
+    let cmd = agent(ctx, "app-history", Some(service)).args(["--limit", &args.limit.to_string()]);
+    let out = host.output(&cmd).await;
+    let _ = host.close().await;
+    let out = out.context("could not run the berth agent")?;
+    if !out.status.success() {
+        return Err(RemoteError::from_agent(
+            &args.target.host.host,
+            &out.stderr,
+            out.status.code(),
+        )
+        .into());
+    }
+    let events = crate::agent::find_events(&out.stdout, EVENT_DEPLOYMENT);
+    if events.is_empty() {
+        ctx.printer.line(format!("{service} has no deploys yet"));
+    }
+    for event in events {
+        ctx.printer.event(EVENT_DEPLOYMENT, &event);
+        if let Ok(d) = serde_json::from_value::<Deployment>(event) {
+            ctx.printer.line(line(&d));
+        }
+    }
+    Ok(Exit::SUCCESS)
+}
+
+/// One app deploy in a line: when, from → to, how it ended, who, the CI run.
+pub fn line(d: &Deployment) -> String {
+    let short = |r: &str| r.chars().take(12).collect::<String>();
+    let mut text = format!(
+        "{}  {:<15} {} -> {}  {:<12} by {}  ({})",
+        state::utc_time(d.started),
+        d.status.as_str(),
+        d.from_path.as_deref().map_or("-".into(), short),
+        short(&d.to_path),
+        d.goal,
+        d.actor,
+        d.id
+    );
+    if let Some(ended) = d.ended {
+        text.push_str(&format!(" {}s", ended - d.started));
+    }
+    if let Some(phase) = &d.failure_phase {
+        text.push_str(&format!("  failed at {phase}"));
+    }
+    if let Some(reason) = &d.reason {
+        text.push_str(&format!("  \"{reason}\""));
+    }
+    if let Some(url) = &d.ci_run_url {
+        text.push_str(&format!("  {url}"));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct T {
+        #[command(subcommand)]
+        app: AppCommand,
+    }
+
+    #[test]
+    fn deploy_needs_exactly_one_revision() {
+        let parse =
+            |a: &[&str]| T::try_parse_from([&["t", "deploy", "notes", "--host", "h"], a].concat());
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["--rev", "abc1234", "--tag", "v1"]).is_err());
+        let T {
+            app: AppCommand::Deploy(d),
+        } = parse(&["--rev", "abc1234", "--db", "data/a.db"]).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(d.revision.to_args(), ["--rev", "abc1234"]);
+        assert_eq!(d.overrides.to_args(), ["--db", "data/a.db"]);
+    }
+}

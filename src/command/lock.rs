@@ -1,0 +1,88 @@
+//! `berth lock acquire|release|status [SERVICE] --host HOST`: hold a
+//! service (or a whole host) against deploys, with an owner and a reason.
+//! Exit codes: 0 done, 2 held by another, 3 release by a non-holder
+//! refused, 4 timed out waiting.
+
+use anyhow::Context as _;
+
+use crate::cli::Context;
+use crate::diagnostics::{Exit, RemoteError};
+use crate::host::Host;
+
+use super::app::{self, HostArgs};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum LockCommand {
+    /// Hold the lock (again by the same owner: nothing changes)
+    Acquire(AcquireArgs),
+    /// Let go of it (only its owner can)
+    Release(LockArgs),
+    /// Who holds it
+    Status(LockArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LockArgs {
+    /// The service [default: the whole host]
+    #[arg(value_name = "SERVICE")]
+    pub service: Option<String>,
+    #[command(flatten)]
+    pub host: HostArgs,
+    /// Who holds it [default: you, as user@machine]
+    #[arg(long, value_name = "NAME")]
+    pub owner: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AcquireArgs {
+    #[command(flatten)]
+    pub lock: LockArgs,
+    /// Why (shown to whoever finds it held)
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// Wait this long for a held lock
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub wait: u64,
+}
+
+pub async fn run(ctx: &Context, command: LockCommand) -> anyhow::Result<Exit> {
+    let (action, args, reason, wait) = match command {
+        LockCommand::Acquire(a) => ("acquire", a.lock, a.reason, a.wait),
+        LockCommand::Release(a) => ("release", a, None, 0),
+        LockCommand::Status(a) => ("status", a, None, 0),
+    };
+    let owner = args
+        .owner
+        .clone()
+        .unwrap_or_else(|| super::deploy::audit(None).actor);
+    let default_user = args.service.clone().unwrap_or_else(|| "root".into());
+    let host = app::connect(ctx, &args.host, &default_user).await?;
+    let mut cmd = app::agent(ctx, "lock", None).arg(action).args([
+        "--owner",
+        &owner,
+        "--wait",
+        &wait.to_string(),
+    ]);
+    if let Some(service) = &args.service {
+        cmd = cmd.args(["--service", service]);
+    }
+    if let Some(reason) = &reason {
+        cmd = cmd.args(["--reason", reason]);
+    }
+    let out = host.output(&cmd).await;
+    let _ = host.close().await;
+    let out = out.context("could not run the berth agent")?;
+    let event = crate::agent::find_events(&out.stdout, "lock")
+        .into_iter()
+        .next();
+    let Some(event) = event else {
+        return Err(
+            RemoteError::from_agent(&args.host.host, &out.stderr, out.status.code()).into(),
+        );
+    };
+    ctx.printer.event("lock", &event);
+    ctx.printer.line(event["message"].as_str().unwrap_or(""));
+    Ok(Exit(
+        u8::try_from(out.status.code().unwrap_or(1)).unwrap_or(1),
+    ))
+}

@@ -1,0 +1,420 @@
+//! Locks and blocked revisions, for app deploys.
+//!
+//! A lock is a row per scope (`service:NAME` or `host`). A deploy's own lock
+//! carries its process (pid and start time): when that process is gone the
+//! lock is stale and the next taker replaces it, so a killed agent never
+//! leaves a service locked. A lock taken with `berth lock acquire` is `held`:
+//! it outlives any process until its owner releases it, and its owner may
+//! still deploy under it.
+
+use rusqlite::{OptionalExtension, Row, Transaction, TransactionBehavior};
+use serde::Serialize;
+
+use super::{now, sql_err, StateError, Store};
+use crate::process;
+
+/// Who holds a lock.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LockHolder {
+    pub scope: String,
+    pub owner: String,
+    pub reason: Option<String>,
+    /// Unix seconds.
+    pub acquired: i64,
+    /// The process holding it for a deploy, if one does.
+    pub pid: Option<u32>,
+    #[serde(skip)]
+    pub pid_start: Option<u64>,
+    /// Held beyond any process, until its owner releases it.
+    pub held: bool,
+}
+
+impl LockHolder {
+    /// Whether a process holds it right now.
+    pub fn process_alive(&self) -> bool {
+        self.pid
+            .is_some_and(|pid| process::alive_since(pid, self.pid_start))
+    }
+
+    /// Whether anyone holds it: an owner's hold, or a live process.
+    pub fn is_live(&self) -> bool {
+        self.held || self.process_alive()
+    }
+}
+
+impl std::fmt::Display for LockHolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} since {}", self.owner, super::utc_time(self.acquired))?;
+        if let Some(pid) = self.pid.filter(|_| self.process_alive()) {
+            write!(f, " (berth pid {pid})")?;
+        }
+        if let Some(reason) = &self.reason {
+            write!(f, ": {reason}")?;
+        }
+        Ok(())
+    }
+}
+
+/// How a lock was taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Acquired {
+    /// It was free (or stale) and is now ours.
+    New,
+    /// Our owner already held it; nothing changed (or, for a process, the
+    /// process now runs under the owner's hold).
+    AlreadyHeld,
+}
+
+/// How a release went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Released {
+    Released,
+    /// Nobody held it.
+    NotHeld,
+}
+
+/// A lock could not be taken or released.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("{} is locked by {holder}", scope_name(&.holder.scope))]
+    Held { holder: Box<LockHolder> },
+    #[error("{} is locked by {holder}, not by {owner}: only its owner can release it", scope_name(&.holder.scope))]
+    NotHolder {
+        owner: String,
+        holder: Box<LockHolder>,
+    },
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// `service notes` or `the host`, for messages.
+pub fn scope_name(scope: &str) -> String {
+    match scope.strip_prefix("service:") {
+        Some(service) => format!("service {service}"),
+        None => "the host".into(),
+    }
+}
+
+/// The lock scope of a service.
+pub fn service_scope(service: &str) -> String {
+    format!("service:{service}")
+}
+
+/// The lock scope of a whole host.
+pub const HOST_SCOPE: &str = "host";
+
+fn holder(row: &Row<'_>) -> rusqlite::Result<LockHolder> {
+    Ok(LockHolder {
+        scope: row.get("scope")?,
+        owner: row.get("owner")?,
+        reason: row.get("reason")?,
+        acquired: row.get("acquired")?,
+        pid: row.get("pid")?,
+        pid_start: row
+            .get::<_, Option<i64>>("pid_start")?
+            .and_then(|t| u64::try_from(t).ok()),
+        held: row.get("held")?,
+    })
+}
+
+fn get_in(tx: &Transaction<'_>, scope: &str) -> Result<Option<LockHolder>, StateError> {
+    tx.query_row("SELECT * FROM locks WHERE scope = ?1", [scope], holder)
+        .optional()
+        .map_err(sql_err(format!("read the lock of {}", scope_name(scope))))
+}
+
+/// A blocked revision: one that failed and was rolled back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Blocked {
+    pub service: String,
+    pub revision: String,
+    pub deployment_id: Option<String>,
+    pub reason: Option<String>,
+    pub at: Option<i64>,
+}
+
+impl Store {
+    fn immediate(&mut self, what: &str) -> Result<Transaction<'_>, StateError> {
+        self.conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql_err(what))
+    }
+
+    /// Who holds `scope`, if anyone does (a stale lock reads as free).
+    pub fn lock_holder(&self, scope: &str) -> Result<Option<LockHolder>, StateError> {
+        let found = self
+            .conn
+            .query_row("SELECT * FROM locks WHERE scope = ?1", [scope], holder)
+            .optional()
+            .map_err(sql_err(format!("read the lock of {}", scope_name(scope))))?;
+        Ok(found.filter(LockHolder::is_live))
+    }
+
+    /// `berth lock acquire`: holds `scope` for `owner` until released.
+    /// Again by the same owner changes nothing.
+    pub fn hold(
+        &mut self,
+        scope: &str,
+        owner: &str,
+        reason: Option<&str>,
+    ) -> Result<Acquired, LockError> {
+        let what = format!("lock {}", scope_name(scope));
+        let tx = self.immediate(&what)?;
+        let acquired = match get_in(&tx, scope)?.filter(LockHolder::is_live) {
+            Some(h) if h.owner == owner && h.held => Acquired::AlreadyHeld,
+            Some(h) => {
+                return Err(LockError::Held {
+                    holder: Box::new(h),
+                })
+            }
+            None => {
+                tx.execute(
+                    "INSERT OR REPLACE INTO locks (scope, owner, reason, acquired, held)
+                     VALUES (?1, ?2, ?3, ?4, 1)",
+                    (scope, owner, reason, now()),
+                )
+                .map_err(sql_err(&what))?;
+                Acquired::New
+            }
+        };
+        tx.commit().map_err(sql_err(what))?;
+        Ok(acquired)
+    }
+
+    /// Takes `scope` for this process, on behalf of `owner`: free or stale,
+    /// it becomes ours; held by `owner` (and no process), this process runs
+    /// under the hold.
+    pub fn lock_for_process(
+        &mut self,
+        scope: &str,
+        owner: &str,
+        reason: Option<&str>,
+    ) -> Result<Acquired, LockError> {
+        let what = format!("lock {}", scope_name(scope));
+        let pid = std::process::id();
+        let start = process::start_time(pid).and_then(|t| i64::try_from(t).ok());
+        let tx = self.immediate(&what)?;
+        let acquired = match get_in(&tx, scope)?.filter(LockHolder::is_live) {
+            Some(h) if h.process_alive() && h.pid != Some(pid) => {
+                return Err(LockError::Held {
+                    holder: Box::new(h),
+                })
+            }
+            Some(h) if h.held && h.owner != owner => {
+                return Err(LockError::Held {
+                    holder: Box::new(h),
+                })
+            }
+            Some(_) => {
+                tx.execute(
+                    "UPDATE locks SET pid = ?2, pid_start = ?3 WHERE scope = ?1",
+                    (scope, pid, start),
+                )
+                .map_err(sql_err(&what))?;
+                Acquired::AlreadyHeld
+            }
+            None => {
+                tx.execute(
+                    "INSERT OR REPLACE INTO locks (scope, owner, reason, acquired, pid, pid_start, held)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0)",
+                    (scope, owner, reason, now(), pid, start),
+                )
+                .map_err(sql_err(&what))?;
+                Acquired::New
+            }
+        };
+        tx.commit().map_err(sql_err(what))?;
+        Ok(acquired)
+    }
+
+    /// Lets go of this process's lock of `scope`: an owner's hold stays.
+    pub fn unlock_process(&mut self, scope: &str) -> Result<(), StateError> {
+        let what = format!("unlock {}", scope_name(scope));
+        let tx = self.immediate(&what)?;
+        tx.execute(
+            "DELETE FROM locks WHERE scope = ?1 AND pid = ?2 AND held = 0",
+            (scope, std::process::id()),
+        )
+        .map_err(sql_err(&what))?;
+        tx.execute(
+            "UPDATE locks SET pid = NULL, pid_start = NULL WHERE scope = ?1 AND pid = ?2",
+            (scope, std::process::id()),
+        )
+        .map_err(sql_err(&what))?;
+        tx.commit().map_err(sql_err(what))
+    }
+
+    /// `berth lock release`: only the owner may; a deploy running under the
+    /// hold keeps its own lock until it ends.
+    pub fn release(&mut self, scope: &str, owner: &str) -> Result<Released, LockError> {
+        let what = format!("unlock {}", scope_name(scope));
+        let tx = self.immediate(&what)?;
+        let released = match get_in(&tx, scope)?.filter(LockHolder::is_live) {
+            None => Released::NotHeld,
+            Some(h) if h.owner != owner || !h.held => {
+                return Err(LockError::NotHolder {
+                    owner: owner.to_owned(),
+                    holder: Box::new(h),
+                })
+            }
+            Some(h) => {
+                if h.process_alive() {
+                    tx.execute("UPDATE locks SET held = 0 WHERE scope = ?1", [scope])
+                } else {
+                    tx.execute("DELETE FROM locks WHERE scope = ?1", [scope])
+                }
+                .map_err(sql_err(&what))?;
+                Released::Released
+            }
+        };
+        tx.commit().map_err(sql_err(what))?;
+        Ok(released)
+    }
+
+    /// Refuses `revision` of `service` from now on (unless forced).
+    pub fn block(
+        &self,
+        service: &str,
+        revision: &str,
+        deployment_id: &str,
+        reason: &str,
+    ) -> Result<(), StateError> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO blocked_revisions (service, revision, deployment_id, reason, at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                (service, revision, deployment_id, reason, now()),
+            )
+            .map(drop)
+            .map_err(sql_err(format!("block revision {revision} of {service}")))
+    }
+
+    pub fn unblock(&self, service: &str, revision: &str) -> Result<(), StateError> {
+        self.conn
+            .execute(
+                "DELETE FROM blocked_revisions WHERE service = ?1 AND revision = ?2",
+                (service, revision),
+            )
+            .map(drop)
+            .map_err(sql_err(format!("unblock revision {revision} of {service}")))
+    }
+
+    pub fn blocked(&self, service: &str, revision: &str) -> Result<Option<Blocked>, StateError> {
+        self.conn
+            .query_row(
+                "SELECT * FROM blocked_revisions WHERE service = ?1 AND revision = ?2",
+                (service, revision),
+                |row| {
+                    Ok(Blocked {
+                        service: row.get("service")?,
+                        revision: row.get("revision")?,
+                        deployment_id: row.get("deployment_id")?,
+                        reason: row.get("reason")?,
+                        at: row.get("at")?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(sql_err(format!("read blocked revisions of {service}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> Store {
+        Store::open_in_memory().unwrap()
+    }
+
+    #[test]
+    fn a_hold_is_exclusive_idempotent_and_released_only_by_its_owner() {
+        let mut s = store();
+        let scope = service_scope("notes");
+        assert_eq!(
+            s.hold(&scope, "alice", Some("db work")).unwrap(),
+            Acquired::New
+        );
+        assert_eq!(
+            s.hold(&scope, "alice", None).unwrap(),
+            Acquired::AlreadyHeld
+        );
+        let err = s.hold(&scope, "bob", None).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("service notes is locked by alice since "),
+            "{err}"
+        );
+        assert!(err.to_string().ends_with(": db work"), "{err}");
+        assert!(matches!(
+            s.release(&scope, "bob"),
+            Err(LockError::NotHolder { .. })
+        ));
+        assert_eq!(s.release(&scope, "alice").unwrap(), Released::Released);
+        assert_eq!(s.release(&scope, "alice").unwrap(), Released::NotHeld);
+        assert!(s.lock_holder(&scope).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_process_lock_excludes_others_and_goes_with_its_process() {
+        let mut s = store();
+        let scope = service_scope("notes");
+        assert_eq!(
+            s.lock_for_process(&scope, "ci", None).unwrap(),
+            Acquired::New
+        );
+        let holder = s.lock_holder(&scope).unwrap().unwrap();
+        assert_eq!(holder.pid, Some(std::process::id()));
+        assert!(s.hold(&scope, "alice", None).is_err());
+        s.unlock_process(&scope).unwrap();
+        assert!(s.lock_holder(&scope).unwrap().is_none());
+
+        // A dead process's lock is stale: the next taker gets it.
+        s.conn
+            .execute(
+                "INSERT INTO locks (scope, owner, acquired, pid, pid_start, held)
+                 VALUES (?1, 'dead', 0, 4194304, 1, 0)",
+                [&scope],
+            )
+            .unwrap();
+        assert!(s.lock_holder(&scope).unwrap().is_none());
+        assert_eq!(
+            s.lock_for_process(&scope, "ci", None).unwrap(),
+            Acquired::New
+        );
+    }
+
+    #[test]
+    fn an_owner_deploys_under_its_own_hold_and_keeps_it() {
+        let mut s = store();
+        let scope = service_scope("notes");
+        s.hold(&scope, "ci", Some("release train")).unwrap();
+        assert!(matches!(
+            s.lock_for_process(&scope, "alice", None),
+            Err(LockError::Held { .. })
+        ));
+        assert_eq!(
+            s.lock_for_process(&scope, "ci", None).unwrap(),
+            Acquired::AlreadyHeld
+        );
+        s.unlock_process(&scope).unwrap();
+        let holder = s.lock_holder(&scope).unwrap().unwrap();
+        assert_eq!(
+            (holder.owner.as_str(), holder.held, holder.pid),
+            ("ci", true, None)
+        );
+    }
+
+    #[test]
+    fn blocked_revisions_round_trip() {
+        let s = store();
+        assert!(s.blocked("notes", "abc").unwrap().is_none());
+        s.block("notes", "abc", "D1", "health failed").unwrap();
+        let b = s.blocked("notes", "abc").unwrap().unwrap();
+        assert_eq!(b.deployment_id.as_deref(), Some("D1"));
+        s.unblock("notes", "abc").unwrap();
+        assert!(s.blocked("notes", "abc").unwrap().is_none());
+    }
+}

@@ -1,0 +1,710 @@
+//! App deploys end to end, on one systemd lab host, with a real app
+//! (tests/app: Python, SQLite in WAL mode written every 10 ms) run by its
+//! own user through a systemd unit, restarted through a sudo rule limited
+//! to that unit, its code in a git repository on the host.
+//! Needs root and the lab's packages (scripts/install-deps).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth::host::{Host, SshHost};
+use berth::lab::{HostKind, LabGuard};
+use berth::process::Cmd;
+
+const BIN: &str = env!("CARGO_BIN_EXE_berth");
+const SERVICE: &str = "notes";
+const DIR: &str = "/var/lib/notes";
+const PORT: u16 = 8090;
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn events(&self, name: &str) -> Vec<serde_json::Value> {
+        self.stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["event"] == name)
+            .collect()
+    }
+
+    fn result(&self) -> serde_json::Value {
+        self.events("result")
+            .pop()
+            .unwrap_or_else(|| panic!("no result event in:\n{}\n{}", self.stdout, self.stderr))
+    }
+
+    fn outcome(&self) -> String {
+        self.result()["outcome"].as_str().unwrap().to_owned()
+    }
+}
+
+/// The test's view of the lab host: root over one SSH connection, and
+/// berth run as the deployer.
+struct World {
+    lab: LabGuard,
+    root: SshHost,
+    addr: String,
+}
+
+impl World {
+    fn berth_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .args(["--agent", BIN, "--json"])
+            .env("BERTH_SSH_CONFIG", self.lab.ssh_config())
+            .env("NO_COLOR", "1")
+            .env("USER", "tester")
+            .env_remove("RUST_LOG")
+            .env_remove("GITHUB_REPOSITORY");
+        cmd
+    }
+
+    fn berth(&self, args: &[&str]) -> Run {
+        let out = self.berth_cmd(args).output().unwrap();
+        let run = Run {
+            code: out.status.code().expect("berth was killed"),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        eprintln!("$ berth {}\n{}", args.join(" "), run.stderr);
+        run
+    }
+
+    fn deploy(&self, rev: &str, extra: &[&str]) -> Run {
+        let mut args = vec!["app", "deploy", SERVICE, "--host", "h1", "--rev", rev];
+        args.extend_from_slice(extra);
+        self.berth(&args)
+    }
+
+    /// Starts `berth …` and returns it once a `phase` event named `phase`
+    /// appears, with the pid the agent reported.
+    fn start_until_phase(&self, args: &[&str], phase: &str) -> (std::process::Child, u32) {
+        let mut cmd = self.berth_cmd(args);
+        // Its own process group, so the test can cut it off whole.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut pid = None;
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if event["event"] != "phase" {
+                continue;
+            }
+            let message = event["message"].as_str().unwrap_or("");
+            if let Some(p) = message.split("agent pid ").nth(1) {
+                pid = p.trim_end_matches(')').parse().ok();
+            }
+            if event["phase"] == phase {
+                return (child, pid.expect("the agent reported its pid"));
+            }
+        }
+        panic!("berth {args:?} ended before phase {phase}");
+    }
+
+    async fn sh(&self, script: &str) -> String {
+        self.root
+            .run(&Cmd::new("sh").args(["-c", script]))
+            .await
+            .unwrap_or_else(|e| panic!("{script}: {e}"))
+            .stdout_str()
+    }
+
+    async fn write(&self, path: &str, text: &str) {
+        self.root
+            .run(
+                &Cmd::new("sh")
+                    .args(["-c", "cat > \"$0\"", path])
+                    .stdin(text),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Commits `behaviour` (on `branch`, made from main if new) and pushes
+    /// it; returns the commit.
+    async fn commit(&self, behaviour: serde_json::Value, branch: &str) -> String {
+        self.write("/srv/notes-work/behaviour.json", &behaviour.to_string())
+            .await;
+        let script = format!(
+            "cd /srv/notes-work && git checkout -q -B {branch} && git add -A && \
+             git commit -q -m 'behaviour {behaviour}' && git push -q -f origin {branch} && \
+             git rev-parse HEAD && git checkout -q main"
+        );
+        self.sh(&script).await.trim().to_owned()
+    }
+
+    async fn sqlite(&self, db: &str, sql: &str) -> String {
+        self.sh(&format!("sqlite3 {db} \"{sql}\""))
+            .await
+            .trim()
+            .to_owned()
+    }
+
+    async fn current(&self) -> String {
+        self.sh(&format!("readlink {DIR}/current"))
+            .await
+            .trim()
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// The revision the app reports over HTTP.
+    fn serving(&self) -> Option<String> {
+        let body = http_get(&self.addr, "/health").ok()?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        v["revision"].as_str().map(str::to_owned)
+    }
+}
+
+/// A GET over plain TCP: the status line decides.
+fn http_get(addr: &str, path: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(
+        &format!("{addr}:{PORT}").parse().unwrap(),
+        Duration::from_secs(2),
+    )
+    .map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    stream
+        .read_to_string(&mut text)
+        .map_err(|e| e.to_string())?;
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("no body")?;
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        return Err(head.lines().next().unwrap_or("").to_owned());
+    }
+    Ok(body.to_owned())
+}
+
+/// Polls /health every 10 ms until stopped; counts failed requests.
+struct Poller {
+    stop: Arc<AtomicBool>,
+    failed: Arc<AtomicUsize>,
+    total: Arc<AtomicUsize>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Poller {
+    fn start(addr: &str) -> Poller {
+        let (stop, failed, total) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let (s, f, t, addr) = (stop.clone(), failed.clone(), total.clone(), addr.to_owned());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                if http_get(&addr, "/health").is_err() {
+                    f.fetch_add(1, Ordering::Relaxed);
+                }
+                t.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        Poller {
+            stop,
+            failed,
+            total,
+            thread,
+        }
+    }
+
+    /// (failed, total)
+    fn stop(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap();
+        (
+            self.failed.load(Ordering::Relaxed),
+            self.total.load(Ordering::Relaxed),
+        )
+    }
+}
+
+async fn set_up(lab: &LabGuard) -> String {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/app");
+    let unit = std::fs::read_to_string(fixture.join("app.service.in"))
+        .unwrap()
+        .replace("@SERVICE@", SERVICE)
+        .replace("@DIR@", DIR)
+        .replace("@PORT@", &PORT.to_string())
+        // The test polls from outside the host; the health check stays on
+        // loopback.
+        .replace("APP_PORT=", "APP_HOST=0.0.0.0 APP_SLOW_SECS=6 APP_PORT=");
+    let manifest = serde_json::json!({
+        "version": 1,
+        "service": SERVICE,
+        "dir": DIR,
+        "unit": "notes.service",
+        "repository": "file:///srv/notes.git",
+        "branch": "main",
+        "health": {
+            "url": format!("http://127.0.0.1:{PORT}/health"),
+            "timeout": 8,
+            "settle": 1,
+            "expectRevision": true,
+        },
+        "commands": { "install": "bash install.sh", "migrate": "bash migrate.sh" },
+        "data": { "sqlite": ["data/app.db"] },
+        "keepReleases": 3,
+        "keepSnapshots": 3,
+        "environment": { "APP_DB": format!("{DIR}/data/app.db"), "APP_SLOW_SECS": "6" },
+    });
+    format!(
+        r#"set -e
+useradd --system --home-dir {DIR} --shell /bin/sh {SERVICE}
+usermod -p '*' {SERVICE}
+install -d -o {SERVICE} -g {SERVICE} -m 0750 {DIR} {DIR}/data
+install -d -o {SERVICE} -g {SERVICE} -m 0700 {DIR}/.ssh
+install -o {SERVICE} -g {SERVICE} -m 0600 {key} {DIR}/.ssh/authorized_keys
+# The system config of whichever git is first on PATH (/usr/local or Debian's).
+mkdir -p /usr/local/etc
+git config --system --add safe.directory '*'
+git config --system user.name test
+git config --system user.email test@example.com
+mkdir -p /srv/notes-work /etc/berth/services
+cp {fixture}/app.py {fixture}/install.sh {fixture}/migrate.sh {fixture}/requirements.lock /srv/notes-work/
+cd /srv/notes-work && git init -q -b main && git add -A && git commit -q -m app
+git init -q --bare /srv/notes.git && git push -q /srv/notes.git main
+git remote add origin /srv/notes.git
+printf '%s ALL=(root) NOPASSWD: /usr/bin/systemctl restart %s.service, /usr/bin/systemctl stop %s.service, /usr/bin/systemctl start %s.service, /usr/bin/systemctl status %s.service\n' {SERVICE} {SERVICE} {SERVICE} {SERVICE} {SERVICE} > /etc/sudoers.d/{SERVICE}
+chmod 0440 /etc/sudoers.d/{SERVICE}
+printf '[Service]\nExecStart=/bin/sleep infinity\n' > /etc/systemd/system/other.service
+cat > /etc/systemd/system/notes.service <<'UNIT'
+{unit}
+UNIT
+cat > /etc/berth/services/notes.json <<'JSON'
+{manifest}
+JSON
+systemctl daemon-reload
+systemctl start other.service
+"#,
+        key = lab.dir().join("id_ed25519.pub").display(),
+        fixture = fixture.display(),
+    )
+}
+
+#[test]
+fn app_deploys_on_a_systemd_lab_host() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let dir = PathBuf::from(format!("/srv/berth-test-{}-app", std::process::id()));
+        let lab = LabGuard::up(&dir, &[HostKind::Systemd])
+            .await
+            .expect("lab up");
+        let root = lab.connect("h1").await.unwrap();
+        let addr = lab.host("h1").unwrap().net.addr.to_string();
+        let w = World { lab, root, addr };
+        let script = set_up(&w.lab).await;
+        w.sh(&script).await;
+        scenarios(&w).await;
+        let World { lab, root, .. } = w;
+        let _ = root.close().await;
+        lab.down().await.unwrap();
+    });
+}
+
+async fn scenarios(w: &World) {
+    let db = format!("{DIR}/data/app.db");
+
+    // The service's user may restart its own unit and no other.
+    let notes = w
+        .sh("su -s /bin/sh notes -c 'sudo -n systemctl restart other.service' 2>&1; echo exit=$?")
+        .await;
+    assert!(!notes.contains("exit=0"), "{notes}");
+
+    // A first deploy: nothing ran before.
+    let rev1 = w.commit(serde_json::json!({ "v": 1 }), "main").await;
+    let run = w.deploy(&rev1, &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.outcome(), "confirmed");
+    assert_eq!(w.current().await, rev1);
+    assert_eq!(w.serving().as_deref(), Some(rev1.as_str()));
+    // Its user_version was set by the migration.
+    assert_eq!(w.sqlite(&db, "PRAGMA user_version").await, "1");
+
+    // Again: unchanged, nothing done.
+    let run = w.deploy(&rev1, &[]);
+    assert_eq!((run.code, run.outcome().as_str()), (0, "unchanged"));
+
+    // A good second release, with a migration.
+    let rev2 = w
+        .commit(serde_json::json!({ "v": 2, "user_version": 2 }), "main")
+        .await;
+    let run = w.deploy(&rev2, &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(w.serving().as_deref(), Some(rev2.as_str()));
+    assert_eq!(w.sqlite(&db, "PRAGMA user_version").await, "2");
+
+    // A failing install: the old release keeps serving, untouched.
+    let pid_before = w.sh("systemctl show -p MainPID --value notes").await;
+    let bad_install = w
+        .commit(serde_json::json!({ "install": "fail" }), "main")
+        .await;
+    let poller = Poller::start(&w.addr);
+    let run = w.deploy(&bad_install, &[]);
+    let (failed, total) = poller.stop();
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(run.outcome(), "failed");
+    assert_eq!(run.result()["deployment"]["failure_phase"], "build");
+    assert!(run.stderr.contains("failing on purpose"), "{}", run.stderr);
+    assert_eq!(
+        failed, 0,
+        "{failed} of {total} requests failed during a failed install"
+    );
+    assert!(total > 10);
+    assert_eq!(
+        w.sh("systemctl show -p MainPID --value notes").await,
+        pid_before
+    );
+    assert_eq!(w.current().await, rev2);
+
+    // A failing migration: data restored (its partial write gone), the
+    // previous release back, the revision blocked.
+    let bad_migration = w
+        .commit(serde_json::json!({ "migrate": "fail" }), "main")
+        .await;
+    let run = w.deploy(&bad_migration, &[]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(run.outcome(), "rolled_back");
+    assert_eq!(run.result()["deployment"]["failure_phase"], "migrate");
+    let partial = w
+        .sqlite(
+            &db,
+            "SELECT count(*) FROM rows WHERE revision = 'MIGRATION-PARTIAL'",
+        )
+        .await;
+    assert_eq!(partial, "0");
+    assert_eq!(w.current().await, rev2);
+    assert_eq!(w.serving().as_deref(), Some(rev2.as_str()));
+
+    // An app that crash-loops after it starts.
+    let crash = w
+        .commit(serde_json::json!({ "start": "crash" }), "main")
+        .await;
+    let run = w.deploy(&crash, &[]);
+    assert_eq!(
+        (run.code, run.outcome().as_str()),
+        (1, "rolled_back"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.result()["message"]
+        .as_str()
+        .unwrap()
+        .contains("crash-looping"));
+    assert_eq!(w.serving().as_deref(), Some(rev2.as_str()));
+
+    // Failing health: the database equals the snapshot, nothing the failed
+    // version wrote survives (no stale WAL replayed), the failed database
+    // is kept beside, and the revision is refused next time.
+    let unhealthy = w
+        .commit(serde_json::json!({ "health": "fail" }), "main")
+        .await;
+    let run = w.deploy(&unhealthy, &[]);
+    assert_eq!(
+        (run.code, run.outcome().as_str()),
+        (1, "rolled_back"),
+        "{}",
+        run.stderr
+    );
+    let id = run.result()["deployment"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let snap = w
+        .sh(&format!("ls {DIR}/snapshots/{id}/ | grep -v json"))
+        .await;
+    let snap = format!("{DIR}/snapshots/{id}/{}", snap.trim());
+    let snap_max = w.sqlite(&snap, "SELECT max(id) FROM rows").await;
+    let snap_rows = w
+        .sqlite(
+            &snap,
+            "SELECT count(*), sum(id), group_concat(DISTINCT revision) FROM rows",
+        )
+        .await;
+    let live_rows = w
+        .sqlite(
+            &db,
+            &format!("SELECT count(*), sum(id), group_concat(DISTINCT revision) FROM rows WHERE id <= {snap_max}"),
+        )
+        .await;
+    assert_eq!(live_rows, snap_rows, "rows up to the snapshot differ");
+    let leaked = w
+        .sqlite(
+            &db,
+            &format!("SELECT count(*) FROM rows WHERE revision = '{unhealthy}'"),
+        )
+        .await;
+    assert_eq!(
+        leaked, "0",
+        "rows of the failed version survived the restore"
+    );
+    let failed_db = format!("{db}.failed-{id}");
+    let kept = w
+        .sqlite(
+            &failed_db,
+            &format!("SELECT count(*) > 0 FROM rows WHERE revision = '{unhealthy}'"),
+        )
+        .await;
+    assert_eq!(kept, "1", "the failed database was not kept beside");
+    assert_eq!(w.serving().as_deref(), Some(rev2.as_str()));
+
+    let run = w.deploy(&unhealthy, &[]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("is blocked"), "{}", run.stderr);
+    assert!(run.stderr.contains("--force"), "{}", run.stderr);
+    let run = w.deploy(&unhealthy, &["--force", "--dry-run"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.events("plan")[0]["to"], unhealthy.as_str());
+
+    // Bad input: nothing touched.
+    let off_branch = w.commit(serde_json::json!({ "v": "side" }), "side").await;
+    let run = w.deploy(&off_branch, &[]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("is not on branch main"),
+        "{}",
+        run.stderr
+    );
+    let run = w.deploy("0123456789abcdef0123456789abcdef01234567", &[]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("is not in file:///srv/notes.git"),
+        "{}",
+        run.stderr
+    );
+    let run = w.berth(&[
+        "app", "deploy", "ghost", "--host", "h1", "--user", "notes", "--rev", &rev1,
+    ]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("unknown service `ghost`"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(w.current().await, rev2);
+
+    // Two deploys at once: the second names the holder, or waits.
+    let slow = w
+        .commit(serde_json::json!({ "install": "slow", "v": 3 }), "main")
+        .await;
+    let (first, _) = w.start_until_phase(
+        &["app", "deploy", SERVICE, "--host", "h1", "--rev", &slow],
+        "install",
+    );
+    let run = w.deploy(&slow, &[]);
+    assert_eq!(
+        (run.code, run.outcome().as_str()),
+        (2, "busy"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.result()["message"]
+        .as_str()
+        .unwrap()
+        .contains("locked by tester@"));
+    let run = w.deploy(&slow, &["--lock-wait", "60"]);
+    assert_eq!(
+        (run.code, run.outcome().as_str()),
+        (0, "unchanged"),
+        "{}",
+        run.stderr
+    );
+    let out = first.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(w.serving().as_deref(), Some(slow.as_str()));
+
+    // The SSH connection cut mid-deploy: the host finishes the transaction,
+    // and `app status --follow` re-attaches to it.
+    let rev4 = w
+        .commit(
+            serde_json::json!({ "migrate": "slow", "user_version": 4 }),
+            "main",
+        )
+        .await;
+    let (deployer, _) = w.start_until_phase(
+        &["app", "deploy", SERVICE, "--host", "h1", "--rev", &rev4],
+        "migrate",
+    );
+    // SAFETY: kill of the process group this test started.
+    unsafe {
+        libc::kill(-(deployer.id() as i32), libc::SIGKILL);
+    }
+    let _ = { deployer }.wait();
+    let run = w.berth(&["app", "status", SERVICE, "--host", "h1", "--follow"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("in progress; waiting"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.events("status")[0]["last"]["status"], "confirmed");
+    assert_eq!(w.serving().as_deref(), Some(rev4.as_str()));
+
+    // kill -9 of the agent in each phase; the next command recovers.
+    // During the build: the service was never touched.
+    let rev5 = w
+        .commit(serde_json::json!({ "install": "slow", "v": 5 }), "main")
+        .await;
+    let (child, pid) = w.start_until_phase(
+        &["app", "deploy", SERVICE, "--host", "h1", "--rev", &rev5],
+        "install",
+    );
+    w.sh(&format!("kill -9 {pid}")).await;
+    let _ = child.wait_with_output();
+    let run = w.berth(&["app", "status", SERVICE, "--host", "h1"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let status = &run.events("status")[0];
+    assert_eq!(status["recovered"]["outcome"], "failed", "{status}");
+    assert_eq!(status["current"], rev4.as_str());
+    assert_eq!(w.serving().as_deref(), Some(rev4.as_str()));
+
+    // During the migration: the service was stopped; the next deploy rolls
+    // the dead one back first (data and release), then does its own work.
+    let rev6 = w
+        .commit(
+            serde_json::json!({ "migrate": "slow", "user_version": 6 }),
+            "main",
+        )
+        .await;
+    let (child, pid) = w.start_until_phase(
+        &["app", "deploy", SERVICE, "--host", "h1", "--rev", &rev6],
+        "migrate",
+    );
+    w.sh(&format!("kill -9 {pid}")).await;
+    let _ = child.wait_with_output();
+    let rev7 = w.commit(serde_json::json!({ "v": 7 }), "main").await;
+    let run = w.deploy(&rev7, &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let recovered = &run.events("recovered")[0];
+    assert_eq!(recovered["outcome"], "rolled_back", "{recovered}");
+    assert_eq!(recovered["deployment"]["to_path"], rev6.as_str());
+    assert_eq!(run.outcome(), "confirmed");
+    // The dead agent's migration was killed with it: it did not go on to
+    // change the restored data.
+    std::thread::sleep(Duration::from_secs(7));
+    assert_eq!(w.sqlite(&db, "PRAGMA user_version").await, "1");
+    assert_eq!(w.serving().as_deref(), Some(rev7.as_str()));
+
+    // During the health check: the new release runs but was never found
+    // healthy, so it is rolled back.
+    let rev8 = w
+        .commit(serde_json::json!({ "health": "slow", "v": 8 }), "main")
+        .await;
+    let (child, pid) = w.start_until_phase(
+        &["app", "deploy", SERVICE, "--host", "h1", "--rev", &rev8],
+        "health",
+    );
+    w.sh(&format!("kill -9 {pid}")).await;
+    let _ = child.wait_with_output();
+    let run = w.berth(&["app", "status", SERVICE, "--host", "h1"]);
+    let status = &run.events("status")[0];
+    assert_eq!(status["recovered"]["outcome"], "rolled_back", "{status}");
+    assert_eq!(status["current"], rev7.as_str());
+    assert_eq!(w.serving().as_deref(), Some(rev7.as_str()));
+
+    // Rollback to a named release, at once, without rebuilding.
+    let started = Instant::now();
+    let run = w.berth(&[
+        "app",
+        "rollback",
+        SERVICE,
+        "--host",
+        "h1",
+        "--to",
+        &rev4[..10],
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(!run.stderr.contains("install"), "{}", run.stderr);
+    assert_eq!(w.serving().as_deref(), Some(rev4.as_str()));
+    eprintln!("rollback took {:?}", started.elapsed());
+    // And back to where it was: the release the current one replaced.
+    let run = w.berth(&["app", "rollback", SERVICE, "--host", "h1"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(w.serving().as_deref(), Some(rev7.as_str()));
+    let run = w.berth(&[
+        "app",
+        "rollback",
+        SERVICE,
+        "--host",
+        "h1",
+        "--to",
+        &rev2[..10],
+    ]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("has no kept release"), "{}", run.stderr);
+    // Old releases were pruned: 3 kept, besides the current and previous.
+    let releases = w.sh(&format!("ls {DIR}/releases | wc -l")).await;
+    assert!(releases.trim().parse::<u32>().unwrap() <= 5, "{releases}");
+
+    // Locks: an owner, a reason, exit codes.
+    let lock = |args: &[&str]| {
+        let mut all = vec!["lock"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--host", "h1"]);
+        w.berth(&all)
+    };
+    assert_eq!(
+        lock(&["acquire", SERVICE, "--owner", "alice", "--reason", "db work"]).code,
+        0
+    );
+    assert_eq!(lock(&["acquire", SERVICE, "--owner", "alice"]).code, 0);
+    let run = lock(&["acquire", SERVICE, "--owner", "bob"]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("locked by alice") && run.stderr.contains("db work"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        lock(&["acquire", SERVICE, "--owner", "bob", "--wait", "1"]).code,
+        4
+    );
+    let run = w.deploy(&rev1, &[]);
+    assert_eq!(
+        (run.code, run.outcome().as_str()),
+        (2, "busy"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.result()["message"].as_str().unwrap().contains("alice"));
+    assert_eq!(lock(&["release", SERVICE, "--owner", "bob"]).code, 3);
+    let run = lock(&["status", SERVICE]);
+    assert_eq!(run.events("lock")[0]["holder"]["owner"], "alice");
+    assert_eq!(lock(&["release", SERVICE, "--owner", "alice"]).code, 0);
+    assert_eq!(
+        lock(&["status", SERVICE]).events("lock")[0]["outcome"],
+        "free"
+    );
+
+    // Snapshots on demand, and the audit history.
+    let run = w.berth(&["snapshot", "create", SERVICE, "--host", "h1"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = w.berth(&["snapshot", "list", SERVICE, "--host", "h1"]);
+    assert!(!run.events("snapshot").is_empty());
+    let run = w.berth(&["app", "history", SERVICE, "--host", "h1"]);
+    assert_eq!(run.code, 0);
+    let history = run.events("deployment");
+    assert!(history.len() >= 10, "{history:?}");
+    assert_eq!(history[0]["goal"], "app-rollback");
+    assert!(history
+        .iter()
+        .all(|d| d["actor"].as_str().unwrap().starts_with("tester@")));
+}

@@ -1,0 +1,183 @@
+#!/usr/bin/env python3
+"""The app berth's end-to-end tests deploy: an HTTP server that writes a row
+to SQLite every 10 ms, each its own commit, tagged with its revision.
+
+Python 3 standard library only. Run in a release directory (the cwd):
+
+- `.berth-revision`: the revision ("unknown" without it)
+- `behaviour.json` (optional), keys all optional:
+  `"start": "ok" | "crash"`: crash writes one row, sleeps 0.3 s, exits 1
+  `"health": "ok" | "fail" | "slow"`: fail answers /health with 500 forever
+  (rows keep coming); slow answers 503 for APP_SLOW_SECS after start, then 200
+  (`install` and `migrate` are read by install.sh and migrate.sh)
+
+Environment: APP_DB (default ../data/app.db, relative to the cwd), APP_PORT
+(default 8090), APP_HOST (default 127.0.0.1), APP_SLOW_SECS (default 20).
+
+Endpoints: GET /health -> {"revision", "rows"}; GET /rows -> {"count",
+"max_id", "revision"}; GET /api/items -> 401; anything else 404.
+"""
+
+import json
+import os
+import signal
+import sqlite3
+import sys
+import threading
+import time
+from contextlib import closing
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+WRITE_EVERY = 0.01
+BUSY_TIMEOUT_MS = 5000
+SCHEMA = """CREATE TABLE IF NOT EXISTS rows (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    revision TEXT NOT NULL
+)"""
+
+
+def log(message):
+    print(f"app: {message}", file=sys.stderr, flush=True)
+
+
+def read_revision():
+    try:
+        with open(".berth-revision", encoding="utf-8") as f:
+            return f.read().strip() or "unknown"
+    except FileNotFoundError:
+        return "unknown"
+
+
+def read_behaviour():
+    try:
+        with open("behaviour.json", encoding="utf-8") as f:
+            behaviour = json.load(f)
+    except FileNotFoundError:
+        return {}
+    except ValueError as err:
+        log(f"behaviour.json is not JSON: {err}")
+        sys.exit(2)
+    if not isinstance(behaviour, dict):
+        log("behaviour.json is not an object")
+        sys.exit(2)
+    allowed = {"start": ("ok", "crash"), "health": ("ok", "fail", "slow")}
+    for key, values in allowed.items():
+        if behaviour.get(key, "ok") not in values:
+            log(f"behaviour.json: {key} must be one of {', '.join(values)}")
+            sys.exit(2)
+    return behaviour
+
+
+def connect(path):
+    """A connection in autocommit mode: each INSERT is its own commit."""
+    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    return db
+
+
+def insert(db, revision):
+    db.execute("INSERT INTO rows (at, revision) VALUES (?, ?)", (time.time(), revision))
+
+
+def writer(path, revision, stop):
+    db = connect(path)
+    while not stop.is_set():
+        try:
+            insert(db, revision)
+        except sqlite3.OperationalError as err:
+            # Busy for longer than the busy timeout: try again.
+            if "locked" not in str(err) and "busy" not in str(err):
+                log(f"writer: {err}")
+                os._exit(1)
+        stop.wait(WRITE_EVERY)
+    db.close()
+
+
+def main():
+    revision = read_revision()
+    behaviour = read_behaviour()
+    db_path = os.environ.get("APP_DB", os.path.join("..", "data", "app.db"))
+    host = os.environ.get("APP_HOST", "127.0.0.1")
+    port = int(os.environ.get("APP_PORT", "8090"))
+    slow_secs = float(os.environ.get("APP_SLOW_SECS", "20"))
+    started = time.monotonic()
+
+    if not os.path.isdir(os.path.dirname(os.path.abspath(db_path))):
+        log(f"the directory of APP_DB={db_path} does not exist")
+        sys.exit(1)
+    db = connect(db_path)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute(SCHEMA)
+
+    if behaviour.get("start") == "crash":
+        insert(db, revision)
+        log(f"revision {revision}: crashing on purpose (behaviour start=crash)")
+        time.sleep(0.3)
+        sys.exit(1)
+
+    def count():
+        # One connection per request: the handler runs in its own thread.
+        with closing(connect(db_path)) as reader:
+            return reader.execute("SELECT count(*), coalesce(max(id), 0) FROM rows").fetchone()
+
+    class Handler(BaseHTTPRequestHandler):
+        def send(self, status, body, headers=()):
+            data = (json.dumps(body) + "\n").encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for name, value in headers:
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            path = urlsplit(self.path).path
+            if path == "/health":
+                health = behaviour.get("health", "ok")
+                if health == "fail":
+                    self.send(500, {"revision": revision, "error": "health=fail"})
+                    return
+                if health == "slow" and time.monotonic() - started < slow_secs:
+                    self.send(503, {"revision": revision, "starting": True})
+                    return
+                rows, _ = count()
+                self.send(200, {"revision": revision, "rows": rows})
+            elif path == "/rows":
+                rows, max_id = count()
+                self.send(200, {"count": rows, "max_id": max_id, "revision": revision})
+            elif path == "/api/items":
+                self.send(401, {"error": "unauthorized"}, [("WWW-Authenticate", "Bearer")])
+            else:
+                self.send(404, {"error": "not found"})
+
+        def log_message(self, format, *args):  # noqa: A002 (the base class's name)
+            pass
+
+    stop = threading.Event()
+    thread = threading.Thread(target=writer, args=(db_path, revision, stop), daemon=True)
+    thread.start()
+
+    server = ThreadingHTTPServer((host, port), Handler)
+
+    def shut_down(signum, _frame):
+        log(f"signal {signum}: stopping")
+        stop.set()
+        # shutdown() waits for serve_forever, which runs in this thread.
+        threading.Thread(target=server.shutdown).start()
+
+    signal.signal(signal.SIGTERM, shut_down)
+    signal.signal(signal.SIGINT, shut_down)
+    log(f"revision {revision} on http://{host}:{port}, db {db_path}, "
+        f"behaviour {json.dumps(behaviour)}")
+    server.serve_forever()
+    server.server_close()
+    thread.join(timeout=5)
+    db.close()
+    log("stopped")
+
+
+if __name__ == "__main__":
+    main()
