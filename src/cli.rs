@@ -88,7 +88,7 @@ pub enum Command {
     Man(command::man::Args),
     /// The host side of deploys, run by berth over SSH
     #[command(hide = true)]
-    Agent(command::agent::Args),
+    Agent(Box<command::agent::Args>),
 }
 
 /// What every command gets: where output goes and how to reach hosts.
@@ -255,7 +255,7 @@ async fn run(ctx: Context, command: Command) -> anyhow::Result<Exit> {
         Command::Lab(cmd) => command::lab::run(&ctx, cmd).await,
         Command::Completions(args) => command::completions::run(args),
         Command::Man(args) => command::man::run(args),
-        Command::Agent(args) => command::agent::run(&ctx, args).await,
+        Command::Agent(args) => command::agent::run(&ctx, *args).await,
     }
 }
 

@@ -109,6 +109,8 @@ impl World {
                 return (child, pid.expect("the agent reported its pid"));
             }
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("berth {args:?} ended before phase {phase}");
     }
 
@@ -707,4 +709,215 @@ async fn scenarios(w: &World) {
     assert!(history
         .iter()
         .all(|d| d["actor"].as_str().unwrap().starts_with("tester@")));
+}
+
+/// One berth run timed from outside, with when each `phase` event arrived.
+struct Timed {
+    run: Run,
+    took: Duration,
+    phases: Vec<(String, Duration)>,
+}
+
+impl Timed {
+    /// When the first `phase` event named `name` arrived.
+    fn at(&self, name: &str) -> Duration {
+        self.phases
+            .iter()
+            .find(|(p, _)| p == name)
+            .map(|(_, at)| *at)
+            .unwrap_or_else(|| panic!("no phase {name} in:\n{}", self.run.stdout))
+    }
+
+    /// Before the stop, stop to start (stop, migrate, swap), start to
+    /// healthy (start, health check with its settle time), and after.
+    fn parts(&self) -> [Duration; 4] {
+        let (stop, start, healthy) = (self.at("stop"), self.at("start"), self.at("healthy"));
+        [stop, start - stop, healthy - start, self.took - healthy]
+    }
+}
+
+impl World {
+    /// Runs `berth …` with stdout read as it comes, stderr kept quiet
+    /// unless it fails.
+    fn timed(&self, args: &[&str]) -> Timed {
+        use std::io::Read;
+        let mut cmd = self.berth_cmd(args);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let started = Instant::now();
+        let mut child = cmd.spawn().unwrap();
+        let mut err = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = err.read_to_string(&mut text);
+            text
+        });
+        let (mut stdout, mut phases) = (String::new(), Vec::new());
+        for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+            let line = line.unwrap();
+            if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) {
+                if let (true, Some(phase)) = (event["event"] == "phase", event["phase"].as_str()) {
+                    phases.push((phase.to_owned(), started.elapsed()));
+                }
+            }
+            stdout.push_str(&line);
+            stdout.push('\n');
+        }
+        let status = child.wait().unwrap();
+        let took = started.elapsed();
+        let run = Run {
+            code: status.code().expect("berth was killed"),
+            stdout,
+            stderr: stderr.join().unwrap(),
+        };
+        assert_eq!(
+            (run.code, run.outcome().as_str()),
+            (0, "confirmed"),
+            "berth {}\n{}",
+            args.join(" "),
+            run.stderr
+        );
+        Timed { run, took, phases }
+    }
+}
+
+fn median(mut values: Vec<Duration>) -> Duration {
+    values.sort();
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2
+    }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.3}", d.as_secs_f64())
+}
+
+/// Labs running besides this one (tests, benchmarks): they share the CPUs.
+fn other_labs() -> usize {
+    std::fs::read_dir("/run/berth-lab/slots").map_or(0, |d| d.count().saturating_sub(1))
+}
+
+/// The issue's app-deploy goals: failed requests from a client polling
+/// /health every 10 ms during successful deploys (goal 0), and rollback
+/// time over deploy time (goal ≤ 0.3). Rounds of a deploy of a new
+/// revision then `app rollback` to the release it replaced, each under a
+/// poller; prints a Markdown table. Run by bench/app/run.
+#[test]
+#[ignore = "a benchmark: bench/app/run"]
+fn bench_app_deploys() {
+    let rounds: usize = std::env::var("BERTH_BENCH_RUNS")
+        .ok()
+        .map_or(7, |r| r.parse().expect("BERTH_BENCH_RUNS is a number"));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let dir = PathBuf::from(format!("/srv/berth-bench-{}-app", std::process::id()));
+        let lab = LabGuard::up(&dir, &[HostKind::Systemd])
+            .await
+            .expect("lab up");
+        let root = lab.connect("h1").await.unwrap();
+        let addr = lab.host("h1").unwrap().net.addr.to_string();
+        let w = World { lab, root, addr };
+        let script = set_up(&w.lab).await;
+        w.sh(&script).await;
+        bench_rounds(&w, rounds).await;
+        let World { lab, root, .. } = w;
+        let _ = root.close().await;
+        lab.down().await.unwrap();
+    });
+}
+
+async fn bench_rounds(w: &World, rounds: usize) {
+    let others_before = other_labs();
+    // The first deploy (nothing ran before) is not measured.
+    let base = w.commit(serde_json::json!({ "v": 0 }), "main").await;
+    w.timed(&["app", "deploy", SERVICE, "--host", "h1", "--rev", &base]);
+
+    let mut rows = Vec::new();
+    let (mut deploys, mut rollbacks) = (Vec::new(), Vec::new());
+    let (mut deploy_parts, mut rollback_parts) = (Vec::new(), Vec::new());
+    let (mut deploy_req, mut rollback_req) = ((0, 0), (0, 0));
+    for n in 1..=rounds {
+        let rev = w.commit(serde_json::json!({ "v": n }), "main").await;
+        let poller = Poller::start(&w.addr);
+        let deploy = w.timed(&["app", "deploy", SERVICE, "--host", "h1", "--rev", &rev]);
+        let (d_failed, d_total) = poller.stop();
+        assert_eq!(w.serving().as_deref(), Some(rev.as_str()));
+
+        let poller = Poller::start(&w.addr);
+        let rollback = w.timed(&["app", "rollback", SERVICE, "--host", "h1"]);
+        let (r_failed, r_total) = poller.stop();
+        assert_eq!(w.serving().as_deref(), Some(base.as_str()));
+
+        let row = format!(
+            "| {n} | {} | {d_failed}/{d_total} | {} | {r_failed}/{r_total} | {:.2} |",
+            secs(deploy.took),
+            secs(rollback.took),
+            rollback.took.as_secs_f64() / deploy.took.as_secs_f64(),
+        );
+        eprintln!("{row}");
+        rows.push(row);
+        deploy_req = (deploy_req.0 + d_failed, deploy_req.1 + d_total);
+        rollback_req = (rollback_req.0 + r_failed, rollback_req.1 + r_total);
+        deploys.push(deploy.took);
+        rollbacks.push(rollback.took);
+        deploy_parts.push(deploy.parts());
+        rollback_parts.push(rollback.parts());
+    }
+
+    let (deploy, rollback) = (median(deploys.clone()), median(rollbacks.clone()));
+    let ratio = rollback.as_secs_f64() / deploy.as_secs_f64();
+    let range = |v: &[Duration]| {
+        format!(
+            "{}–{}",
+            secs(*v.iter().min().unwrap()),
+            secs(*v.iter().max().unwrap())
+        )
+    };
+    let part =
+        |parts: &[[Duration; 4]], i: usize| secs(median(parts.iter().map(|p| p[i]).collect()));
+    let mut out = String::new();
+    out += &format!(
+        "\n{rounds} rounds of: deploy a new revision, then `app rollback` to the one it \
+         replaced; a client polls /health every 10 ms across each; other labs running: \
+         {others_before} before, {} after\n\n",
+        other_labs()
+    );
+    out += "| round | deploy (s) | failed/total requests | rollback (s) | failed/total requests | rollback / deploy |\n";
+    out += "| --- | --- | --- | --- | --- | --- |\n";
+    for row in &rows {
+        out += row;
+        out += "\n";
+    }
+    out += &format!(
+        "| median | {} | {}/{} in all | {} | {}/{} in all | **{ratio:.2}** (goal ≤ 0.3: {}) |\n",
+        secs(deploy),
+        deploy_req.0,
+        deploy_req.1,
+        secs(rollback),
+        rollback_req.0,
+        rollback_req.1,
+        if ratio <= 0.3 { "met" } else { "**not met**" },
+    );
+    out += &format!(
+        "\nmin–max: deploy {} s, rollback {} s\n\n",
+        range(&deploys),
+        range(&rollbacks)
+    );
+    out += "| medians (s) | before the stop | stop → start (stop, migrate, swap) | start → healthy (start, health, settle) | after healthy (record, prune, exit) |\n";
+    out += "| --- | --- | --- | --- | --- |\n";
+    for (name, parts) in [("deploy", &deploy_parts), ("rollback", &rollback_parts)] {
+        out += &format!(
+            "| {name} | {} | {} | {} | {} |\n",
+            part(parts, 0),
+            part(parts, 1),
+            part(parts, 2),
+            part(parts, 3)
+        );
+    }
+    eprintln!("{out}");
 }

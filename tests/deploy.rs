@@ -410,6 +410,25 @@ fn system_deploys_on_lab_hosts() {
             "plan changed the host"
         );
 
+        // A host held with `berth lock` refuses deploys by anyone else.
+        let ssh_config = lab.ssh_config();
+        let lock = |args: &[&str]| {
+            let mut all = vec!["lock"];
+            all.extend_from_slice(args);
+            all.extend_from_slice(&["--host", "h2", "--agent", BIN]);
+            berth(&ssh_config, &all)
+        };
+        let run = lock(&["acquire", "--owner", "ops", "--reason", "disk swap"]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let run = deploy(&lab, &[&fleet.node("web2")]);
+        assert_eq!(run.code, 1);
+        assert!(
+            run.stderr.contains("the host is locked by ops") && run.stderr.contains("disk swap"),
+            "{}",
+            run.stderr
+        );
+        assert_eq!(lock(&["release", "--owner", "ops"]).code, 0);
+
         // Two deploys to one host at once: the second refuses, naming the first.
         let (_, running) = generation(&lab, "h1").await;
         let pending = agent(

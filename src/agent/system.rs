@@ -174,6 +174,18 @@ impl Agent {
             .all_active()?
             .into_iter()
             .find(|d| d.kind == Kind::System && d.target != new.target);
+        // `berth lock acquire --host` holds the host against everyone else.
+        if let Some(lock) = self
+            .store
+            .lock_holder(state::HOST_SCOPE)?
+            .filter(|h| h.owner != a.actor)
+        {
+            return Ok(AgentResult {
+                outcome: Outcome::Busy,
+                message: format!("the host is locked by {lock}"),
+                deployment: None,
+            });
+        }
         let begun = match other {
             Some(holder) => Err(StateError::Busy {
                 holder: Box::new(holder),

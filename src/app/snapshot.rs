@@ -378,7 +378,7 @@ fn backup(path: &Path, copy: &Path) -> Result<(), SnapshotError> {
     src.busy_timeout(BUSY_TIMEOUT)
         .and_then(|()| src.pragma_update(None, "query_only", true))
         .map_err(sql_err("set up a connection to", path))?;
-    if let Ok(v) = std::env::var("EXP_MMAP") {
+    if let Ok(v) = std::env::var("EXP_MMAP").and_then(|v| if v.is_empty() { Err(std::env::VarError::NotPresent) } else { Ok(v) }) {
         src.pragma_update(None, "mmap_size", v.parse::<i64>().unwrap())
             .unwrap();
     }
@@ -475,6 +475,7 @@ fn verify_copy(path: &Path, copy: &Path) -> Result<(i64, u64, String), SnapshotE
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(sql_err("open", copy))?;
+    let t0 = std::time::Instant::now();
     // The backup copied the live header, so a WAL database's copy would
     // open in WAL mode and grow -wal and -shm files.
     let mode: String = conn
@@ -486,6 +487,7 @@ fn verify_copy(path: &Path, copy: &Path) -> Result<(i64, u64, String), SnapshotE
             report: format!("its journal mode stayed {mode}"),
         });
     }
+    eprintln!("exp: journal mode {:?}", t0.elapsed());
     // From here the file no longer changes: hash it while SQLite checks it.
     let (checked, hashed) = thread::scope(|s| {
         let hashing = s.spawn(|| hash_file(copy));
@@ -495,6 +497,7 @@ fn verify_copy(path: &Path, copy: &Path) -> Result<(i64, u64, String), SnapshotE
         });
         (checked, hashing.join())
     });
+    eprintln!("exp: check+hash {:?}", t0.elapsed());
     let user_version = checked?;
     let (size, sha256) = hashed
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
@@ -515,6 +518,7 @@ fn verify_copy(path: &Path, copy: &Path) -> Result<(i64, u64, String), SnapshotE
     file.sync_all()
         .map_err(io_err(format!("sync {}", copy.display())))?;
     sync_dir(parent_dir(copy))?;
+    eprintln!("exp: synced {:?}", t0.elapsed());
     Ok((user_version, size, sha256))
 }
 
@@ -1715,9 +1719,9 @@ mod bench {
             conn.query_row(
                 "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
                 [],
-                |r| r.get(0),
+                |r| r.get::<_, i64>(0),
             )
-            .unwrap()
+            .unwrap() as u64
         };
         while bytes(&conn) < mib << 20 {
             conn.execute_batch(

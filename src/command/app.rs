@@ -23,7 +23,7 @@ use crate::state::{self, Deployment};
 pub enum AppCommand {
     /// Deploy an exact revision: build it beside the running one, snapshot the data, swap,
     /// check health; on failure restore the data and the previous release
-    Deploy(DeployArgs),
+    Deploy(Box<DeployArgs>),
     /// Go back to the previous (or a named) kept release, without rebuilding
     Rollback(RollbackArgs),
     /// What the service runs, its unit, its releases and its last deploy
@@ -143,7 +143,7 @@ pub struct HistoryArgs {
 
 pub async fn run(ctx: &Context, command: AppCommand) -> anyhow::Result<Exit> {
     match command {
-        AppCommand::Deploy(args) => deploy(ctx, args).await,
+        AppCommand::Deploy(args) => deploy(ctx, *args).await,
         AppCommand::Rollback(args) => rollback(ctx, args).await,
         AppCommand::Status(args) => status(ctx, args).await,
         AppCommand::History(args) => history(ctx, args).await,
