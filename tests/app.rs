@@ -695,17 +695,72 @@ async fn scenarios(w: &World) {
         lock(&["status", SERVICE]).events("lock")[0]["outcome"],
         "free"
     );
+    // The whole host, held by root's `berth lock`, holds the service too.
+    let run = lock(&["acquire", "--owner", "ops", "--reason", "kernel update"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = w.deploy(&rev1, &[]);
+    assert_eq!(
+        (run.code, run.outcome().as_str()),
+        (2, "busy"),
+        "{}",
+        run.stderr
+    );
+    let message = run.result()["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("the host is locked by ops") && message.contains("kernel update"),
+        "{message}"
+    );
+    assert_eq!(lock(&["release", "--owner", "ops"]).code, 0);
 
     // Snapshots on demand, and the audit history.
     let run = w.berth(&["snapshot", "create", SERVICE, "--host", "h1"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
+    let snapshot_id = run.events("snapshot")[0]["id"].as_str().unwrap().to_owned();
+    let max_then: u64 = w
+        .sqlite(&db, "SELECT max(id) FROM rows")
+        .await
+        .parse()
+        .unwrap();
     let run = w.berth(&["snapshot", "list", SERVICE, "--host", "h1"]);
-    assert!(!run.events("snapshot").is_empty());
+    assert!(run
+        .events("snapshot")
+        .iter()
+        .any(|s| s["id"] == snapshot_id.as_str()));
+    // Restore it: the data it replaces is kept beside, the app serves again.
+    std::thread::sleep(Duration::from_millis(500));
+    let run = w.berth(&["snapshot", "restore", SERVICE, &snapshot_id, "--host", "h1"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let restore_id = run.result()["deployment"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let replaced: u64 = w
+        .sqlite(
+            &format!("{db}.failed-{restore_id}-replaced"),
+            "SELECT max(id) FROM rows",
+        )
+        .await
+        .parse()
+        .unwrap();
+    assert!(replaced > max_then, "{replaced} <= {max_then}");
+    assert_eq!(w.serving().as_deref(), Some(rev7.as_str()));
+    // A restore is not a release: rollback still knows the one before.
+    let run = w.berth(&[
+        "app",
+        "rollback",
+        SERVICE,
+        "--host",
+        "h1",
+        "--to",
+        &rev4[..12],
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
     let run = w.berth(&["app", "history", SERVICE, "--host", "h1"]);
     assert_eq!(run.code, 0);
     let history = run.events("deployment");
     assert!(history.len() >= 10, "{history:?}");
     assert_eq!(history[0]["goal"], "app-rollback");
+    assert_eq!(history[1]["goal"], "restore");
     assert!(history
         .iter()
         .all(|d| d["actor"].as_str().unwrap().starts_with("tester@")));
@@ -728,18 +783,27 @@ impl Timed {
             .unwrap_or_else(|| panic!("no phase {name} in:\n{}", self.run.stdout))
     }
 
-    /// Before the stop, stop to start (stop, migrate, swap), start to
-    /// healthy (start, health check with its settle time), and after.
-    fn parts(&self) -> [Duration; 4] {
-        let (stop, start, healthy) = (self.at("stop"), self.at("start"), self.at("healthy"));
-        [stop, start - stop, healthy - start, self.took - healthy]
+    /// Up to the record (connect, agent start, lock, fetch), the record to
+    /// the stop (checkout, install, snapshot), stop to start (stop,
+    /// migrate, swap), start to healthy (start, health check with its
+    /// settle time), and after.
+    fn parts(&self) -> [Duration; 5] {
+        let (recorded, stop) = (self.at("recorded"), self.at("stop"));
+        let (start, healthy) = (self.at("start"), self.at("healthy"));
+        [
+            recorded,
+            stop - recorded,
+            start - stop,
+            healthy - start,
+            self.took - healthy,
+        ]
     }
 }
 
 impl World {
     /// Runs `berth …` with stdout read as it comes, stderr kept quiet
-    /// unless it fails.
-    fn timed(&self, args: &[&str]) -> Timed {
+    /// unless it fails; it must succeed.
+    async fn timed(&self, args: &[&str]) -> Timed {
         use std::io::Read;
         let mut cmd = self.berth_cmd(args);
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -769,13 +833,17 @@ impl World {
             stdout,
             stderr: stderr.join().unwrap(),
         };
-        assert_eq!(
-            (run.code, run.outcome().as_str()),
-            (0, "confirmed"),
-            "berth {}\n{}",
-            args.join(" "),
-            run.stderr
-        );
+        if (run.code, run.outcome().as_str()) != (0, "confirmed") {
+            let journal = self
+                .sh("journalctl -u notes.service -n 60 --no-pager -o short-precise")
+                .await;
+            panic!(
+                "berth {} exited {}:\n{}\nthe unit's journal:\n{journal}",
+                args.join(" "),
+                run.code,
+                run.stderr
+            );
+        }
         Timed { run, took, phases }
     }
 }
@@ -835,7 +903,8 @@ async fn bench_rounds(w: &World, rounds: usize) {
     let others_before = other_labs();
     // The first deploy (nothing ran before) is not measured.
     let base = w.commit(serde_json::json!({ "v": 0 }), "main").await;
-    w.timed(&["app", "deploy", SERVICE, "--host", "h1", "--rev", &base]);
+    w.timed(&["app", "deploy", SERVICE, "--host", "h1", "--rev", &base])
+        .await;
 
     let mut rows = Vec::new();
     let (mut deploys, mut rollbacks) = (Vec::new(), Vec::new());
@@ -844,12 +913,14 @@ async fn bench_rounds(w: &World, rounds: usize) {
     for n in 1..=rounds {
         let rev = w.commit(serde_json::json!({ "v": n }), "main").await;
         let poller = Poller::start(&w.addr);
-        let deploy = w.timed(&["app", "deploy", SERVICE, "--host", "h1", "--rev", &rev]);
+        let deploy = w
+            .timed(&["app", "deploy", SERVICE, "--host", "h1", "--rev", &rev])
+            .await;
         let (d_failed, d_total) = poller.stop();
         assert_eq!(w.serving().as_deref(), Some(rev.as_str()));
 
         let poller = Poller::start(&w.addr);
-        let rollback = w.timed(&["app", "rollback", SERVICE, "--host", "h1"]);
+        let rollback = w.timed(&["app", "rollback", SERVICE, "--host", "h1"]).await;
         let (r_failed, r_total) = poller.stop();
         assert_eq!(w.serving().as_deref(), Some(base.as_str()));
 
@@ -879,7 +950,7 @@ async fn bench_rounds(w: &World, rounds: usize) {
         )
     };
     let part =
-        |parts: &[[Duration; 4]], i: usize| secs(median(parts.iter().map(|p| p[i]).collect()));
+        |parts: &[[Duration; 5]], i: usize| secs(median(parts.iter().map(|p| p[i]).collect()));
     let mut out = String::new();
     out += &format!(
         "\n{rounds} rounds of: deploy a new revision, then `app rollback` to the one it \
@@ -908,15 +979,16 @@ async fn bench_rounds(w: &World, rounds: usize) {
         range(&deploys),
         range(&rollbacks)
     );
-    out += "| medians (s) | before the stop | stop → start (stop, migrate, swap) | start → healthy (start, health, settle) | after healthy (record, prune, exit) |\n";
-    out += "| --- | --- | --- | --- | --- |\n";
+    out += "| medians (s) | to recorded (connect, agent, lock, fetch) | recorded → stop (checkout, install, snapshot) | stop → start (stop, migrate, swap) | start → healthy (start, health, settle) | after healthy (record, prune, exit) |\n";
+    out += "| --- | --- | --- | --- | --- | --- |\n";
     for (name, parts) in [("deploy", &deploy_parts), ("rollback", &rollback_parts)] {
         out += &format!(
-            "| {name} | {} | {} | {} | {} |\n",
+            "| {name} | {} | {} | {} | {} | {} |\n",
             part(parts, 0),
             part(parts, 1),
             part(parts, 2),
-            part(parts, 3)
+            part(parts, 3),
+            part(parts, 4)
         );
     }
     eprintln!("{out}");

@@ -34,7 +34,8 @@ pub struct Manifest {
     pub commands: Commands,
     #[serde(default)]
     pub data: Data,
-    /// Releases kept, besides the current and the previous one.
+    /// Releases kept, newest first; the current and the previous one are
+    /// kept whatever this says.
     #[serde(default = "default_keep")]
     pub keep_releases: usize,
     /// Snapshots kept.
@@ -233,39 +234,31 @@ impl Manifest {
             ));
         }
         let path = dir.join(format!("{service}.json"));
-        let mut manifest = match std::fs::read(&path) {
-            Ok(bytes) => {
-                let m: Manifest =
-                    serde_json::from_slice(&bytes).map_err(|source| ManifestError::Parse {
-                        path: path.clone(),
-                        source,
-                    })?;
-                if m.version != VERSION {
-                    return Err(ManifestError::Version {
-                        path,
-                        found: m.version,
-                    });
+        // Without the module's manifest, the one the last deploy used
+        // (given by flags) lets status, rollback and locks work too.
+        let saved = Manifest::bare(service).layout().saved_manifest();
+        let mut manifest = match read(&path)? {
+            Some(m) => m,
+            None => match read(&saved)? {
+                Some(m) => m,
+                None if overrides.repo.is_some() && overrides.health_url.is_some() => {
+                    Manifest::bare(service)
                 }
-                if m.service != service {
-                    return Err(invalid(format!(
-                        "{} is the manifest of `{}`",
-                        path.display(),
-                        m.service
-                    )));
-                }
-                m
-            }
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                if overrides.repo.is_none() || overrides.health_url.is_none() {
+                None => {
                     return Err(ManifestError::Unknown {
                         service: service.to_owned(),
                         path,
-                    });
+                    })
                 }
-                Manifest::bare(service)
-            }
-            Err(source) => return Err(ManifestError::Read { path, source }),
+            },
         };
+        if manifest.service != service {
+            return Err(invalid(format!(
+                "{} is the manifest of `{}`",
+                path.display(),
+                manifest.service
+            )));
+        }
         if !overrides.is_empty() {
             manifest.apply(overrides);
         }
@@ -365,6 +358,31 @@ impl Manifest {
     }
 }
 
+/// Reads a manifest file; `None` when there is none.
+fn read(path: &Path) -> Result<Option<Manifest>, ManifestError> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(ManifestError::Read {
+                path: path.to_owned(),
+                source,
+            })
+        }
+    };
+    let m: Manifest = serde_json::from_slice(&bytes).map_err(|source| ManifestError::Parse {
+        path: path.to_owned(),
+        source,
+    })?;
+    if m.version != VERSION {
+        return Err(ManifestError::Version {
+            path: path.to_owned(),
+            found: m.version,
+        });
+    }
+    Ok(Some(m))
+}
+
 fn has_dot_dot(path: &Path) -> bool {
     path.components().any(|c| c == Component::ParentDir)
 }
@@ -414,6 +432,10 @@ impl Layout {
     /// berth's records of this service: its state database.
     pub fn state(&self) -> PathBuf {
         self.dir.join(".berth")
+    }
+    /// The manifest the last deploy used.
+    pub fn saved_manifest(&self) -> PathBuf {
+        self.state().join("manifest.json")
     }
 }
 

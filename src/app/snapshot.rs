@@ -15,6 +15,7 @@ use std::fs::{self, File, FileTimes, OpenOptions, Permissions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -38,6 +39,10 @@ const BUSY_RETRIES: u32 = 3;
 const BUSY_PAUSE: Duration = Duration::from_millis(200);
 /// An incomplete snapshot younger than this may still be in the making.
 const INCOMPLETE_GRACE: Duration = Duration::from_secs(3600);
+/// How often, and from how many new bytes on, a copy in the making is
+/// written to disk (see `write_behind`).
+const WRITE_BEHIND_EVERY: Duration = Duration::from_millis(50);
+const WRITE_BEHIND_CHUNK: u64 = 16 << 20;
 /// Read size for hashing and copying.
 const CHUNK: usize = 1 << 20;
 
@@ -378,10 +383,6 @@ fn backup(path: &Path, copy: &Path) -> Result<(), SnapshotError> {
     src.busy_timeout(BUSY_TIMEOUT)
         .and_then(|()| src.pragma_update(None, "query_only", true))
         .map_err(sql_err("set up a connection to", path))?;
-    if let Ok(v) = std::env::var("EXP_MMAP").and_then(|v| if v.is_empty() { Err(std::env::VarError::NotPresent) } else { Ok(v) }) {
-        src.pragma_update(None, "mmap_size", v.parse::<i64>().unwrap())
-            .unwrap();
-    }
     let dst = Connection::open_with_flags(
         copy,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -396,10 +397,58 @@ fn backup(path: &Path, copy: &Path) -> Result<(), SnapshotError> {
         .map_err(sql_err("set up", copy))?;
     dst.pragma_update(None, "synchronous", "OFF")
         .map_err(sql_err("set up", copy))?;
-    backup_whole(&src, &dst, path)?;
+    let done = AtomicBool::new(false);
+    thread::scope(|s| {
+        let flusher = s.spawn(|| write_behind(copy, &done));
+        let backed_up = backup_whole(&src, &dst, path);
+        done.store(true, Ordering::Relaxed);
+        flusher.thread().unpark();
+        joined(flusher);
+        backed_up
+    })?;
     dst.close().map_err(|(_, e)| sql_err("write", copy)(e))?;
     src.close().map_err(|(_, e)| sql_err("close", path)(e))
 }
+
+/// Has the kernel write the copy to disk while the backup makes it, a chunk
+/// at a time, until `done`.
+///
+/// Only to spread the I/O: left to the final fsync, a GiB of dirty pages
+/// goes out in one burst, and on ext4 the service's own fsyncs (at each WAL
+/// checkpoint) wait behind it, stalling its commits for as long. Errors are
+/// left to that fsync, which still runs.
+fn write_behind(copy: &Path, done: &AtomicBool) {
+    let Ok(file) = File::open(copy) else {
+        return;
+    };
+    let mut flushed = 0;
+    while !done.load(Ordering::Relaxed) {
+        thread::park_timeout(WRITE_BEHIND_EVERY);
+        let Ok(len) = file.metadata().map(|m| m.len()) else {
+            return;
+        };
+        if len >= flushed + WRITE_BEHIND_CHUNK {
+            write_out(&file, flushed, len - flushed);
+            flushed = len;
+        }
+    }
+}
+
+/// Writes a file's range to disk and waits for it, without its metadata.
+#[cfg(target_os = "linux")]
+fn write_out(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+        | libc::SYNC_FILE_RANGE_WRITE
+        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    // SAFETY: a plain system call on an open descriptor.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset as i64, len as i64, flags);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn write_out(_file: &File, _offset: u64, _len: u64) {}
 
 /// Runs SQLite's online backup from `src` to `dst` in one step of all pages.
 ///
@@ -475,11 +524,12 @@ fn verify_copy(path: &Path, copy: &Path) -> Result<(i64, u64, String), SnapshotE
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(sql_err("open", copy))?;
-    let t0 = std::time::Instant::now();
     // The backup copied the live header, so a WAL database's copy would
-    // open in WAL mode and grow -wal and -shm files.
+    // open in WAL mode and grow -wal and -shm files. No sync here: the
+    // whole file is synced below, beside the checks.
     let mode: String = conn
-        .pragma_update_and_check(None, "journal_mode", "DELETE", |r| r.get(0))
+        .pragma_update(None, "synchronous", "OFF")
+        .and_then(|()| conn.pragma_update_and_check(None, "journal_mode", "DELETE", |r| r.get(0)))
         .map_err(sql_err("leave WAL mode in", copy))?;
     if !mode.eq_ignore_ascii_case("delete") {
         return Err(SnapshotError::CheckFailed {
@@ -487,21 +537,24 @@ fn verify_copy(path: &Path, copy: &Path) -> Result<(i64, u64, String), SnapshotE
             report: format!("its journal mode stayed {mode}"),
         });
     }
-    eprintln!("exp: journal mode {:?}", t0.elapsed());
-    // From here the file no longer changes: hash it while SQLite checks it.
-    let (checked, hashed) = thread::scope(|s| {
+    let file = File::open(copy).map_err(io_err(format!("open {}", copy.display())))?;
+    file.set_permissions(Permissions::from_mode(0o600))
+        .map_err(io_err(format!("set the mode of {}", copy.display())))?;
+    // From here the file no longer changes: SQLite checks it while it is
+    // hashed and written to disk, so the total is about the longest of the
+    // three rather than their sum.
+    let (checked, hashed, synced) = thread::scope(|s| {
         let hashing = s.spawn(|| hash_file(copy));
+        let syncing = s.spawn(|| file.sync_all());
         let checked = quick_check(&conn, path, copy).and_then(|()| {
             conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))
                 .map_err(sql_err("read the user_version of", copy))
         });
-        (checked, hashing.join())
+        (checked, joined(hashing), joined(syncing))
     });
-    eprintln!("exp: check+hash {:?}", t0.elapsed());
     let user_version = checked?;
-    let (size, sha256) = hashed
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        .map_err(io_err(format!("read {}", copy.display())))?;
+    let (size, sha256) = hashed.map_err(io_err(format!("read {}", copy.display())))?;
+    synced.map_err(io_err(format!("sync {}", copy.display())))?;
     conn.close().map_err(|(_, e)| sql_err("close", copy)(e))?;
     for suffix in SIDECARS {
         let side = with_suffix(copy, suffix);
@@ -512,14 +565,15 @@ fn verify_copy(path: &Path, copy: &Path) -> Result<(i64, u64, String), SnapshotE
             });
         }
     }
-    let file = File::open(copy).map_err(io_err(format!("open {}", copy.display())))?;
-    file.set_permissions(Permissions::from_mode(0o600))
-        .map_err(io_err(format!("set the mode of {}", copy.display())))?;
-    file.sync_all()
-        .map_err(io_err(format!("sync {}", copy.display())))?;
     sync_dir(parent_dir(copy))?;
-    eprintln!("exp: synced {:?}", t0.elapsed());
     Ok((user_version, size, sha256))
+}
+
+/// A scoped thread's result; its panic goes on in this thread.
+fn joined<T>(handle: thread::ScopedJoinHandle<'_, T>) -> T {
+    handle
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
 fn quick_check(conn: &Connection, path: &Path, copy: &Path) -> Result<(), SnapshotError> {

@@ -24,7 +24,7 @@ use crate::output::Printer;
 use crate::process::{self, CommandError, JobLog};
 use crate::state::{
     self, service_scope, Deployment, Kind, LockError, LockHolder, NewDeployment, StateError,
-    Status, Store, HOST_SCOPE,
+    Status, Store,
 };
 
 /// The goal recorded for each kind of app deployment.
@@ -142,6 +142,8 @@ pub struct RollbackRequest {
     /// deployed.
     pub restore_data: bool,
     pub actor: String,
+    pub reason: Option<String>,
+    pub ci_run_url: Option<String>,
     pub lock_wait: Duration,
 }
 
@@ -269,16 +271,10 @@ impl AppAgent {
         }
     }
 
-    /// The host-wide lock, when someone other than `actor` holds it. The
-    /// host's state may not be readable by the service's user: then there
-    /// is no host lock to honour.
+    /// The host-wide lock, when someone other than `actor` holds it (read
+    /// from the file the host's agent publishes it in).
     fn host_lock(&self, actor: &str) -> Option<LockHolder> {
-        let store = Store::open_read_only(&self.host_state).ok().flatten()?;
-        store
-            .lock_holder(HOST_SCOPE)
-            .ok()
-            .flatten()
-            .filter(|h| h.owner != actor)
+        state::read_host_lock(&self.host_state).filter(|h| h.owner != actor)
     }
 
     /// Takes the service's lock for this process, waiting up to `wait`.
@@ -317,27 +313,17 @@ impl AppAgent {
             .unlock_process(&service_scope(&self.manifest.service));
     }
 
-    /// Whether deployment `d`'s agent still runs (it holds the lock).
-    fn running(&self, d: &Deployment) -> bool {
-        let holder = self
-            .store
-            .lock_holder(&service_scope(&self.manifest.service))
-            .ok()
-            .flatten();
-        matches!((holder, d.agent_pid), (Some(h), Some(pid)) if h.pid == Some(pid) && h.process_alive())
-    }
-
     /// Finishes or rolls back a deployment whose agent died: one that had
     /// passed its health check is confirmed; one that had touched the
     /// service is rolled back (not blocked: the revision did not fail);
     /// one that had not is marked failed.
-    pub async fn recover(&mut self) -> Result<Option<AgentResult>, AppError> {
+    ///
+    /// Runs with the service's lock held, so two commands never settle the
+    /// same deployment.
+    async fn recover(&mut self) -> Result<Option<AgentResult>, AppError> {
         let Some(d) = self.store.active(Kind::App, &self.manifest.service)? else {
             return Ok(None);
         };
-        if self.running(&d) {
-            return Ok(None);
-        }
         let phases: Vec<String> = self
             .store
             .events(&d.id)?
@@ -367,7 +353,9 @@ impl AppAgent {
                 ),
             )
         } else if seen(TOUCHED) {
-            self.undo(&d, "its agent died mid-deploy", false).await?
+            // Not blocked: the revision did not fail, its agent died.
+            self.undo(&d, "its agent died mid-deploy", &last, false)
+                .await?
         } else {
             let done = self.store.set_status(&d.id, Status::Failed, Some(&last))?;
             self.result(
@@ -378,7 +366,7 @@ impl AppAgent {
                 ),
             )
         };
-        self.unlock();
+        self.printer.event(EVENT_RECOVERED, &result);
         Ok(Some(result))
     }
 
@@ -441,14 +429,14 @@ impl AppAgent {
 
     /// `app deploy`: the whole transaction.
     pub async fn deploy(&mut self, req: &DeployRequest) -> Result<AgentResult, AppError> {
-        if let Some(recovered) = self.recover().await? {
-            self.printer.event(EVENT_RECOVERED, &recovered);
-        }
         let reason = format!("deploy {} by {}", req.id, req.actor);
         if let Err(busy) = self.lock(&req.actor, &reason, req.lock_wait).await {
             return Ok(busy.result());
         }
-        let result = self.deploy_locked(req).await;
+        let result = match self.recover().await {
+            Ok(_) => self.deploy_locked(req).await,
+            Err(e) => Err(e),
+        };
         self.unlock();
         result
     }
@@ -476,6 +464,7 @@ impl AppAgent {
             ci_run_url: req.ci_run_url.clone(),
         })?;
         self.store.set_agent_pid(&d.id, std::process::id())?;
+        self.save_manifest();
         self.phase(
             &d.id,
             "recorded",
@@ -491,6 +480,18 @@ impl AppAgent {
         }
     }
 
+    /// Keeps the manifest this deploy uses, so that later commands on a
+    /// service deployed with flags alone know it too.
+    fn save_manifest(&self) {
+        let path = self.layout.saved_manifest();
+        if let Ok(json) = serde_json::to_vec_pretty(&self.manifest) {
+            let tmp = path.with_extension("json.tmp");
+            if std::fs::write(&tmp, json).is_ok() {
+                let _ = std::fs::rename(&tmp, &path);
+            }
+        }
+    }
+
     /// Settles a deployment whose step `phase` failed with `err`: before
     /// the service was touched it just failed; after, it is rolled back.
     async fn fail(
@@ -502,8 +503,9 @@ impl AppAgent {
         let why = format!("{phase} failed: {err}{}", command_tail(&err));
         let touched = self.store.events(&d.id)?.iter().any(|e| e.phase == TOUCHED);
         if touched {
-            let result = self.undo(d, &why, true).await?;
-            return Ok(result);
+            // A deploy's failed revision is refused next time; a rollback
+            // or a restore brings no new revision.
+            return self.undo(d, &why, phase, d.goal == GOAL_DEPLOY).await;
         }
         self.phase(&d.id, phase, &why);
         let done = self.store.set_status(&d.id, Status::Failed, Some(phase))?;
@@ -650,6 +652,7 @@ impl AppAgent {
         &mut self,
         d: &Deployment,
         why: &str,
+        failed_phase: &str,
         block: bool,
     ) -> Result<AgentResult, AppError> {
         self.phase(&d.id, "rollback", why);
@@ -704,20 +707,11 @@ impl AppAgent {
                 &format!("revision {} is blocked", d.to_path),
             );
         }
-        let failed_phase = self
-            .store
-            .events(&d.id)?
-            .iter()
-            .rev()
-            .find(|e| {
-                !["rollback", "restore", "swap", "health", "block", "recover"]
-                    .contains(&e.phase.as_str())
-            })
-            .map(|e| e.phase.clone());
+
         if problems.is_empty() {
             let done = self
                 .store
-                .set_status(&d.id, Status::RolledBack, failed_phase.as_deref())?;
+                .set_status(&d.id, Status::RolledBack, Some(failed_phase))?;
             Ok(self.result(
                 &done,
                 format!(
@@ -727,9 +721,9 @@ impl AppAgent {
                 ),
             ))
         } else {
-            let done =
-                self.store
-                    .set_status(&d.id, Status::RollbackFailed, failed_phase.as_deref())?;
+            let done = self
+                .store
+                .set_status(&d.id, Status::RollbackFailed, Some(failed_phase))?;
             Ok(self.result(
                 &done,
                 format!("{why}; the rollback failed too: {}", problems.join("; ")),
@@ -754,14 +748,14 @@ impl AppAgent {
 
     /// `app rollback`: back to a kept release, without rebuilding.
     pub async fn rollback(&mut self, req: &RollbackRequest) -> Result<AgentResult, AppError> {
-        if let Some(recovered) = self.recover().await? {
-            self.printer.event(EVENT_RECOVERED, &recovered);
-        }
         let reason = format!("rollback {} by {}", req.id, req.actor);
         if let Err(busy) = self.lock(&req.actor, &reason, req.lock_wait).await {
             return Ok(busy.result());
         }
-        let result = self.rollback_locked(req).await;
+        let result = match self.recover().await {
+            Ok(_) => self.rollback_locked(req).await,
+            Err(e) => Err(e),
+        };
         self.unlock();
         result
     }
@@ -774,15 +768,26 @@ impl AppAgent {
             .filter(|n| Some(n) != current.as_ref())
             .collect();
         let target = match &req.to {
-            Some(to) => kept
-                .iter()
-                .find(|n| n.starts_with(to.as_str()))
-                .cloned()
-                .ok_or_else(|| AppError::NoSuchRelease {
-                    service: self.service().to_owned(),
-                    wanted: to.clone(),
-                    kept: kept.clone(),
-                })?,
+            Some(to) => {
+                let matching: Vec<&String> =
+                    kept.iter().filter(|n| n.starts_with(to.as_str())).collect();
+                match matching[..] {
+                    [one] => one.clone(),
+                    [] => {
+                        return Err(AppError::NoSuchRelease {
+                            service: self.service().to_owned(),
+                            wanted: to.clone(),
+                            kept,
+                        })
+                    }
+                    _ => {
+                        return Err(AppError::Nothing(format!(
+                            "`{to}` names more than one kept release of {}: give more of it",
+                            self.service()
+                        )))
+                    }
+                }
+            }
             // The release the current one replaced, never just any kept
             // one (it may be one that failed).
             None => match self.previous(current.as_deref())? {
@@ -837,11 +842,11 @@ impl AppAgent {
             to_path: target.clone(),
             goal: GOAL_ROLLBACK.into(),
             actor: req.actor.clone(),
-            reason: Some(match &data {
-                Some(_) => "rollback with data".into(),
-                None => "rollback".into(),
-            }),
-            ci_run_url: None,
+            reason: req
+                .reason
+                .clone()
+                .or_else(|| data.as_ref().map(|_| "rollback with its data".to_owned())),
+            ci_run_url: req.ci_run_url.clone(),
         })?;
         self.store.set_agent_pid(&d.id, std::process::id())?;
         self.phase(
@@ -858,8 +863,8 @@ impl AppAgent {
                 unit::control("stop", &self.manifest.unit, &self.log)
                     .await
                     .map_err(|e| ("stop", e.into()))?;
-                let restored =
-                    snapshot::restore(source, &d.id).map_err(|e| ("restore", e.into()))?;
+                let restored = snapshot::restore(source, &replaced_tag(&d.id))
+                    .map_err(|e| ("restore", e.into()))?;
                 self.phase(
                     &d.id,
                     "restore",
@@ -908,13 +913,25 @@ impl AppAgent {
             .store
             .history(Kind::App, Some(self.service()), 1000)?
             .into_iter()
-            .find(|d| d.status == Status::Confirmed && Some(d.to_path.as_str()) == current)
+            .find(|d| {
+                d.status == Status::Confirmed
+                    && d.goal != GOAL_RESTORE
+                    && Some(d.to_path.as_str()) == current
+            })
             .and_then(|d| d.from_path))
     }
 
     /// `app status`, after recovering an interrupted deployment.
-    pub async fn status(&mut self) -> Result<AppStatus, AppError> {
-        let recovered = self.recover().await?;
+    pub async fn status(&mut self, actor: &str) -> Result<AppStatus, AppError> {
+        // Recovers only when the lock is free: a live deploy holds it.
+        let recovered = match self.lock(actor, "status", Duration::ZERO).await {
+            Ok(()) => {
+                let recovered = self.recover().await;
+                self.unlock();
+                recovered?
+            }
+            Err(_) => None,
+        };
         let unit_state = unit::show(&self.manifest.unit, &self.log).await.ok();
         let history = self.store.history(Kind::App, Some(self.service()), 1)?;
         Ok(AppStatus {
@@ -951,7 +968,10 @@ impl AppAgent {
         {
             return Ok(Err(busy.result()));
         }
-        let result = self.snapshot_into(id);
+        let result = match self.recover().await {
+            Ok(_) => self.snapshot_into(id),
+            Err(e) => Err(e),
+        };
         if result.is_ok() {
             let _ = snapshot::prune(
                 &self.layout.snapshots(),
@@ -989,6 +1009,10 @@ impl AppAgent {
         {
             return Ok(busy.result());
         }
+        if let Err(e) = self.recover().await {
+            self.unlock();
+            return Err(e);
+        }
         let current = release::current_revision(&self.layout.current());
         let begun = self.store.begin(&NewDeployment {
             id: id.to_owned(),
@@ -1020,7 +1044,8 @@ impl AppAgent {
             unit::control("stop", &self.manifest.unit, &self.log)
                 .await
                 .map_err(|e| ("stop", e.into()))?;
-            let restored = snapshot::restore(&dir, id).map_err(|e| ("restore", e.into()))?;
+            let restored =
+                snapshot::restore(&dir, &replaced_tag(id)).map_err(|e| ("restore", e.into()))?;
             self.phase(id, "restore", &format!("restored {}", describe(&restored)));
             unit::control("start", &self.manifest.unit, &self.log)
                 .await
@@ -1051,6 +1076,13 @@ impl AppAgent {
     }
 }
 
+/// What a restore that is not an undo keeps the data it replaces as
+/// (`<db>.failed-<id>-replaced`): an undo of the same deployment then keeps
+/// its own `<db>.failed-<id>` beside it.
+fn replaced_tag(id: &str) -> String {
+    format!("{id}-replaced")
+}
+
 /// Makes this agent the leader of its own process group, so that the steps
 /// it runs (and theirs) can be found by its pid after it dies.
 pub fn lead_process_group() {
@@ -1067,7 +1099,9 @@ fn kill_leftovers(agent_pid: u32) {
     let Ok(pgid) = libc::pid_t::try_from(agent_pid) else {
         return;
     };
-    if pgid <= 1 {
+    // The agent is known dead (its lock went stale); a live process with
+    // its pid is another one that got the pid since: leave it alone.
+    if pgid <= 1 || crate::process::alive(agent_pid) {
         return;
     }
     // SAFETY: kill has no memory-safety preconditions; ESRCH (no such

@@ -2,6 +2,8 @@
 //! (and by the NixOS module at boot). Hidden from help; speaks NDJSON.
 
 use std::path::PathBuf;
+
+use anyhow::Context as _;
 use std::time::Duration;
 
 use crate::agent::system::{Activation, Agent, Goal};
@@ -361,12 +363,14 @@ async fn run_app(args: &Args, printer: Printer) -> anyhow::Result<Option<Exit>> 
                     to: to.clone(),
                     restore_data: *restore_data,
                     actor: audit.actor.clone(),
+                    reason: audit.reason.clone(),
+                    ci_run_url: audit.ci_run_url.clone(),
                     lock_wait: wait(audit),
                 })
                 .await?
         }
         Verb::AppStatus { service, overrides } => {
-            let status = open(service, overrides)?.status().await?;
+            let status = open(service, overrides)?.status("status").await?;
             printer.event(EVENT_STATUS, &status);
             return Ok(Some(Exit::SUCCESS));
         }
@@ -525,6 +529,10 @@ async fn lock(
             Err(e) => return Err(e.into()),
         },
     };
+    if scope == state::HOST_SCOPE && !matches!(action, LockAction::Status) {
+        state::publish_host_lock(&args.state_dir, store.lock_holder(&scope)?.as_ref())
+            .context("could not publish the host's lock")?;
+    }
     printer.event(
         "lock",
         &serde_json::json!({

@@ -119,6 +119,7 @@ pub struct RollbackArgs {
     /// Also restore the data snapshot taken before the current release was deployed
     #[arg(long)]
     pub restore_data: bool,
+    /// Wait this long for the service's lock before giving up
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     pub lock_wait: u64,
 }
@@ -137,6 +138,7 @@ pub struct StatusArgs {
 pub struct HistoryArgs {
     #[command(flatten)]
     pub target: ServiceArgs,
+    /// How many deploys
     #[arg(long, default_value_t = 20)]
     pub limit: usize,
 }

@@ -16,18 +16,25 @@ pub enum LockCommand {
     /// Hold the lock (again by the same owner: nothing changes)
     Acquire(AcquireArgs),
     /// Let go of it (only its owner can)
-    Release(LockArgs),
+    Release(ReleaseArgs),
     /// Who holds it
-    Status(LockArgs),
+    Status(LockTarget),
 }
 
+/// A service's lock, or the whole host's.
 #[derive(Debug, clap::Args)]
-pub struct LockArgs {
+pub struct LockTarget {
     /// The service [default: the whole host]
     #[arg(value_name = "SERVICE")]
     pub service: Option<String>,
     #[command(flatten)]
     pub host: HostArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReleaseArgs {
+    #[command(flatten)]
+    pub target: LockTarget,
     /// Who holds it [default: you, as user@machine]
     #[arg(long, value_name = "NAME")]
     pub owner: Option<String>,
@@ -36,7 +43,10 @@ pub struct LockArgs {
 #[derive(Debug, clap::Args)]
 pub struct AcquireArgs {
     #[command(flatten)]
-    pub lock: LockArgs,
+    pub target: LockTarget,
+    /// Who holds it [default: you, as user@machine]
+    #[arg(long, value_name = "NAME")]
+    pub owner: Option<String>,
     /// Why (shown to whoever finds it held)
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
@@ -46,15 +56,12 @@ pub struct AcquireArgs {
 }
 
 pub async fn run(ctx: &Context, command: LockCommand) -> anyhow::Result<Exit> {
-    let (action, args, reason, wait) = match command {
-        LockCommand::Acquire(a) => ("acquire", a.lock, a.reason, a.wait),
-        LockCommand::Release(a) => ("release", a, None, 0),
-        LockCommand::Status(a) => ("status", a, None, 0),
+    let (action, args, owner, reason, wait) = match command {
+        LockCommand::Acquire(a) => ("acquire", a.target, a.owner, a.reason, a.wait),
+        LockCommand::Release(a) => ("release", a.target, a.owner, None, 0),
+        LockCommand::Status(a) => ("status", a, None, None, 0),
     };
-    let owner = args
-        .owner
-        .clone()
-        .unwrap_or_else(|| super::deploy::audit(None).actor);
+    let owner = owner.unwrap_or_else(|| super::deploy::audit(None).actor);
     let default_user = args.service.clone().unwrap_or_else(|| "root".into());
     let host = app::connect(ctx, &args.host, &default_user).await?;
     let mut cmd = app::agent(ctx, "lock", None).arg(action).args([

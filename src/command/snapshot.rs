@@ -37,6 +37,7 @@ pub struct RestoreArgs {
     /// The snapshot's id (see `berth snapshot list`)
     #[arg(value_name = "ID")]
     pub id: String,
+    /// Wait this long for the service's lock before giving up
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     pub lock_wait: u64,
 }

@@ -8,13 +8,15 @@
 //! still deploy under it.
 
 use rusqlite::{OptionalExtension, Row, Transaction, TransactionBehavior};
-use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
 
 use super::{now, sql_err, StateError, Store};
 use crate::process;
 
 /// Who holds a lock.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockHolder {
     pub scope: String,
     pub owner: String,
@@ -23,7 +25,7 @@ pub struct LockHolder {
     pub acquired: i64,
     /// The process holding it for a deploy, if one does.
     pub pid: Option<u32>,
-    #[serde(skip)]
+    #[serde(skip, default)]
     pub pid_start: Option<u64>,
     /// Held beyond any process, until its owner releases it.
     pub held: bool,
@@ -123,6 +125,39 @@ fn get_in(tx: &Transaction<'_>, scope: &str) -> Result<Option<LockHolder>, State
     tx.query_row("SELECT * FROM locks WHERE scope = ?1", [scope], holder)
         .optional()
         .map_err(sql_err(format!("read the lock of {}", scope_name(scope))))
+}
+
+/// The host's lock as a file anyone may read, beside the state database:
+/// a service's user deploys its app and must honour the host's lock, but
+/// cannot open root's database (SQLite in WAL mode needs write access to
+/// its `-shm` to read).
+pub fn host_lock_file(state_dir: &Path) -> PathBuf {
+    state_dir.join("host-lock.json")
+}
+
+/// Writes (or, with `None`, removes) [`host_lock_file`], atomically.
+pub fn publish_host_lock(state_dir: &Path, holder: Option<&LockHolder>) -> std::io::Result<()> {
+    let path = host_lock_file(state_dir);
+    match holder {
+        None => match std::fs::remove_file(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        },
+        Some(holder) => {
+            let tmp = path.with_extension("json.tmp");
+            std::fs::write(
+                &tmp,
+                serde_json::to_vec(holder).map_err(std::io::Error::other)?,
+            )?;
+            std::fs::rename(&tmp, &path)
+        }
+    }
+}
+
+/// The host's lock, from [`host_lock_file`].
+pub fn read_host_lock(state_dir: &Path) -> Option<LockHolder> {
+    let bytes = std::fs::read(host_lock_file(state_dir)).ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 /// A blocked revision: one that failed and was rolled back.
@@ -405,6 +440,24 @@ mod tests {
             (holder.owner.as_str(), holder.held, holder.pid),
             ("ci", true, None)
         );
+    }
+
+    #[test]
+    fn the_host_lock_is_published_for_readers_without_the_database() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = store();
+        assert!(read_host_lock(tmp.path()).is_none());
+        s.hold(HOST_SCOPE, "ops", Some("disk swap")).unwrap();
+        let holder = s.lock_holder(HOST_SCOPE).unwrap();
+        publish_host_lock(tmp.path(), holder.as_ref()).unwrap();
+        let read = read_host_lock(tmp.path()).unwrap();
+        assert_eq!(
+            (read.owner.as_str(), read.reason.as_deref()),
+            ("ops", Some("disk swap"))
+        );
+        publish_host_lock(tmp.path(), None).unwrap();
+        publish_host_lock(tmp.path(), None).unwrap();
+        assert!(read_host_lock(tmp.path()).is_none());
     }
 
     #[test]

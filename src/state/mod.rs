@@ -22,7 +22,8 @@ use serde::{Deserialize, Serialize};
 
 pub use id::{new_id, now, utc_time};
 pub use locks::{
-    scope_name, service_scope, Acquired, Blocked, LockError, LockHolder, Released, HOST_SCOPE,
+    host_lock_file, publish_host_lock, read_host_lock, scope_name, service_scope, Acquired,
+    Blocked, LockError, LockHolder, Released, HOST_SCOPE,
 };
 pub use store::Store;
 

@@ -44,25 +44,6 @@ impl Store {
         Store::set_up(conn, &path)
     }
 
-    /// Opens an existing database read-only, as it is (no migration), for
-    /// a reader that may not write there: `None` when there is none.
-    pub fn open_read_only(dir: &Path) -> Result<Option<Store>, StateError> {
-        use rusqlite::OpenFlags;
-        let path = db_path(dir);
-        if !path.exists() {
-            return Ok(None);
-        }
-        let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(
-            |source| StateError::Open {
-                path: path.clone(),
-                source,
-            },
-        )?;
-        conn.busy_timeout(BUSY_TIMEOUT)
-            .map_err(|source| StateError::Open { path, source })?;
-        Ok(Some(Store { conn }))
-    }
-
     /// A private database that lives as long as the store (for tests).
     pub fn open_in_memory() -> Result<Store, StateError> {
         let path = Path::new(":memory:");
