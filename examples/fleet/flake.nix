@@ -5,36 +5,36 @@
   # hosts and change versions without editing Nix:
   # { "web1": { "host": "h1", "address": "10.231.0.6", "tags": ["web"],
   #             "version": "1", "behaviour": "healthy" } }
-  outputs = { self }:
-    let
-      fleet = builtins.fromJSON (builtins.readFile ./fleet.json);
-      node = name: spec: {
-        config = {
-          system.build.toplevel = import ./system.nix {
-            inherit name;
-            inherit (spec) version;
-            behaviour = spec.behaviour or "healthy";
-          };
-          berth.deployment = {
-            targetHost = spec.host;
-            tags = spec.tags or [ ];
-            confirmTimeout = spec.confirmTimeout or 10;
-            buildOnTarget = spec.buildOnTarget or false;
-            sshOptions = spec.sshOptions or [ ];
-            healthChecks = {
-              http = [{
+  outputs = _: let
+    fleet = builtins.fromJSON (builtins.readFile ./fleet.json);
+    node = name: spec: {
+      config = {
+        system.build.toplevel = import ./system.nix {
+          inherit name;
+          inherit (spec) version;
+          behaviour = spec.behaviour or "healthy";
+        };
+        berth.deployment = {
+          targetHost = spec.host;
+          tags = spec.tags or [];
+          confirmTimeout = spec.confirmTimeout or 10;
+          buildOnTarget = spec.buildOnTarget or false;
+          sshOptions = spec.sshOptions or [];
+          healthChecks = {
+            http = [
+              {
                 url = "http://${spec.address}:8080/health";
                 timeout = 2;
                 retries = spec.retries or 2;
-              }];
-              units = spec.units or [ ];
-              commands = map (command: { inherit command; }) (spec.commands or [ ]);
-            };
+              }
+            ];
+            units = spec.units or [];
+            commands = map (command: {inherit command;}) (spec.commands or []);
           };
         };
       };
-    in
-    {
-      nixosConfigurations = builtins.mapAttrs node fleet;
     };
+  in {
+    nixosConfigurations = builtins.mapAttrs node fleet;
+  };
 }

@@ -8,20 +8,29 @@
 #   failed-unit   a unit fails, but switch-to-configuration exits 0
 #   kill-sshd     stops the host's sshd after switching
 #   link-down     takes the host's network links down after switching
-{ name, version, behaviour ? "healthy", system ? "x86_64-linux" }:
+{
+  name,
+  version,
+  behaviour ? "healthy",
+  system ? "x86_64-linux",
+}:
 builtins.derivation {
   name = "nixos-system-${name}-${version}";
   inherit system;
   builder = "/bin/sh";
   PATH = "/usr/bin:/bin";
-  script = builtins.replaceStrings
-    [ "@name@" "@version@" "@behaviour@" ]
-    [ name version behaviour ]
+  script =
+    builtins.replaceStrings
+    ["@name@" "@version@" "@behaviour@"]
+    [name version behaviour]
     (builtins.readFile ./switch-to-configuration.sh);
-  args = [ "-c" ''
-    mkdir -p $out/bin
-    printf '%s' "$script" > $out/bin/switch-to-configuration
-    chmod +x $out/bin/switch-to-configuration
-    echo "@name@ @version@" > $out/version
-  '' ];
+  args = [
+    "-c"
+    ''
+      mkdir -p $out/bin
+      printf '%s' "$script" > $out/bin/switch-to-configuration
+      chmod +x $out/bin/switch-to-configuration
+      echo "@name@ @version@" > $out/version
+    ''
+  ];
 }

@@ -1,0 +1,130 @@
+# The Caddy side of berth.services: one virtual host per service with a
+# domain (for services.caddy.virtualHosts), the server-wide options they
+# need (services.caddy.globalConfig), the credentials Caddy's unit loads, and
+# the plugins Caddy must be built with.
+#
+# Plugins: the `rate_limit` directive is github.com/mholt/caddy-ratelimit;
+# a DNS challenge needs github.com/caddy-dns/<provider>. nixpkgs' plain
+# `pkgs.caddy` has neither: use `pkgs.caddy.withPlugins`.
+let
+  inherit (builtins) attrNames concatLists concatStringsSep filter sort;
+  util = import ./util.nix;
+
+  enabled = services: filter (name: services.${name}.enable) (attrNames services);
+
+  served = cfg: cfg.enable && cfg.caddy.enable && cfg.domain != null && cfg.port != null;
+
+  # The systemd credential of a service's DNS token in caddy.service.
+  credentialId = name: "berth-${name}-dns-token";
+
+  tls = name: cfg: let
+    inherit (cfg.caddy.tls) dnsProvider dnsTokenFile;
+    # Caddy reads the token when it loads its config, from the credential
+    # systemd copied for it: the file itself may be root's only.
+    token =
+      if dnsTokenFile == null
+      then ""
+      else " {file./run/credentials/caddy.service/${credentialId name}}";
+  in
+    if dnsProvider == null
+    then []
+    else [
+      "tls {"
+      "\tdns ${dnsProvider}${token}"
+      "}"
+    ];
+
+  hsts = cfg:
+    if cfg.caddy.hsts
+    then ["header Strict-Transport-Security \"max-age=31536000; includeSubDomains\""]
+    else [];
+
+  rateLimit = name: cfg: let
+    rl = cfg.caddy.rateLimit;
+  in
+    if !rl.enable
+    then []
+    else [
+      "\trate_limit {"
+      "\t\tzone berth_${name} {"
+      # The client's address, after the trusted proxies of globalConfig.
+      "\t\t\tkey {client_ip}"
+      "\t\t\tevents ${toString rl.events}"
+      "\t\t\twindow ${rl.window}"
+      "\t\t}"
+      "\t}"
+    ];
+
+  # caddyVirtualHost name cfg: { hostName; serverAliases; extraConfig; }
+  # for services.caddy.virtualHosts.<domain>, or null when the service is
+  # not served (disabled, caddy.enable off, no domain or no port).
+  virtualHost = name: cfg:
+    if !served cfg
+    then null
+    else {
+      hostName = cfg.domain;
+      inherit (cfg) serverAliases;
+      extraConfig = concatStringsSep "\n" (concatLists [
+        (tls name cfg)
+        (hsts cfg)
+        (
+          if cfg.caddy.extraConfig == ""
+          then []
+          else [cfg.caddy.extraConfig]
+        )
+        # `route` keeps the rate limit before the proxy whatever the
+        # plugin's directive order.
+        ["route {"]
+        (rateLimit name cfg)
+        [
+          "\treverse_proxy 127.0.0.1:${toString cfg.port} {"
+          # A deploy stops and starts the app: hold requests until it
+          # answers again instead of failing them.
+          "\t\tlb_try_duration 30s"
+          "\t\tlb_try_interval 250ms"
+          "\t}"
+          "}"
+          ""
+        ]
+      ]);
+    };
+
+  servedNames = services: filter (name: served services.${name}) (enabled services);
+
+  # caddyGlobalConfig services: lines for services.caddy.globalConfig (""
+  # when none are needed). trusted_proxies is a server-wide option, so the
+  # ranges of every served service are merged.
+  globalConfig = services: let
+    ranges = util.unique (concatLists (map (name: services.${name}.caddy.rateLimit.trustedProxies) (servedNames services)));
+  in
+    if ranges == []
+    then ""
+    else
+      concatStringsSep "\n" [
+        "servers {"
+        "\ttrusted_proxies static ${concatStringsSep " " ranges}"
+        "}"
+        ""
+      ];
+
+  # caddyCredentials services: LoadCredential= entries for caddy.service
+  # (systemd.services.caddy.serviceConfig.LoadCredential).
+  credentials = services:
+    map (name: "${credentialId name}:${services.${name}.caddy.tls.dnsTokenFile}")
+    (filter (name: services.${name}.caddy.tls.dnsProvider != null && services.${name}.caddy.tls.dnsTokenFile != null) (servedNames services));
+
+  # caddyPlugins services: the Go modules Caddy must be built with.
+  plugins = services: let
+    served' = map (name: services.${name}) (servedNames services);
+  in
+    sort builtins.lessThan (util.unique (concatLists [
+      (
+        if builtins.any (cfg: cfg.caddy.rateLimit.enable) served'
+        then ["github.com/mholt/caddy-ratelimit"]
+        else []
+      )
+      (map (cfg: "github.com/caddy-dns/${cfg.caddy.tls.dnsProvider}") (filter (cfg: cfg.caddy.tls.dnsProvider != null) served'))
+    ]));
+in {
+  inherit virtualHost globalConfig credentials plugins;
+}

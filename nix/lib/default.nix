@@ -1,0 +1,136 @@
+# berth's pure Nix logic: `import ./nix/lib { }` gives the functions below.
+# They need only builtins (no nixpkgs), so CI evaluates and tests them with
+# `nix-instantiate --eval --strict --json` (nix/lib/tests, scripts/nix-check);
+# modules/ calls them with the evaluated options, so what the tests prove is
+# what the modules write.
+#
+# `cfg` is always the evaluated `config.berth.services.<name>` of one
+# service: every option of options.nix, defaults filled in. `services` is
+# `config.berth.services` (name -> cfg); disabled services count nowhere.
+_: let
+  eval = import ./eval.nix;
+  service = import ./service.nix;
+  unit = import ./unit.nix;
+  caddy = import ./caddy.nix;
+  options = import ./options.nix;
+in {
+  # --- The option schema -------------------------------------------------
+
+  # The options of every module as data (see options.nix): `services` (the
+  # attrsOf submodule of berth.services), `ports`, `deployment`, `agent`,
+  # `machine`. Leaves are { _type = "option"; type; default?; defaultText?;
+  # example; description; }; types are described in types.nix.
+  inherit options;
+
+  # mkOptions lib group -> the lib.mkOption tree of a group of options;
+  # mkOption lib leaf -> the lib.mkOption of one option. Pass nixpkgs'
+  # `lib`. The module declarations:
+  #   options.berth.services = mkOption lib options.services;
+  #   options.berth.ports = mkOptions lib options.ports;
+  #   options.berth.deployment = mkOptions lib options.deployment;
+  #   options.berth.agent = mkOptions lib options.agent;
+  #   options.berth.machine = mkOptions lib options.machine;
+  # (or all at once: options.berth = mkOptions lib options).
+  # Types map to lib.types; defaults that depend on the service's name
+  # (user, group, description) are applied in the submodule. An option
+  # without `default` (agent.package) must be given one by the module:
+  # config.berth.agent.package = lib.mkDefault <the berth package>; and
+  # defaults the docs describe as computed (machine.tailscaleHost,
+  # agent.converge.node, deployment.targetHost) are null here and set with
+  # lib.mkDefault in the module when it knows better.
+  inherit (eval) mkOptions mkOption;
+
+  # evalOptions path tree partial -> every option's value, defaults filled
+  # in, types checked (throws naming the option). Without nixpkgs.
+  inherit (eval) evalOptions;
+
+  # serviceDefaults name partial -> the cfg of berth.services.<name> given
+  # `partial`, as the module system would evaluate it (tests, scoring).
+  serviceDefaults = eval.service options;
+
+  # The Markdown of docs/modules.md (scripts/nix-check --write-docs).
+  optionsMarkdown = import ./docs.nix options;
+
+  # --- berth.services.<name> ---------------------------------------------
+
+  # manifest name cfg -> the attrset to write as
+  # /etc/berth/services/<name>.json (builtins.toJSON): src/app/manifest.rs's
+  # schema, version 1.
+  manifest = import ./manifest.nix;
+
+  # unit name cfg -> { description; wants; after; wantedBy; environment;
+  # serviceConfig; } for systemd.services.<name>. Add to it: `path` (the
+  # runtime, git), and the first release's unit in `after`/`requires`.
+  # ExecStart is `/bin/sh -c "<start>"` in /var/lib/<name>/current.
+  # Secrets: LoadCredential=<NAME>:<file>, and <NAME>_FILE=%d/<NAME> in the
+  # environment (the app reads $CREDENTIALS_DIRECTORY/<NAME>).
+  inherit (unit) unit;
+
+  # unitFile name cfg -> the text of <name>.service as NixOS renders
+  # `unit` (minus nixpkgs' own PATH etc.): what the hardening check scores.
+  inherit (unit) unitFile;
+
+  # serviceConfig name cfg -> the [Service] settings: how the app runs,
+  # then `hardening`, then hardening.extraServiceConfig over everything.
+  inherit (unit) serviceConfig;
+
+  # environment name cfg -> systemd.services.<name>.environment: NODE_ENV
+  # (bun, node), PORT, `environment` (% doubled for systemd), <NAME>_FILE.
+  inherit (unit) environment;
+
+  # hardening name cfg -> the sandbox's [Service] settings, {} with
+  # hardening.enable = false. MemoryDenyWriteExecute depends on the runtime
+  # (off for the JITs of bun and node). data/ is the only writable path.
+  hardening = import ./hardening.nix;
+
+  # sudoRules name cfg systemctl -> security.sudo.extraRules: cfg.user may
+  # run `<systemctl> restart|stop|start|status <name>.service` as root
+  # without a password, nothing else. Pass
+  # "/run/current-system/sw/bin/systemctl" (see sudo.nix for why).
+  sudoRules = import ./sudo.nix;
+
+  # caddyVirtualHost name cfg -> { hostName; serverAliases; extraConfig; }
+  # for services.caddy.virtualHosts.<cfg.domain>, or null when not served
+  # (disabled, caddy.enable off, no domain, or no port).
+  caddyVirtualHost = caddy.virtualHost;
+
+  # caddyGlobalConfig services -> lines for services.caddy.globalConfig
+  # (servers { trusted_proxies static … }), "" when none.
+  caddyGlobalConfig = caddy.globalConfig;
+
+  # caddyCredentials services -> systemd.services.caddy.serviceConfig
+  # .LoadCredential entries for the DNS token files (the virtual host reads
+  # /run/credentials/caddy.service/berth-<name>-dns-token).
+  caddyCredentials = caddy.credentials;
+
+  # caddyPlugins services -> the Go modules Caddy must be built with
+  # (pkgs.caddy.withPlugins): caddy-ratelimit, caddy-dns/<provider>.
+  caddyPlugins = caddy.plugins;
+
+  # tmpfiles name cfg -> systemd.tmpfiles.rules for /var/lib/<name>,
+  # releases/, data/ and snapshots/, owned by the service.
+  inherit (service) tmpfiles;
+
+  # snapshotArgs name -> the backup timer's arguments to `berth`
+  # (`berth agent snapshot create --service <name> …`).
+  inherit (service) snapshotArgs;
+
+  # dataPath name path -> the absolute path the agent uses for a declared
+  # data path, or null when it is outside /var/lib/<name>.
+  inherit (service) dataPath;
+
+  # healthUrl cfg -> the manifest's health URL ("" without port and URL).
+  inherit (service) healthUrl;
+
+  # problems name cfg -> assertion messages (each says what to change);
+  # warnings name cfg -> warnings. The module maps them to
+  # `assertions = map (message: { assertion = false; inherit message; })`.
+  inherit (service) problems warnings;
+
+  # --- Across services ---------------------------------------------------
+
+  # portConflicts services reserved -> assertion messages, e.g.
+  # "berth.services.a and berth.services.b both use port 3000; …",
+  # "berth.services.a uses port 22, which berth.ports.reserved lists; …".
+  portConflicts = import ./ports.nix;
+}

@@ -1,0 +1,21 @@
+# The app manifest the module writes to /etc/berth/services/<name>.json:
+# exactly what src/app/manifest.rs reads (`Manifest`, version 1), every
+# field present, as serde would print it.
+let
+  service = import ./service.nix;
+in
+  name: cfg: {
+    version = 1;
+    service = name;
+    dir = service.dir name;
+    unit = "${name}.service";
+    inherit (cfg) repository branch environment keepReleases keepSnapshots;
+    health = {
+      url = service.healthUrl cfg;
+      inherit (cfg.health) status timeout settle expectRevision;
+    };
+    commands = {inherit (cfg.commands) install build migrate;};
+    # As declared: relative to `dir` or absolute inside it (the agent
+    # resolves them and refuses anything outside).
+    data = {inherit (cfg.data) sqlite postgres files exclude;};
+  }

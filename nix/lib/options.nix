@@ -1,0 +1,626 @@
+# The options of berth's NixOS modules, as plain data: the single source of
+# truth that modules/ turns into `lib.mkOption`s (`mkOptions` in eval.nix),
+# that docs/modules.md is generated from (docs.nix), and that the pure
+# functions' tests fill defaults from (`evalOptions`).
+#
+# A leaf is `option { type; default; example; description; }`, optionally
+# with `defaultText` (Markdown the docs show instead of `default`, for defaults
+# that are functions or that the module computes). `example` may be
+# `literal "nix source"`. A leaf without `default` must be set. Any other
+# attribute set is a group of options. Types are in types.nix.
+let
+  t = import ./types.nix;
+  option = attrs: attrs // {_type = "option";};
+  # An example or default written as Nix source, shown as is.
+  literal = text: {
+    _type = "literalExpression";
+    inherit text;
+  };
+
+  mkEnable = default: description:
+    option {
+      type = t.bool;
+      inherit default description;
+      example = !default;
+    };
+
+  # berth.services.<name>: one app deployed from git by `berth app deploy`.
+  # Defaults that are functions take the service's name.
+  service = {
+    enable = mkEnable false ''
+      Whether to run this service: its user and group, directories, systemd
+      unit, first release, sudo rule, Caddy virtual host, app manifest and
+      backups.
+    '';
+
+    description = option {
+      type = t.str;
+      default = name: "berth service ${name}";
+      defaultText = "`\"berth service <name>\"`";
+      example = "Notes, the team's wiki";
+      description = "The systemd unit's description.";
+    };
+
+    user = option {
+      type = t.str;
+      default = name: name;
+      defaultText = "the service's name, `<name>`";
+      example = "notes";
+      description = ''
+        The system user the service runs as and deploys as: `berth app
+        deploy` connects over SSH as this user (the service's name unless
+        the deploy says `user@host`), and its sudo rule lets it restart,
+        stop, start and query this service's unit only.
+      '';
+    };
+
+    group = option {
+      type = t.str;
+      default = name: name;
+      defaultText = "the service's name, `<name>`";
+      example = "notes";
+      description = "The service's group.";
+    };
+
+    port = option {
+      type = t.nullOr t.port;
+      default = null;
+      example = 3000;
+      description = ''
+        The loopback port the app listens on, passed to it as `PORT`. Caddy
+        proxies to it and the deploy's health check asks it. `null` for a
+        service that serves no HTTP (then set `health.url`, or deploy with
+        `--health-url`).
+      '';
+    };
+
+    domain = option {
+      type = t.nullOr t.str;
+      default = null;
+      example = "notes.example.com";
+      description = "The name Caddy serves the app at (with `caddy.enable`). `null`: no virtual host.";
+    };
+
+    serverAliases = option {
+      type = t.listOf t.str;
+      default = [];
+      example = ["www.notes.example.com"];
+      description = "Other names of the same virtual host.";
+    };
+
+    repository = option {
+      type = t.nullOr t.str;
+      default = null;
+      example = "https://github.com/acme/notes.git";
+      description = ''
+        Where the code is fetched from (any URL git fetches, as the
+        service's user). Needed for the first release and for deploys
+        without `--repo`.
+      '';
+    };
+
+    branch = option {
+      type = t.str;
+      default = "main";
+      example = "production";
+      description = "Deployed revisions must be reachable from this branch (unless the deploy is forced); the first release is its head.";
+    };
+
+    runtime = option {
+      type = t.enum ["bun" "node" "python" "custom"];
+      default = "bun";
+      example = "node";
+      description = ''
+        What runs the app. It puts the runtime on the unit's `PATH`, picks
+        the default `start` (bun: `bun run start`, node: `npm start`;
+        python and custom need `start`), sets `NODE_ENV=production` for bun
+        and node, and decides `MemoryDenyWriteExecute`: on only for python
+        and custom, because the JIT compilers of bun and node need
+        writable executable memory.
+      '';
+    };
+
+    start = option {
+      type = t.nullOr t.str;
+      default = null;
+      defaultText = "`null`: bun runs `bun run start`, node `npm start`";
+      example = "python -m notes --port $PORT";
+      description = ''
+        The command that runs the app, a `/bin/sh -c` line run as the
+        service's user in `/var/lib/<name>/current`. `$PORT` and the other
+        variables are the shell's. Required for python and custom.
+      '';
+    };
+
+    environment = option {
+      type = t.attrsOf t.str;
+      default = {};
+      example = {
+        LOG_LEVEL = "info";
+        DATABASE_PATH = "/var/lib/notes/data/notes.db";
+      };
+      description = ''
+        Environment of the app, and of its install, build and migrate
+        commands (the manifest carries it). Not for secrets: the values are
+        in the Nix store; see `secrets`.
+      '';
+    };
+
+    secrets = option {
+      type = t.attrsOf t.absolutePath;
+      default = {};
+      example = {SESSION_SECRET = "/run/agenix/notes-session";};
+      description = ''
+        Secret files by name (agenix- and sops-nix-compatible), never
+        copied into the Nix store. systemd reads each file as root when the
+        unit starts (`LoadCredential=`), so it may be readable by root only,
+        and hands it to the app at `$CREDENTIALS_DIRECTORY/<NAME>`;
+        `<NAME>_FILE` holds that path. Names are environment variable
+        names. The deploy's install, build and migrate commands do not see
+        them.
+      '';
+    };
+
+    environmentFiles = option {
+      type = t.listOf t.absolutePath;
+      default = [];
+      example = ["/run/agenix/notes-env"];
+      description = ''
+        Files of `NAME=value` lines (a dotenv, e.g. an agenix secret) that
+        systemd reads as root when the unit starts (`EnvironmentFile=`);
+        never copied into the Nix store.
+      '';
+    };
+
+    data = {
+      sqlite = option {
+        type = t.listOf t.str;
+        default = [];
+        example = ["data/notes.db"];
+        description = ''
+          SQLite databases, relative to `/var/lib/<name>` or absolute inside
+          it: snapshot before each deploy with the online backup API, and
+          backed up.
+        '';
+      };
+      postgres = option {
+        type = t.listOf t.str;
+        default = [];
+        example = ["notes"];
+        description = "PostgreSQL databases, by name, that the backup dumps.";
+      };
+      files = option {
+        type = t.listOf t.str;
+        default = [];
+        example = ["data/uploads"];
+        description = "Files and directories to snapshot and back up, as `sqlite`.";
+      };
+      exclude = option {
+        type = t.listOf t.str;
+        default = [];
+        example = ["*.log" "cache"];
+        description = "Globs the backup leaves out.";
+      };
+    };
+
+    health = {
+      path = option {
+        type = t.str;
+        default = "/health";
+        example = "/api/health";
+        description = "The path the deploy's health check asks on `http://127.0.0.1:<port>`.";
+      };
+      url = option {
+        type = t.nullOr t.str;
+        default = null;
+        example = "http://127.0.0.1:9090/ready";
+        description = "The health check URL, over loopback on the host; overrides `port` and `health.path`.";
+      };
+      status = option {
+        type = t.between 100 599;
+        default = 200;
+        example = 204;
+        description = "The HTTP status a healthy app answers.";
+      };
+      timeout = option {
+        type = t.unsigned;
+        default = 60;
+        example = 120;
+        description = "Seconds the app has to become healthy after it starts.";
+      };
+      settle = option {
+        type = t.unsigned;
+        default = 3;
+        example = 10;
+        description = "Seconds it must stay healthy (no restart, still answering) after it first answers.";
+      };
+      expectRevision = option {
+        type = t.bool;
+        default = false;
+        example = true;
+        description = "Whether the health answer must contain the deployed revision (its first 12 characters).";
+      };
+    };
+
+    commands = {
+      install = option {
+        type = t.nullOr t.str;
+        default = null;
+        example = "bun install --frozen-lockfile";
+        description = "Installs dependencies in a new release, with a frozen lockfile (`sh -c`, as the service's user).";
+      };
+      build = option {
+        type = t.nullOr t.str;
+        default = null;
+        example = "bun run build";
+        description = "Builds a new release while the old one keeps serving.";
+      };
+      migrate = option {
+        type = t.nullOr t.str;
+        default = null;
+        example = "bun run migrate";
+        description = "Migrates the data, with the service stopped, after the snapshot.";
+      };
+    };
+
+    keepReleases = option {
+      type = t.unsigned;
+      default = 5;
+      example = 10;
+      description = "Releases kept, besides the current and the previous one.";
+    };
+
+    keepSnapshots = option {
+      type = t.unsigned;
+      default = 5;
+      example = 20;
+      description = "Data snapshots kept.";
+    };
+
+    firstRelease = mkEnable true ''
+      Whether a fresh host clones `repository` and releases the head of
+      `branch` itself (a oneshot before the unit), so it serves without a
+      deploy.
+    '';
+
+    caddy = {
+      enable = mkEnable true ''
+        Whether Caddy serves `domain` (and `serverAliases`) as a reverse
+        proxy to `port`. Nothing happens without a domain.
+      '';
+      extraConfig = option {
+        type = t.lines;
+        default = "";
+        example = ''
+          encode zstd gzip
+        '';
+        description = "Caddyfile directives added to the virtual host, before the proxy.";
+      };
+      hsts = mkEnable true ''
+        Whether to send the HSTS header,
+        `Strict-Transport-Security: max-age=31536000; includeSubDomains`.
+      '';
+      rateLimit = {
+        enable = mkEnable false ''
+          Whether to limit requests per client IP, with the `rate_limit`
+          directive of github.com/mholt/caddy-ratelimit: Caddy must be built
+          with that plugin (`pkgs.caddy.withPlugins`).
+        '';
+        events = option {
+          type = t.unsigned;
+          default = 60;
+          example = 600;
+          description = "Requests one client IP may make per `window`.";
+        };
+        window = option {
+          type = t.str;
+          default = "1m";
+          example = "10s";
+          description = "The sliding window, a Caddy duration.";
+        };
+        trustedProxies = option {
+          type = t.listOf t.str;
+          default = [];
+          example = ["173.245.48.0/20" "private_ranges"];
+          description = ''
+            Ranges of proxies in front of Caddy (e.g. a CDN) whose
+            `X-Forwarded-For` Caddy believes, so the limit keys on the real
+            client. It is a server-wide Caddy option: the ranges of all
+            services are merged into `services.caddy.globalConfig`.
+          '';
+        };
+      };
+      tls = {
+        dnsProvider = option {
+          type = t.nullOr t.str;
+          default = null;
+          example = "cloudflare";
+          description = ''
+            Get the certificate with the ACME DNS challenge through this
+            github.com/caddy-dns provider (Caddy must be built with it), e.g.
+            for a host that is not reachable from the internet. `null`: the
+            HTTP and TLS-ALPN challenges.
+          '';
+        };
+        dnsTokenFile = option {
+          type = t.nullOr t.absolutePath;
+          default = null;
+          example = "/run/agenix/cloudflare-token";
+          description = ''
+            The file holding the DNS provider's API token, for providers that
+            take the token as their one argument (cloudflare, digitalocean,
+            hetzner, duckdns, …). Caddy's unit loads it as a systemd
+            credential, so it may be readable by root only; it is never
+            copied into the Nix store.
+          '';
+        };
+      };
+    };
+
+    hardening = {
+      enable = mkEnable true ''
+        Whether to sandbox the unit: code and system read-only, `data/`
+        writable, no privileges, capabilities, devices, kernel access or
+        other users' files, a system call allow list, private `/tmp`
+        (`systemd-analyze security` scores a default unit 1.1, "OK").
+      '';
+      extraServiceConfig = option {
+        type = t.attrsOf t.anything;
+        default = {};
+        example = {
+          MemoryDenyWriteExecute = false;
+          RestrictAddressFamilies = ["AF_UNIX" "AF_INET" "AF_INET6" "AF_NETLINK"];
+          ReadWritePaths = ["/var/lib/notes/data" "/srv/notes-media"];
+        };
+        description = ''
+          The escape hatch: systemd `[Service]` settings merged last over
+          everything berth sets (hardening included, enabled or not), each
+          key replacing berth's value whole.
+        '';
+      };
+    };
+
+    backup = {
+      enable = mkEnable true ''
+        Whether a timer snapshots the declared `data` (`berth agent snapshot
+        create`, the deploy's own snapshot). Nothing happens without data.
+      '';
+      schedule = option {
+        type = t.str;
+        default = "daily";
+        example = "*-*-* 03:00:00";
+        description = "When, as systemd `OnCalendar=`.";
+      };
+      restic = option {
+        type = t.nullOr (t.submodule {
+          repository = option {
+            type = t.str;
+            example = "sftp:backup@nas:/srv/restic/notes";
+            description = "The restic repository the snapshot is sent to.";
+          };
+          passwordFile = option {
+            type = t.absolutePath;
+            example = "/run/agenix/restic-password";
+            description = "The file holding the repository's password.";
+          };
+          environmentFile = option {
+            type = t.nullOr t.absolutePath;
+            default = null;
+            example = "/run/agenix/restic-s3";
+            description = "A dotenv with the repository's credentials (e.g. `AWS_ACCESS_KEY_ID`).";
+          };
+        });
+        default = null;
+        example = {
+          repository = "sftp:backup@nas:/srv/restic/notes";
+          passwordFile = "/run/agenix/restic-password";
+        };
+        description = "Also send each snapshot and `data.files` to restic, without `data.exclude`; `null`: keep snapshots on the host only.";
+      };
+    };
+  };
+
+  httpCheck = {
+    url = option {
+      type = t.str;
+      example = "https://notes.example.com/health";
+      description = "The URL, requested from the deployer.";
+    };
+    expectStatus = option {
+      type = t.between 100 599;
+      default = 200;
+      example = 204;
+      description = "The status it must answer.";
+    };
+    timeout = option {
+      type = t.unsigned;
+      default = 5;
+      example = 10;
+      description = "Seconds per attempt.";
+    };
+    retries = option {
+      type = t.unsigned;
+      default = 3;
+      example = 10;
+      description = "Attempts after the first.";
+    };
+  };
+
+  commandCheck = {
+    command = option {
+      type = t.listOf t.str;
+      example = ["systemctl" "is-active" "postgresql"];
+      description = "Program and arguments (argv, never a shell line), run on the target; must exit 0.";
+    };
+    timeout = option {
+      type = t.unsigned;
+      default = 30;
+      example = 60;
+      description = "Seconds.";
+    };
+  };
+in {
+  services = option {
+    type = t.attrsOf (t.submodule service);
+    default = {};
+    example = {
+      notes = {
+        enable = true;
+        port = 3000;
+        domain = "notes.example.com";
+        repository = "https://github.com/acme/notes.git";
+        data.sqlite = ["data/notes.db"];
+      };
+    };
+    description = "Apps deployed from git with `berth app deploy`, one per name.";
+  };
+
+  ports.reserved = option {
+    type = t.listOf t.port;
+    default = [22 80 443];
+    example = [22 80 443 5432];
+    description = "Ports no service may use (SSH, Caddy, other daemons); a service on one fails the evaluation, naming it.";
+  };
+
+  # What `berth deploy` reads from each node (src/flake/settings.rs):
+  # `nix eval --json config.berth.deployment` must print this shape.
+  deployment = {
+    targetHost = option {
+      type = t.nullOr t.str;
+      default = null;
+      defaultText = "`null`, the node's name";
+      example = "web1.tail1234.ts.net";
+      description = "The host to SSH to: a DNS name, a Tailscale MagicDNS name or an address. `null`: the node's name.";
+    };
+    targetUser = option {
+      type = t.str;
+      default = "root";
+      example = "deploy";
+      description = "The user to SSH as.";
+    };
+    tags = option {
+      type = t.listOf t.str;
+      default = [];
+      example = ["web" "eu"];
+      description = "Names `berth deploy --on @tag` selects the node by.";
+    };
+    buildOnTarget = option {
+      type = t.bool;
+      default = false;
+      example = true;
+      description = "Whether to copy the derivation and build on the target instead of on the deployer.";
+    };
+    sshOptions = option {
+      type = t.listOf t.str;
+      default = [];
+      example = ["-p" "2222"];
+      description = "Extra `ssh` arguments for this node.";
+    };
+    confirmTimeout = option {
+      type = t.unsigned;
+      default = 30;
+      example = 90;
+      description = "Seconds the deployer has to confirm a new generation before the host rolls back to the previous one.";
+    };
+    magicRollback = option {
+      type = t.bool;
+      default = true;
+      example = false;
+      description = "Whether an unconfirmed generation is rolled back (by the watchdog, and at boot).";
+    };
+    healthChecks = {
+      http = option {
+        type = t.listOf (t.submodule httpCheck);
+        default = [];
+        example = [{url = "https://notes.example.com/health";}];
+        description = "HTTP requests the deployer makes after switching, before confirming.";
+      };
+      commands = option {
+        type = t.listOf (t.submodule commandCheck);
+        default = [];
+        example = [{command = ["systemctl" "is-active" "postgresql"];}];
+        description = "Commands run on the target after switching, before confirming.";
+      };
+      units = option {
+        type = t.listOf t.str;
+        default = [];
+        example = ["caddy.service" "postgresql.service"];
+        description = "systemd units that must be active on the target after switching.";
+      };
+    };
+    tailscale = {
+      enable = mkEnable false ''
+        Whether the node is reached over Tailscale: berth resolves it with
+        `tailscale status`.
+      '';
+      checkOnline = mkEnable true ''
+        Whether to refuse early, with a clear message, when the peer is
+        offline in `tailscale status`.
+      '';
+    };
+  };
+
+  agent = {
+    enable = mkEnable true ''
+      Whether to install berth's agent on the host: the `berth` command,
+      its state directory, and the boot check.
+    '';
+    package = option {
+      type = t.package;
+      defaultText = "the berth package";
+      example = literal "inputs.berth.packages.\${pkgs.stdenv.hostPlatform.system}.default";
+      description = "The berth package installed on the host and run as its agent (`berth agent …`); by default the package of the berth flake the configuration imports, so agent and deployer match when both come from the same flake.lock.";
+    };
+    stateDir = option {
+      type = t.absolutePath;
+      default = "/var/lib/berth";
+      example = "/srv/berth";
+      description = "Where the agent keeps its SQLite state (deployments, locks, blocked revisions).";
+    };
+    bootCheck = mkEnable true ''
+      Whether a unit at boot rolls back a system deployment that was never
+      confirmed.
+    '';
+    converge = {
+      enable = mkEnable false ''
+        Whether a timer deploys the host from `flake` by itself (GitOps
+        converge).
+      '';
+      flake = option {
+        type = t.nullOr t.str;
+        default = null;
+        example = "github:acme/fleet";
+        description = "The flake the host converges to.";
+      };
+      node = option {
+        type = t.nullOr t.str;
+        default = null;
+        defaultText = "`null`, `networking.hostName`";
+        example = "web1";
+        description = "The flake's `nixosConfigurations` attribute of this host.";
+      };
+      interval = option {
+        type = t.str;
+        default = "15min";
+        example = "1h";
+        description = "How long after the last run the next one starts, a systemd time span.";
+      };
+    };
+  };
+
+  machine = {
+    tailscaleHost = option {
+      type = t.nullOr t.str;
+      default = null;
+      defaultText = "`networking.hostName` when `services.tailscale.enable`, else `null`";
+      example = "web1";
+      description = "The host's Tailscale (MagicDNS) name, for reachability checks.";
+    };
+    type = option {
+      type = t.enum ["server" "desktop" "vm" "container"];
+      default = "server";
+      example = "vm";
+      description = "What kind of machine this is.";
+    };
+  };
+}

@@ -1,0 +1,102 @@
+# What a service's pieces share: its directory layout, start command and
+# health URL, and the checks the module turns into assertions and warnings.
+# `cfg` is the evaluated `berth.services.<name>` (every option, defaults
+# filled in).
+let
+  inherit (builtins) attrNames concatLists filter match;
+  util = import ./util.nix;
+
+  # The layout berth's agent uses (src/app/manifest.rs, `Layout`).
+  dir = name: "/var/lib/${name}";
+
+  defaultStart = {
+    bun = "bun run start";
+    node = "npm start";
+  };
+
+  # The unit's command, or null when the runtime has no default and `start`
+  # is unset (an assertion then says so).
+  start = cfg:
+    if cfg.start != null
+    then cfg.start
+    else defaultStart.${cfg.runtime} or null;
+
+  # Checked over loopback; "" when there is nothing to check (no port, no
+  # URL): the deploy then needs `--health-url`, and a warning says so.
+  healthUrl = cfg:
+    if cfg.health.url != null
+    then cfg.health.url
+    else if cfg.port != null
+    then "http://127.0.0.1:${toString cfg.port}${cfg.health.path}"
+    else "";
+
+  # A data path as the agent resolves it: relative to the service's
+  # directory, or absolute inside it, never the directory itself.
+  dataPath = name: path: let
+    base = dir name;
+    full =
+      if util.hasPrefix "/" path
+      then path
+      else "${base}/${path}";
+  in
+    if match "(.*/)?\\.\\.(/.*)?" path == null && util.hasPrefix "${base}/" full
+    then full
+    else null;
+
+  validName = name: match "[a-z0-9][a-z0-9_-]{0,63}" name != null;
+
+  problems = name: cfg: let
+    at = "berth.services.${name}";
+    outside = kind:
+      map (path: "${at}.data.${kind} lists ${path}, which is outside ${dir name}; give a path relative to ${dir name} or inside it")
+      (filter (path: dataPath name path == null) cfg.data.${kind});
+  in
+    concatLists [
+      (
+        if validName name
+        then []
+        else ["${at}: a service name is lowercase letters, digits, `-` and `_`, starting with a letter or digit, at most 64 characters"]
+      )
+      (
+        if start cfg == null
+        then ["${at}.start is not set: runtime \"${cfg.runtime}\" has no default start command; set ${at}.start"]
+        else []
+      )
+      (
+        if cfg.caddy.enable && cfg.domain != null && cfg.port == null
+        then ["${at}.domain is set but ${at}.port is not: Caddy needs a port to proxy to; set ${at}.port, or ${at}.caddy.enable = false"]
+        else []
+      )
+      (
+        if cfg.caddy.tls.dnsTokenFile != null && cfg.caddy.tls.dnsProvider == null
+        then ["${at}.caddy.tls.dnsTokenFile is set but ${at}.caddy.tls.dnsProvider is not; name the DNS provider (e.g. \"cloudflare\")"]
+        else []
+      )
+      (map (secret: "${at}.secrets.${secret}: a secret's name is an environment variable name (letters, digits and `_`, not starting with a digit)")
+        (filter (secret: match "[A-Za-z_][A-Za-z0-9_]*" secret == null) (attrNames cfg.secrets)))
+      (outside "sqlite")
+      (outside "files")
+    ];
+
+  # systemd.tmpfiles.rules for the directories the agent and the unit
+  # expect; the agent makes repo.git, releases/<sha>, current and .berth.
+  tmpfiles = name: cfg: let
+    owned = mode: path: "d ${path} ${mode} ${cfg.user} ${cfg.group} -";
+  in [
+    (owned "0750" (dir name))
+    (owned "0750" "${dir name}/releases")
+    (owned "0700" "${dir name}/data")
+    (owned "0700" "${dir name}/snapshots")
+  ];
+
+  # The backup timer's command line after the berth program: the same
+  # snapshot a deploy takes, waiting for a deploy in progress.
+  snapshotArgs = name: ["agent" "snapshot" "create" "--service" name "--actor" "backup-timer" "--lock-wait" "600"];
+
+  warnings = name: cfg:
+    if healthUrl cfg == ""
+    then ["berth.services.${name} has no port and no health.url: `berth app deploy ${name}` needs --health-url"]
+    else [];
+in {
+  inherit dir start healthUrl dataPath problems warnings tmpfiles snapshotArgs;
+}
