@@ -403,9 +403,16 @@ impl Agent {
             .arg(&self.profile);
         if Path::new("/run/systemd/system").is_dir() {
             let unit = format!("berth-watchdog-{id}");
-            let cmd = Cmd::new("systemd-run")
-                .args(["--quiet", "--collect", "--unit", &unit, "--"])
-                .args(watchdog.argv());
+            // A transient unit gets systemd's PATH, not ours: the rollback
+            // it may run needs the programs this agent finds (nix-env, the
+            // activation's own).
+            let mut cmd = Cmd::new("systemd-run").args(["--quiet", "--collect", "--unit", &unit]);
+            if let Some(path) = std::env::var_os("PATH") {
+                let mut setenv = std::ffi::OsString::from("--setenv=PATH=");
+                setenv.push(path);
+                cmd = cmd.arg(setenv);
+            }
+            let cmd = cmd.arg("--").args(watchdog.argv());
             self.run(&cmd).await?;
         } else {
             let log = self.state_dir.join(format!("watchdog-{id}.log"));
