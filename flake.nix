@@ -116,11 +116,22 @@
 
     # Paths, not imported functions, so the module system names the file in
     # errors and imports each only once when several are listed.
-    nixosModules = {
-      default = ./modules/default.nix;
-      services = ./modules/services.nix;
+    # The modules that run berth on the host default its package to this
+    # flake's, so the agent is the very binary `nix run .#deploy` runs.
+    nixosModules = let
+      packageDefault = {
+        pkgs,
+        lib,
+        ...
+      }: {
+        key = "berth#agent-package";
+        berth.agent.package = lib.mkDefault self.packages.${pkgs.stdenv.hostPlatform.system}.berth;
+      };
+    in {
+      default = {imports = [./modules/default.nix packageDefault];};
+      services = {imports = [./modules/services.nix packageDefault];};
+      agent = {imports = [./modules/agent.nix packageDefault];};
       deployment = ./modules/deployment.nix;
-      agent = ./modules/agent.nix;
       machine = ./modules/machine.nix;
     };
 

@@ -262,6 +262,14 @@ impl Agent {
                 self.phase(&id, "profile", &format!("generation {}", g.number));
             }
         }
+        // Units that had failed before this deploy (a backup whose disk is
+        // away) are not this deploy's failure.
+        let checks_units = a.goal.activates() && Path::new("/run/systemd/system").is_dir();
+        let failed_before = if checks_units {
+            self.failed_units().await?
+        } else {
+            Vec::new()
+        };
         let switch = profile::switch_to_configuration(a.path.as_ref(), a.goal.as_str());
         let out = process::output(&switch, Via::Local, &self.log).await?;
         if !out.status.success() {
@@ -277,21 +285,15 @@ impl Agent {
             "activate",
             &format!("switch-to-configuration {} succeeded", a.goal.as_str()),
         );
-        // Where systemd runs, no unit may be failed after the switch (checked
-        // here, on the host, so the deployer needs no round trip for it).
-        if a.goal.activates() && Path::new("/run/systemd/system").is_dir() {
-            let listed = self
-                .run(&Cmd::new("systemctl").args([
-                    "list-units",
-                    "--state=failed",
-                    "--no-legend",
-                    "--plain",
-                ]))
+        // Where systemd runs, no unit may have failed since the switch
+        // began (checked here, on the host, so the deployer needs no round
+        // trip for it).
+        if checks_units {
+            let failed: Vec<String> = self
+                .failed_units()
                 .await?
-                .stdout_str();
-            let failed: Vec<&str> = listed
-                .lines()
-                .filter_map(|l| l.split_whitespace().next())
+                .into_iter()
+                .filter(|u| !failed_before.contains(u))
                 .collect();
             if !failed.is_empty() {
                 let why = format!("failed units after the switch: {}", failed.join(", "));
@@ -558,8 +560,27 @@ impl Agent {
         ))
     }
 
+    /// The units systemd lists as failed.
+    async fn failed_units(&self) -> Result<Vec<String>, AgentError> {
+        let listed = self
+            .run(&Cmd::new("systemctl").args([
+                "list-units",
+                "--state=failed",
+                "--no-legend",
+                "--plain",
+            ]))
+            .await?
+            .stdout_str();
+        Ok(listed
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .map(str::to_owned)
+            .collect())
+    }
+
     /// At boot: a system deployment still activating or pending was never
-    /// confirmed, so the host goes back to its recorded generation.
+    /// confirmed, so the host goes back to its recorded generation. (The
+    /// NixOS module runs it only while the system is starting.)
     pub async fn boot_check(&mut self) -> Result<Vec<AgentResult>, AgentError> {
         let mut results = Vec::new();
         for d in self.store.all_active()? {

@@ -1,0 +1,79 @@
+# berth.agent: berth on the host (`berth agent …` is what deploys run
+# there), its state directory, and the boot check that rolls back a system
+# generation that was never confirmed. The converge timer has options only.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}: let
+  berth = import ../nix/lib {};
+  cfg = config.berth.agent;
+  defaultStateDir = berth.options.agent.stateDir.default;
+in {
+  options.berth.agent = berth.mkOptions lib berth.options.agent;
+
+  config = lib.mkMerge [
+    {
+      # Built from the sources this module comes with, so agent and deployer
+      # are the same berth when both come from one flake.lock (and the same
+      # store path when the host's nixpkgs follows berth's). Below mkDefault,
+      # so a flake that sets `lib.mkDefault self.packages.…` wins quietly.
+      berth.agent.package = lib.mkOptionDefault (pkgs.callPackage ../nix/package.nix {});
+      berth.agent.converge.node = lib.mkDefault config.networking.hostName;
+    }
+
+    (lib.mkIf cfg.enable {
+      # On every PATH, the service users' SSH sessions included: the
+      # deployer runs `berth agent …` there.
+      environment.systemPackages = [cfg.package];
+      environment.sessionVariables = lib.mkIf (cfg.stateDir != defaultStateDir) {
+        BERTH_STATE_DIR = cfg.stateDir;
+      };
+
+      # Readable by all: app deploys, run as a service's user, read the
+      # host's lock there.
+      systemd.tmpfiles.rules = ["d ${cfg.stateDir} 0755 root root -"];
+
+      warnings =
+        lib.optional cfg.converge.enable
+        "berth.agent.converge.enable is set, but this berth has no converge timer yet: nothing deploys this host by itself; deploy it with `berth deploy`, or set berth.agent.converge.enable = false";
+    })
+
+    (lib.mkIf (cfg.enable && cfg.bootCheck) {
+      systemd.services.berth-boot-check = {
+        description = "berth: roll back a system deployment that was never confirmed";
+        wantedBy = ["multi-user.target"];
+        # Without default dependencies multi-user.target does not wait for
+        # it: its rollback runs switch-to-configuration, which starts the
+        # active targets again, and a target waiting for this unit would
+        # wait for ever.
+        unitConfig.DefaultDependencies = false;
+        after = ["local-fs.target" "sysinit.target"];
+        conflicts = ["shutdown.target"];
+        before = ["shutdown.target"];
+        # A switch must neither restart it nor, for a new unit, run it: a
+        # deployment activating right then would look unconfirmed and be
+        # rolled back. RemainAfterExit keeps it active after boot, so a
+        # switch starting multi-user.target leaves it alone, and the
+        # condition skips it when it starts while the system is not booting
+        # (the first switch to a configuration that has it).
+        restartIfChanged = false;
+        # nix-env switches the system profile back.
+        path = [config.nix.package];
+        environment.BERTH_STATE_DIR = cfg.stateDir;
+        serviceConfig = {
+          Type = "oneshot";
+          RemainAfterExit = true;
+          ExecCondition = pkgs.writeShellScript "berth-booting" ''
+            case "$(systemctl is-system-running)" in
+              initializing | starting) exit 0 ;;
+              *) exit 1 ;;
+            esac
+          '';
+          ExecStart = "${lib.getExe' cfg.package "berth"} agent boot-check";
+        };
+      };
+    })
+  ];
+}

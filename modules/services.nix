@@ -1,0 +1,347 @@
+# berth.services.<name>: apps whose code lives in git, deployed by `berth
+# app deploy` (docs/app.md). nix/lib computes each piece from the options
+# (the manifest, the unit, the sudo rule, the Caddy host, the checks); this
+# module puts them into NixOS: per service a user and group, directories, the
+# unit, the first release, the sudo rule, a Caddy virtual host, the manifest
+# /etc/berth/services/<name>.json and a backup timer; across services, the
+# assertions. berth.caddy says how Caddy gets the plugins they need.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}: let
+  berth = import ../nix/lib {};
+  t = import ../nix/lib/types.nix;
+  util = import ../nix/lib/util.nix;
+
+  inherit (lib) attrNames concatLists concatLines escapeShellArg escapeShellArgs filter filterAttrs getExe' length listToAttrs mapAttrs mapAttrsToList mkDefault mkIf mkMerge nameValuePair optional optionalAttrs optionalString optionals;
+
+  # berth.caddy, in the form of nix/lib/options.nix (where it belongs, so
+  # that docs/modules.md lists it).
+  option = attrs: attrs // {_type = "option";};
+  caddyOptions = {
+    buildPlugins = option {
+      type = t.bool;
+      default = true;
+      example = false;
+      description = ''
+        Whether berth builds Caddy (`services.caddy.package`) with the
+        plugins its services need, with `pkgs.caddy.withPlugins`:
+        `github.com/mholt/caddy-ratelimit` for `caddy.rateLimit`,
+        `github.com/caddy-dns/<provider>` for `caddy.tls.dnsProvider`. Off:
+        set `services.caddy.package` yourself to a Caddy that has them.
+      '';
+    };
+    pluginVersions = option {
+      type = t.attrsOf t.str;
+      default = {};
+      defaultText = "`{ \"github.com/mholt/caddy-ratelimit\" = \"v0.1.0\"; }`";
+      example = {"github.com/caddy-dns/cloudflare" = "v0.2.1";};
+      description = ''
+        The version Caddy is built with of each plugin, by Go module: a tag
+        or a Go pseudo-version (`pkgs.caddy.withPlugins` needs one).
+      '';
+    };
+    pluginsHash = option {
+      type = t.nullOr t.str;
+      default = null;
+      example = "sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+      description = ''
+        The hash of Caddy's sources with the plugins (the `hash` of
+        `pkgs.caddy.withPlugins`), which Nix cannot know before it has them:
+        set it to `""`, build, and copy the hash the error prints after
+        `got:`. Again whenever the plugins, their versions or Caddy change.
+      '';
+    };
+  };
+
+  inherit (config.berth) services agent;
+  enabled = filterAttrs (_: cfg: cfg.enable) services;
+  # `f name cfg` (a list) over the enabled services, concatenated.
+  forEach = f: concatLists (mapAttrsToList f enabled);
+
+  berthExe = getExe' agent.package "berth";
+  dir = name: "/var/lib/${name}";
+
+  # Units `nameOf name` = `make name cfg` of the enabled services that `has`.
+  unitsOf = has: nameOf: make:
+    listToAttrs (forEach (name: cfg:
+        optional (has cfg) (nameValuePair (nameOf name) (make name cfg))));
+
+  runtimes = {
+    bun = [pkgs.bun];
+    node = [pkgs.nodejs];
+    python = [pkgs.python3];
+    custom = [];
+  };
+  runtimePackages = cfg: runtimes.${cfg.runtime};
+
+  # "berth.services.a and berth.services.b both <what>", for each value that
+  # several enabled services share (`valueOf` null: not taken).
+  clashes = valueOf: what: let
+    names = filter (name: valueOf name enabled.${name} != null) (attrNames enabled);
+    byValue = builtins.groupBy (name: valueOf name enabled.${name}) names;
+  in
+    mapAttrsToList (value: sharing: "${util.joinAnd (map (name: "berth.services.${name}") sharing)} ${
+      if length sharing == 2
+      then "both"
+      else "all"
+    } ${what value}")
+    (filterAttrs (_: sharing: length sharing > 1) byValue);
+
+  # --- The app's unit --------------------------------------------------------
+
+  # Until the first release there is no `current` to run: the unit is
+  # skipped, not failed (a failed unit would fail the system deploy). The
+  # first release starts it.
+  appUnit = name: cfg:
+    berth.unit name cfg
+    // {
+      path = runtimePackages cfg ++ [pkgs.git];
+      unitConfig.ConditionPathExists = "${dir name}/current";
+    };
+
+  # --- The first release -----------------------------------------------------
+  #
+  # `berth agent app-deploy` of the branch's head, as the service's user,
+  # when there is no `current` yet: at boot, and at every switch until then
+  # (a switch starts what multi-user.target wants). Type=exec, so the switch
+  # does not wait for the build. Its failure is the app's, recorded with the
+  # service (`berth app status`), not the system's: the unit ends inactive,
+  # never failed, because a failed unit after a switch fails the system
+  # deploy that made it. The app's unit is not ordered after it: the deploy
+  # starts that unit itself (sudo systemctl start), which would wait.
+  firstReleaseName = name: "berth-first-release-${name}";
+  # Nothing to fetch, or no health check to run it with (a warning says so).
+  hasFirstRelease = cfg: cfg.firstRelease && cfg.repository != null && berth.healthUrl cfg != "";
+
+  # Exit 1 (a fetch, build or health check failed: no network yet, say) is
+  # tried again a few times; 2 (a refused revision, the service busy) and 3
+  # (a rollback that failed) are final. A new deployment id each try.
+  firstReleaseScript = name: cfg:
+    pkgs.writeShellScript (firstReleaseName name) ''
+      attempt=1
+      while :; do
+        status=0
+        ${berthExe} agent app-deploy --service ${escapeShellArg name} \
+          --id "first-$(date -u +%Y%m%dT%H%M%SZ)" --ref ${escapeShellArg cfg.branch} \
+          --actor nixos-activation --reason "first release on this host" || status=$?
+        if [ "$status" -ne 1 ] || [ "$attempt" -ge 5 ]; then
+          exit "$status"
+        fi
+        attempt=$((attempt + 1))
+        sleep 60
+      done
+    '';
+
+  firstReleaseUnit = name: cfg: {
+    description = "berth: first release of ${name} (the head of ${cfg.branch})";
+    wantedBy = ["multi-user.target"];
+    wants = ["network-online.target"];
+    after = ["network-online.target"];
+    unitConfig.ConditionPathExists = "!${dir name}/current";
+    # A switch must not kill a release half built.
+    restartIfChanged = false;
+    # git and the runtime for install and build, sh for the commands, sudo
+    # (/run/wrappers) for systemctl.
+    path = runtimePackages cfg ++ [pkgs.git pkgs.bash "/run/wrappers"];
+    environment.BERTH_STATE_DIR = agent.stateDir;
+    serviceConfig = {
+      Type = "exec";
+      User = cfg.user;
+      Group = cfg.group;
+      WorkingDirectory = dir name;
+      ExecStart = firstReleaseScript name cfg;
+      # The agent's exit codes (docs/cli.md): shown, but not a failed unit.
+      SuccessExitStatus = "1 2 3 4";
+    };
+  };
+
+  # --- Backups ---------------------------------------------------------------
+  #
+  # `berth agent snapshot create`, the snapshot a deploy takes (and prunes
+  # like one), on a timer; then, with backup.restic, `restic backup` of the
+  # snapshots and of data.files. As the service's user, which owns them.
+  backupName = name: "berth-backup-${name}";
+  hasData = cfg: cfg.data.sqlite != [] || cfg.data.files != [];
+  hasBackup = cfg: cfg.backup.enable && hasData cfg;
+
+  backupUnit = name: cfg: let
+    inherit (cfg.backup) restic;
+    paths = ["${dir name}/snapshots"] ++ filter (path: path != null) (map (berth.dataPath name) cfg.data.files);
+    # Lists in files, so no path or glob goes through systemd's quoting.
+    resticArgs =
+      ["backup" "--tag" "berth-${name}" "--files-from-verbatim" (pkgs.writeText "${backupName name}-paths" (concatLines paths))]
+      ++ optionals (cfg.data.exclude != []) ["--exclude-file" (pkgs.writeText "${backupName name}-exclude" (concatLines cfg.data.exclude))];
+  in {
+    description = "berth: snapshot of the data of ${name}${optionalString (restic != null) ", sent to restic"}";
+    wants = optional (restic != null) "network-online.target";
+    after = optional (restic != null) "network-online.target";
+    environment =
+      {BERTH_STATE_DIR = agent.stateDir;}
+      // optionalAttrs (restic != null) {
+        RESTIC_REPOSITORY = restic.repository;
+        # The password file may be root's only: systemd hands it over.
+        RESTIC_PASSWORD_FILE = "%d/restic-password";
+        RESTIC_CACHE_DIR = "%C/${backupName name}";
+      };
+    serviceConfig =
+      {
+        Type = "oneshot";
+        User = cfg.user;
+        Group = cfg.group;
+        ExecStart =
+          ["${berthExe} ${escapeShellArgs (berth.snapshotArgs name)}"]
+          ++ optional (restic != null) "${getExe' pkgs.restic "restic"} ${escapeShellArgs resticArgs}";
+        NoNewPrivileges = true;
+        PrivateTmp = true;
+        ProtectSystem = "strict";
+        ProtectHome = true;
+        ReadWritePaths = [(dir name)];
+      }
+      // optionalAttrs (restic != null) (
+        {
+          LoadCredential = ["restic-password:${restic.passwordFile}"];
+          CacheDirectory = backupName name;
+        }
+        // optionalAttrs (restic.environmentFile != null) {
+          EnvironmentFile = restic.environmentFile;
+        }
+      );
+  };
+
+  backupTimer = _name: cfg: {
+    wantedBy = ["timers.target"];
+    timerConfig = {
+      OnCalendar = cfg.backup.schedule;
+      # A run missed while the host was down happens at the next boot.
+      Persistent = true;
+      RandomizedDelaySec = "10min";
+    };
+  };
+
+  # --- Caddy -------------------------------------------------------------------
+
+  virtualHosts = filterAttrs (_: host: host != null) (mapAttrs berth.caddyVirtualHost enabled);
+  caddyGlobal = berth.caddyGlobalConfig services;
+  caddyCredentials = berth.caddyCredentials services;
+  plugins = berth.caddyPlugins services;
+  caddyCfg = config.berth.caddy;
+  buildCaddy = plugins != [] && caddyCfg.buildPlugins;
+
+  rateLimitPlugin = "github.com/mholt/caddy-ratelimit";
+  # Which options of which services need a plugin, for the messages.
+  neededBy = plugin:
+    util.joinAnd (concatLists (mapAttrsToList (name: cfg:
+      optional (plugin == rateLimitPlugin && cfg.caddy.rateLimit.enable) "berth.services.${name}.caddy.rateLimit"
+      ++ optional (cfg.caddy.tls.dnsProvider != null && plugin == "github.com/caddy-dns/${cfg.caddy.tls.dnsProvider}")
+      "berth.services.${name}.caddy.tls.dnsProvider")
+    (filterAttrs (name: _: virtualHosts ? ${name}) enabled)));
+
+  unversioned = filter (plugin: !(caddyCfg.pluginVersions ? ${plugin})) plugins;
+
+  pluginProblems =
+    map (plugin: "berth.caddy.pluginVersions has no version of ${plugin}, the Caddy plugin ${neededBy plugin} needs; set berth.caddy.pluginVersions.\"${plugin}\" to a tag or Go pseudo-version of it, or set berth.caddy.buildPlugins = false and services.caddy.package to a Caddy built with it")
+    unversioned
+    ++ optional (caddyCfg.pluginsHash == null)
+    "berth.caddy.pluginsHash is not set: Caddy is built with ${util.joinAnd plugins} (for ${util.joinAnd (map neededBy plugins)}), and Nix must be told the hash of its sources; set berth.caddy.pluginsHash = \"\", build, and set it to the hash the error prints after `got:`";
+
+  caddyPackage = pkgs.caddy.withPlugins ({
+      # Without a version (an assertion says so first), nixpkgs refuses it.
+      plugins = map (plugin:
+        if caddyCfg.pluginVersions ? ${plugin}
+        then "${plugin}@${caddyCfg.pluginVersions.${plugin}}"
+        else plugin)
+      plugins;
+    }
+    // optionalAttrs (caddyCfg.pluginsHash != null) {hash = caddyCfg.pluginsHash;});
+in {
+  imports = [./agent.nix];
+
+  options.berth = {
+    services = berth.mkOption lib berth.options.services;
+    ports = berth.mkOptions lib berth.options.ports;
+    caddy = berth.mkOptions lib caddyOptions;
+  };
+
+  config = {
+    assertions =
+      map (message: {
+        assertion = false;
+        inherit message;
+      }) (concatLists [
+        (forEach berth.problems)
+        (berth.portConflicts services config.berth.ports.reserved)
+        (clashes (_: cfg: cfg.user) (user: "run as user ${user}: each service's user owns its directory and may control its unit only; give each its own berth.services.<name>.user"))
+        (clashes (name: _: virtualHosts.${name}.hostName or null) (domain: "serve ${domain}: Caddy has one virtual host per name; give each its own domain, or list the other names in one's serverAliases"))
+        (optionals buildCaddy pluginProblems)
+      ]);
+
+    warnings = concatLists [
+      (forEach berth.warnings)
+      (forEach (name: cfg:
+        optional (cfg.firstRelease && cfg.repository == null)
+        "berth.services.${name} has no repository: a fresh host serves nothing until `berth app deploy ${name} --repo URL`; set berth.services.${name}.repository, or berth.services.${name}.firstRelease = false"))
+      (forEach (name: cfg:
+        optional (cfg.firstRelease && cfg.repository != null && berth.healthUrl cfg == "")
+        "berth.services.${name} has no first release: without a port or health.url there is no health check to release it with"))
+      (forEach (name: cfg:
+        optional (cfg.backup.enable && cfg.data.postgres != [])
+        "berth.services.${name}.data.postgres: berth does not snapshot or back up PostgreSQL databases yet; back them up with services.postgresqlBackup"))
+      (forEach (name: cfg:
+        optional (cfg.backup.restic != null && !hasBackup cfg)
+        "berth.services.${name}.backup.restic is set, but nothing is backed up: turn on backup.enable and declare data.sqlite or data.files"))
+    ];
+
+    users.users = mkMerge (mapAttrsToList (name: cfg: {
+        ${cfg.user} = {
+          isSystemUser = true;
+          inherit (cfg) group;
+          # Not cfg.description: a passwd entry may hold no `:`.
+          description = "berth service ${name}";
+          home = dir name;
+          # tmpfiles makes it, with the service's modes.
+          createHome = false;
+          # `berth app deploy` logs in over SSH as this user (its keys:
+          # users.users.<user>.openssh.authorizedKeys).
+          shell = mkDefault pkgs.bashInteractive;
+          # For the install and build commands the agent runs in that session.
+          packages = runtimePackages cfg ++ [pkgs.git];
+        };
+      })
+      enabled);
+
+    users.groups = mkMerge (mapAttrsToList (_: cfg: {${cfg.group} = {};}) enabled);
+
+    systemd = {
+      tmpfiles.rules = forEach berth.tmpfiles;
+      services = mkMerge [
+        (mapAttrs appUnit enabled)
+        (unitsOf hasFirstRelease firstReleaseName firstReleaseUnit)
+        (unitsOf hasBackup backupName backupUnit)
+        (mkIf (caddyCredentials != []) {
+          caddy.serviceConfig.LoadCredential = caddyCredentials;
+        })
+      ];
+      timers = unitsOf hasBackup backupName backupTimer;
+    };
+
+    security.sudo.extraRules = forEach (name: cfg: berth.sudoRules name cfg "/run/current-system/sw/bin/systemctl");
+
+    environment.etc = listToAttrs (mapAttrsToList (name: cfg:
+      nameValuePair "berth/services/${name}.json" {
+        text = builtins.toJSON (berth.manifest name cfg);
+      })
+    enabled);
+
+    services.caddy = mkIf (virtualHosts != {}) {
+      enable = true;
+      virtualHosts = listToAttrs (mapAttrsToList (_: host: nameValuePair host.hostName host) virtualHosts);
+      globalConfig = mkIf (caddyGlobal != "") caddyGlobal;
+      package = mkIf buildCaddy (mkDefault caddyPackage);
+    };
+
+    berth.caddy.pluginVersions.${rateLimitPlugin} = mkDefault "v0.1.0";
+  };
+}
