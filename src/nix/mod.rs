@@ -12,12 +12,18 @@ use crate::process::Cmd;
 /// The profile that holds a NixOS host's system generations.
 pub const SYSTEM_PROFILE: &str = "/nix/var/nix/profiles/system";
 
+/// `nix` with the `nix-command` feature on, so berth works whatever the
+/// machine's nix.conf says.
+fn nix() -> Cmd {
+    Cmd::new("nix").args(["--extra-experimental-features", "nix-command"])
+}
+
 /// `nix copy` of `paths` and their closures to `store` (for example
 /// `ssh-ng://h1`). Signatures are not required: the deployer built these
 /// paths itself and copies them as a trusted user (as deploy-rs does); the
 /// destination may substitute what it can from its own caches.
 pub fn copy_to(store: &str, paths: &[StorePath], ssh_opts: Option<&str>) -> Cmd {
-    let cmd = Cmd::new("nix")
+    let cmd = nix()
         .args([
             "copy",
             "--no-check-sigs",
@@ -54,7 +60,7 @@ pub fn realise(drvs: &[StorePath]) -> Cmd {
 /// host to a target): the closure streams through, nothing lands in this
 /// machine's store.
 pub fn copy_between(from: &str, to: &str, paths: &[StorePath], ssh_opts: &str) -> Cmd {
-    Cmd::new("nix")
+    nix()
         .args([
             "copy",
             "--no-check-sigs",
@@ -87,6 +93,8 @@ mod tests {
             cmd.argv(),
             [
                 "nix",
+                "--extra-experimental-features",
+                "nix-command",
                 "copy",
                 "--no-check-sigs",
                 "--substitute-on-destination",
