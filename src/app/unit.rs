@@ -175,7 +175,10 @@ pub async fn wait_healthy(unit: &str, check: &HealthCheck, log: &JobLog) -> Verd
                 check.timeout.as_secs()
             ));
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        // Often until the first answer (an app's start is what a deploy
+        // waits on), then calmly while it settles.
+        let pause = if healthy_since.is_some() { 250 } else { 50 };
+        tokio::time::sleep(Duration::from_millis(pause)).await;
     }
 }
 
