@@ -49,7 +49,9 @@ in {
         # active targets again, and a target waiting for this unit would
         # wait for ever.
         unitConfig.DefaultDependencies = false;
-        after = ["local-fs.target" "sysinit.target"];
+        # switch-to-configuration talks to systemd over the system bus.
+        after = ["local-fs.target" "sysinit.target" "dbus.socket"];
+        wants = ["dbus.socket"];
         conflicts = ["shutdown.target"];
         before = ["shutdown.target"];
         # A switch must neither restart it nor, for a new unit, run it: a

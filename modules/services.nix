@@ -12,49 +12,9 @@
   ...
 }: let
   berth = import ../nix/lib {};
-  t = import ../nix/lib/types.nix;
   util = import ../nix/lib/util.nix;
 
-  inherit (lib) attrNames concatLists concatLines escapeShellArg escapeShellArgs filter filterAttrs getExe' length listToAttrs mapAttrs mapAttrsToList mkDefault mkIf mkMerge nameValuePair optional optionalAttrs optionalString optionals;
-
-  # berth.caddy, in the form of nix/lib/options.nix (where it belongs, so
-  # that docs/modules.md lists it).
-  option = attrs: attrs // {_type = "option";};
-  caddyOptions = {
-    buildPlugins = option {
-      type = t.bool;
-      default = true;
-      example = false;
-      description = ''
-        Whether berth builds Caddy (`services.caddy.package`) with the
-        plugins its services need, with `pkgs.caddy.withPlugins`:
-        `github.com/mholt/caddy-ratelimit` for `caddy.rateLimit`,
-        `github.com/caddy-dns/<provider>` for `caddy.tls.dnsProvider`. Off:
-        set `services.caddy.package` yourself to a Caddy that has them.
-      '';
-    };
-    pluginVersions = option {
-      type = t.attrsOf t.str;
-      default = {};
-      defaultText = "`{ \"github.com/mholt/caddy-ratelimit\" = \"v0.1.0\"; }`";
-      example = {"github.com/caddy-dns/cloudflare" = "v0.2.1";};
-      description = ''
-        The version Caddy is built with of each plugin, by Go module: a tag
-        or a Go pseudo-version (`pkgs.caddy.withPlugins` needs one).
-      '';
-    };
-    pluginsHash = option {
-      type = t.nullOr t.str;
-      default = null;
-      example = "sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
-      description = ''
-        The hash of Caddy's sources with the plugins (the `hash` of
-        `pkgs.caddy.withPlugins`), which Nix cannot know before it has them:
-        set it to `""`, build, and copy the hash the error prints after
-        `got:`. Again whenever the plugins, their versions or Caddy change.
-      '';
-    };
-  };
+  inherit (lib) attrNames concatLines concatLists concatMap escapeShellArg escapeShellArgs filter filterAttrs getExe' groupBy head listToAttrs mapAttrs mapAttrsToList mkDefault mkIf mkMerge nameValuePair optional optionalAttrs optionalString optionals unique;
 
   inherit (config.berth) services agent;
   enabled = filterAttrs (_: cfg: cfg.enable) services;
@@ -76,19 +36,6 @@
     custom = [];
   };
   runtimePackages = cfg: runtimes.${cfg.runtime};
-
-  # "berth.services.a and berth.services.b both <what>", for each value that
-  # several enabled services share (`valueOf` null: not taken).
-  clashes = valueOf: what: let
-    names = filter (name: valueOf name enabled.${name} != null) (attrNames enabled);
-    byValue = builtins.groupBy (name: valueOf name enabled.${name}) names;
-  in
-    mapAttrsToList (value: sharing: "${util.joinAnd (map (name: "berth.services.${name}") sharing)} ${
-      if length sharing == 2
-      then "both"
-      else "all"
-    } ${what value}")
-    (filterAttrs (_: sharing: length sharing > 1) byValue);
 
   # --- The app's unit --------------------------------------------------------
 
@@ -230,7 +177,7 @@
   caddyCfg = config.berth.caddy;
   buildCaddy = plugins != [] && caddyCfg.buildPlugins;
 
-  rateLimitPlugin = "github.com/mholt/caddy-ratelimit";
+  rateLimitPlugin = berth.caddyRateLimitPlugin;
   # Which options of which services need a plugin, for the messages.
   neededBy = plugin:
     util.joinAnd (concatLists (mapAttrsToList (name: cfg:
@@ -262,7 +209,7 @@ in {
   options.berth = {
     services = berth.mkOption lib berth.options.services;
     ports = berth.mkOptions lib berth.options.ports;
-    caddy = berth.mkOptions lib caddyOptions;
+    caddy = berth.mkOptions lib berth.options.caddy;
   };
 
   config = {
@@ -272,9 +219,7 @@ in {
         inherit message;
       }) (concatLists [
         (forEach berth.problems)
-        (berth.portConflicts services config.berth.ports.reserved)
-        (clashes (_: cfg: cfg.user) (user: "run as user ${user}: each service's user owns its directory and may control its unit only; give each its own berth.services.<name>.user"))
-        (clashes (name: _: virtualHosts.${name}.hostName or null) (domain: "serve ${domain}: Caddy has one virtual host per name; give each its own domain, or list the other names in one's serverAliases"))
+        (berth.conflicts services config.berth.ports.reserved)
         (optionals buildCaddy pluginProblems)
       ]);
 
@@ -294,23 +239,26 @@ in {
         "berth.services.${name}.backup.restic is set, but nothing is backed up: turn on backup.enable and declare data.sqlite or data.files"))
     ];
 
-    users.users = mkMerge (mapAttrsToList (name: cfg: {
-        ${cfg.user} = {
-          isSystemUser = true;
-          inherit (cfg) group;
-          # Not cfg.description: a passwd entry may hold no `:`.
-          description = "berth service ${name}";
-          home = dir name;
-          # tmpfiles makes it, with the service's modes.
-          createHome = false;
-          # `berth app deploy` logs in over SSH as this user (its keys:
-          # users.users.<user>.openssh.authorizedKeys).
-          shell = mkDefault pkgs.bashInteractive;
-          # For the install and build commands the agent runs in that session.
-          packages = runtimePackages cfg ++ [pkgs.git];
-        };
-      })
-      enabled);
+    # One definition per user, from its first service: two services on one
+    # user would otherwise clash on the user's home and group before the
+    # assertion that names them could say so.
+    users.users = mapAttrs (_: names: let
+      name = head names;
+      cfg = enabled.${name};
+    in {
+      isSystemUser = true;
+      inherit (cfg) group;
+      # Not cfg.description: a passwd entry may hold no `:`.
+      description = "berth service ${name}";
+      home = dir name;
+      # tmpfiles makes it, with the service's modes.
+      createHome = false;
+      # `berth app deploy` logs in over SSH as this user.
+      shell = mkDefault pkgs.bashInteractive;
+      openssh.authorizedKeys.keys = concatMap (name: enabled.${name}.deployKeys) names;
+      # For the install and build commands the agent runs in that session.
+      packages = unique (concatMap (name: runtimePackages enabled.${name}) names) ++ [pkgs.git];
+    }) (groupBy (name: enabled.${name}.user) (attrNames enabled));
 
     users.groups = mkMerge (mapAttrsToList (_: cfg: {${cfg.group} = {};}) enabled);
 
@@ -342,6 +290,7 @@ in {
       package = mkIf buildCaddy (mkDefault caddyPackage);
     };
 
-    berth.caddy.pluginVersions.${rateLimitPlugin} = mkDefault "v0.1.0";
+    # One by one, so the versions the user sets are added to these.
+    berth.caddy.pluginVersions = mapAttrs (_: mkDefault) berth.caddyPluginVersions;
   };
 }

@@ -10,6 +10,13 @@ let
   inherit (builtins) attrNames concatLists concatStringsSep filter sort;
   util = import ./util.nix;
 
+  rateLimitPlugin = "github.com/mholt/caddy-ratelimit";
+
+  # The versions berth builds Caddy with unless told otherwise
+  # (berth.caddy.pluginVersions). The caddy-dns providers have none: which
+  # one, and so its version, is the user's choice.
+  pluginVersions = {${rateLimitPlugin} = "v0.1.0";};
+
   enabled = services: filter (name: services.${name}.enable) (attrNames services);
 
   served = cfg: cfg.enable && cfg.caddy.enable && cfg.domain != null && cfg.port != null;
@@ -120,11 +127,11 @@ let
     sort builtins.lessThan (util.unique (concatLists [
       (
         if builtins.any (cfg: cfg.caddy.rateLimit.enable) served'
-        then ["github.com/mholt/caddy-ratelimit"]
+        then [rateLimitPlugin]
         else []
       )
       (map (cfg: "github.com/caddy-dns/${cfg.caddy.tls.dnsProvider}") (filter (cfg: cfg.caddy.tls.dnsProvider != null) served'))
     ]));
 in {
-  inherit virtualHost globalConfig credentials plugins;
+  inherit virtualHost globalConfig credentials plugins rateLimitPlugin pluginVersions;
 }

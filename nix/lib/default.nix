@@ -12,14 +12,16 @@ _: let
   service = import ./service.nix;
   unit = import ./unit.nix;
   caddy = import ./caddy.nix;
+  conflicts = import ./conflicts.nix;
   options = import ./options.nix;
 in {
   # --- The option schema -------------------------------------------------
 
   # The options of every module as data (see options.nix): `services` (the
-  # attrsOf submodule of berth.services), `ports`, `deployment`, `agent`,
-  # `machine`. Leaves are { _type = "option"; type; default?; defaultText?;
-  # example; description; }; types are described in types.nix.
+  # attrsOf submodule of berth.services), `ports`, `caddy`, `deployment`,
+  # `agent`, `machine`. Leaves are { _type = "option"; type; default?;
+  # defaultText?; example; description; }; types are described in
+  # types.nix.
   inherit options;
 
   # mkOptions lib group -> the lib.mkOption tree of a group of options;
@@ -27,6 +29,7 @@ in {
   # `lib`. The module declarations:
   #   options.berth.services = mkOption lib options.services;
   #   options.berth.ports = mkOptions lib options.ports;
+  #   options.berth.caddy = mkOptions lib options.caddy;
   #   options.berth.deployment = mkOptions lib options.deployment;
   #   options.berth.agent = mkOptions lib options.agent;
   #   options.berth.machine = mkOptions lib options.machine;
@@ -36,8 +39,9 @@ in {
   # without `default` (agent.package) must be given one by the module:
   # config.berth.agent.package = lib.mkDefault <the berth package>; and
   # defaults the docs describe as computed (machine.tailscaleHost,
-  # agent.converge.node, deployment.targetHost) are null here and set with
-  # lib.mkDefault in the module when it knows better.
+  # agent.converge.node, deployment.targetHost, caddy.pluginVersions) are
+  # null or empty here and set with lib.mkDefault in the module when it
+  # knows better.
   inherit (eval) mkOptions mkOption;
 
   # evalOptions path tree partial -> every option's value, defaults filled
@@ -107,6 +111,13 @@ in {
   # (pkgs.caddy.withPlugins): caddy-ratelimit, caddy-dns/<provider>.
   caddyPlugins = caddy.plugins;
 
+  # caddyPluginVersions -> the versions berth builds those plugins with
+  # unless berth.caddy.pluginVersions says otherwise (the module sets them
+  # with lib.mkDefault, one by one); caddyRateLimitPlugin -> the Go module
+  # of the `rate_limit` directive.
+  caddyPluginVersions = caddy.pluginVersions;
+  caddyRateLimitPlugin = caddy.rateLimitPlugin;
+
   # tmpfiles name cfg -> systemd.tmpfiles.rules for /var/lib/<name>,
   # releases/, data/ and snapshots/, owned by the service.
   inherit (service) tmpfiles;
@@ -129,8 +140,16 @@ in {
 
   # --- Across services ---------------------------------------------------
 
-  # portConflicts services reserved -> assertion messages, e.g.
+  # conflicts services reserved -> assertion messages naming every service
+  # involved, for what enabled services must not share: a port (with each
+  # other, or with berth.ports.reserved), a user, a name Caddy serves
+  # (domain or server alias). E.g.
   # "berth.services.a and berth.services.b both use port 3000; …",
-  # "berth.services.a uses port 22, which berth.ports.reserved lists; …".
-  portConflicts = import ./ports.nix;
+  # "berth.services.a uses port 22, which berth.ports.reserved lists; …",
+  # "berth.services.a and berth.services.b both run as user a: …",
+  # "berth.services.a and berth.services.b both serve a.example.com: …".
+  conflicts = conflicts.all;
+
+  # portConflicts services reserved -> the port messages of `conflicts`.
+  portConflicts = conflicts.ports;
 }

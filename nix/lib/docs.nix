@@ -89,6 +89,11 @@ let
       intro = "Ports the services must leave alone.";
     }
     {
+      key = "caddy";
+      title = "Caddy";
+      intro = "`berth.caddy`: how Caddy gets the plugins the services need (`caddy.rateLimit`, `caddy.tls.dnsProvider`), in modules/services.nix.";
+    }
+    {
       key = "deployment";
       title = "Deployment";
       intro = "`berth.deployment`: how `berth deploy` reaches and deploys this node; it reads them with `nix eval --json`.";

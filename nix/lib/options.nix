@@ -10,6 +10,8 @@
 # attribute set is a group of options. Types are in types.nix.
 let
   t = import ./types.nix;
+  caddy = import ./caddy.nix;
+  util = import ./util.nix;
   option = attrs: attrs // {_type = "option";};
   # An example or default written as Nix source, shown as is.
   literal = text: {
@@ -49,8 +51,23 @@ let
       description = ''
         The system user the service runs as and deploys as: `berth app
         deploy` connects over SSH as this user (the service's name unless
-        the deploy says `user@host`), and its sudo rule lets it restart,
-        stop, start and query this service's unit only.
+        the deploy says `user@host`; keys in `deployKeys`), and its sudo
+        rule lets it restart, stop, start and query this service's unit
+        only. One user per service: two services on one user fail the
+        evaluation, naming both.
+      '';
+    };
+
+    deployKeys = option {
+      type = t.listOf t.str;
+      default = [];
+      example = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA... notes-ci"];
+      description = ''
+        Public keys that may SSH in as the service's user to deploy it
+        (`berth app deploy`), e.g. the key of the app's CI; set as
+        `users.users.<user>.openssh.authorizedKeys.keys`. A key here gets a
+        shell as that user: the service's files and data, and its sudo rule
+        (restart, stop, start and status of this service's unit).
       '';
     };
 
@@ -187,7 +204,11 @@ let
         type = t.listOf t.str;
         default = [];
         example = ["notes"];
-        description = "PostgreSQL databases, by name, that the backup dumps.";
+        description = ''
+          PostgreSQL databases, by name. Written to the manifest, but not
+          snapshot by deploys nor backed up yet (a warning says so): back
+          them up with `services.postgresqlBackup`.
+        '';
       };
       files = option {
         type = t.listOf t.str;
@@ -199,7 +220,7 @@ let
         type = t.listOf t.str;
         default = [];
         example = ["*.log" "cache"];
-        description = "Globs the backup leaves out.";
+        description = "Globs restic leaves out of `data.files` (`backup.restic`); the snapshots of deploys and of the timer do not use them.";
       };
     };
 
@@ -278,9 +299,20 @@ let
     };
 
     firstRelease = mkEnable true ''
-      Whether a fresh host clones `repository` and releases the head of
-      `branch` itself (a oneshot before the unit), so it serves without a
-      deploy.
+      Whether a fresh host releases the head of `branch` by itself, so it
+      serves without an app deploy. A unit `berth-first-release-<name>`
+      runs `berth agent app-deploy --ref <branch>` (the whole deploy:
+      clone `repository`, install, build, start, health check) as the
+      service's user, at boot and at every switch for as long as
+      `/var/lib/<name>/current` does not exist. The switch does not wait
+      for it and it never fails the switch: its outcome is recorded with
+      the service (`berth app status`). A failed fetch or build (no network
+      yet, say) is tried again, up to 5 attempts a minute apart; a release
+      that fails its health check is rolled back and its revision blocked,
+      as in any deploy. Until then the app's unit is skipped
+      (`ConditionPathExists=/var/lib/<name>/current`); the release starts
+      it. Needs `repository`, and `port` or `health.url` for the health
+      check; without them a warning says there is no first release.
     '';
 
     caddy = {
@@ -304,7 +336,7 @@ let
         enable = mkEnable false ''
           Whether to limit requests per client IP, with the `rate_limit`
           directive of github.com/mholt/caddy-ratelimit: Caddy must be built
-          with that plugin (`pkgs.caddy.withPlugins`).
+          with that plugin, which berth does (see `berth.caddy`).
         '';
         events = option {
           type = t.unsigned;
@@ -337,9 +369,10 @@ let
           example = "cloudflare";
           description = ''
             Get the certificate with the ACME DNS challenge through this
-            github.com/caddy-dns provider (Caddy must be built with it), e.g.
-            for a host that is not reachable from the internet. `null`: the
-            HTTP and TLS-ALPN challenges.
+            github.com/caddy-dns provider, e.g. for a host that is not
+            reachable from the internet. Caddy must be built with the
+            provider's plugin, which berth does (see `berth.caddy`). `null`:
+            the HTTP and TLS-ALPN challenges.
           '';
         };
         dnsTokenFile = option {
@@ -396,7 +429,7 @@ let
           repository = option {
             type = t.str;
             example = "sftp:backup@nas:/srv/restic/notes";
-            description = "The restic repository the snapshot is sent to.";
+            description = "The restic repository the snapshot is sent to (`RESTIC_REPOSITORY`). It must exist: create it once with `restic init`.";
           };
           passwordFile = option {
             type = t.absolutePath;
@@ -415,7 +448,14 @@ let
           repository = "sftp:backup@nas:/srv/restic/notes";
           passwordFile = "/run/agenix/restic-password";
         };
-        description = "Also send each snapshot and `data.files` to restic, without `data.exclude`; `null`: keep snapshots on the host only.";
+        description = ''
+          Also send each snapshot and `data.files` to restic (`restic backup`,
+          as the service's user, without `data.exclude`), after the timer's
+          snapshot; `null`: keep snapshots on the host only. The repository
+          must already be initialised: run `restic init` once, with the same
+          repository, password and credentials; the backup does not create
+          it.
+        '';
       };
     };
   };
@@ -475,6 +515,45 @@ in {
     description = "Apps deployed from git with `berth app deploy`, one per name.";
   };
 
+  # berth.caddy: how Caddy gets the plugins the services need.
+  caddy = {
+    buildPlugins = option {
+      type = t.bool;
+      default = true;
+      example = false;
+      description = ''
+        Whether berth builds Caddy (`services.caddy.package`) with the
+        plugins its services need, with `pkgs.caddy.withPlugins`:
+        `github.com/mholt/caddy-ratelimit` for `caddy.rateLimit`,
+        `github.com/caddy-dns/<provider>` for `caddy.tls.dnsProvider`. Off:
+        set `services.caddy.package` yourself to a Caddy that has them.
+      '';
+    };
+    pluginVersions = option {
+      type = t.attrsOf t.str;
+      default = {};
+      defaultText = "`${util.toNix caddy.pluginVersions}`";
+      example = {"github.com/caddy-dns/cloudflare" = "v0.2.1";};
+      description = ''
+        The version Caddy is built with of each plugin, by Go module: a tag
+        or a Go pseudo-version (`pkgs.caddy.withPlugins` needs one). What
+        you set is added to berth's versions, and replaces berth's for the
+        same module.
+      '';
+    };
+    pluginsHash = option {
+      type = t.nullOr t.str;
+      default = null;
+      example = "sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+      description = ''
+        The hash of Caddy's sources with the plugins (the `hash` of
+        `pkgs.caddy.withPlugins`), which Nix cannot know before it has them:
+        set it to `""`, build, and copy the hash the error prints after
+        `got:`. Again whenever the plugins, their versions or Caddy change.
+      '';
+    };
+  };
+
   ports.reserved = option {
     type = t.listOf t.port;
     default = [22 80 443];
@@ -488,9 +567,9 @@ in {
     targetHost = option {
       type = t.nullOr t.str;
       default = null;
-      defaultText = "`null`, the node's name";
+      defaultText = "`berth.machine.tailscaleHost` when that is set (on the tailnet), else `null`";
       example = "web1.tail1234.ts.net";
-      description = "The host to SSH to: a DNS name, a Tailscale MagicDNS name or an address. `null`: the node's name.";
+      description = "The host to SSH to: a DNS name, a Tailscale MagicDNS name or an address. `null`: the node's name (its `nixosConfigurations` attribute), not `networking.hostName`.";
     };
     targetUser = option {
       type = t.str;
@@ -567,15 +646,19 @@ in {
     '';
     package = option {
       type = t.package;
-      defaultText = "the berth package";
+      defaultText = "`packages.<system>.berth` of the berth flake whose `nixosModules` you import; else berth built from the module's own sources with the host's nixpkgs";
       example = literal "inputs.berth.packages.\${pkgs.stdenv.hostPlatform.system}.default";
-      description = "The berth package installed on the host and run as its agent (`berth agent …`); by default the package of the berth flake the configuration imports, so agent and deployer match when both come from the same flake.lock.";
+      description = ''
+        The berth package installed on the host and run as its agent
+        (`berth agent …`). The default, from the flake, makes agent and
+        deployer the same berth when both come from one flake.lock.
+      '';
     };
     stateDir = option {
       type = t.absolutePath;
       default = "/var/lib/berth";
       example = "/srv/berth";
-      description = "Where the agent keeps its SQLite state (deployments, locks, blocked revisions).";
+      description = "Where the agent keeps the host's state: its SQLite database (system deployments, the host's lock) and `host-lock.json`, the host's lock for the services' users to read.";
     };
     bootCheck = mkEnable true ''
       Whether a unit at boot rolls back a system deployment that was never
@@ -584,7 +667,8 @@ in {
     converge = {
       enable = mkEnable false ''
         Whether a timer deploys the host from `flake` by itself (GitOps
-        converge).
+        converge). Not implemented yet: this berth has no converge timer,
+        and setting it only draws a warning.
       '';
       flake = option {
         type = t.nullOr t.str;
@@ -595,7 +679,7 @@ in {
       node = option {
         type = t.nullOr t.str;
         default = null;
-        defaultText = "`null`, `networking.hostName`";
+        defaultText = "`networking.hostName`";
         example = "web1";
         description = "The flake's `nixosConfigurations` attribute of this host.";
       };
@@ -614,7 +698,7 @@ in {
       default = null;
       defaultText = "`networking.hostName` when `services.tailscale.enable`, else `null`";
       example = "web1";
-      description = "The host's Tailscale (MagicDNS) name, for reachability checks.";
+      description = "The host's Tailscale (MagicDNS) name; `berth.deployment.targetHost` defaults to it.";
     };
     type = option {
       type = t.enum ["server" "desktop" "vm" "container"];

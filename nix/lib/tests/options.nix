@@ -108,6 +108,23 @@ in [
     };
   }
   {
+    name = "berth.caddy builds plugins by default; berth's own versions are the module's, not the schema's";
+    actual = {
+      caddy = lib.evalOptions "berth.caddy" lib.options.caddy {};
+      berthVersions = lib.caddyPluginVersions;
+      inherit (lib.serviceDefaults "notes" {}) deployKeys;
+    };
+    expected = {
+      caddy = {
+        buildPlugins = true;
+        pluginVersions = {};
+        pluginsHash = null;
+      };
+      berthVersions = {"github.com/mholt/caddy-ratelimit" = "v0.1.0";};
+      deployKeys = [];
+    };
+  }
+  {
     name = "a wrong type fails";
     throws = deployment {confirmTimeout = "soon";};
   }

@@ -31,11 +31,12 @@
     repository = "https://github.com/you/notes.git";
     runtime = "bun";
     data.sqlite = ["data/notes.db"];
+    # `berth app deploy notes` connects as the service's user, `notes`:
+    # your key, and your app's CI's.
+    deployKeys = [
+      "ssh-ed25519 AAAA... you@laptop"
+    ];
   };
-  # `berth app deploy notes` connects as the service's user.
-  users.users.notes.openssh.authorizedKeys.keys = [
-    "ssh-ed25519 AAAA... you@laptop"
-  ];
 
   # The NixOS release this host was first installed with; do not change it
   # on upgrades.
