@@ -113,6 +113,9 @@ fn diagnose(err: &(dyn StdError + 'static)) -> (Option<String>, bool) {
     if let Some(e) = err.downcast_ref::<crate::app::manifest::ManifestError>() {
         return (e.hint(), true);
     }
+    if let Some(e) = err.downcast_ref::<crate::app::snapshot::SnapshotError>() {
+        return (e.hint(), false);
+    }
     if let Some(e) = err.downcast_ref::<crate::app::transaction::AppError>() {
         return (e.hint(), e.is_usage());
     }

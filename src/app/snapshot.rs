@@ -10,7 +10,6 @@
 //! the service's own user.
 
 use std::collections::HashSet;
-use std::ffi::CStr;
 use std::fs::{self, File, FileTimes, OpenOptions, Permissions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -19,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{ffi, Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -111,6 +110,8 @@ pub enum SnapshotError {
     NotAbsolute(PathBuf),
     #[error("{} is not an SQLite database", .0.display())]
     NotSqlite(PathBuf),
+    #[error("{} and {} overlap: each path can be snapshotted once", .0.display(), .1.display())]
+    Overlap(PathBuf, PathBuf),
     #[error("could not {what} {}", .path.display())]
     Sqlite {
         what: &'static str,
@@ -153,6 +154,9 @@ impl SnapshotError {
         match self {
             SnapshotError::NotSqlite(_) => Some(
                 "declare it as a file tree (`data.files`), not as an SQLite database".into(),
+            ),
+            SnapshotError::Overlap(..) => Some(
+                "declare each database and file tree once, and no database inside a file tree: copying a tree would copy a live database torn".into(),
             ),
             SnapshotError::Busy(_) => Some(
                 "a process holds a write lock on it for long (a long transaction in rollback-journal mode?); retry, or put the database in WAL mode".into(),
@@ -224,6 +228,22 @@ pub fn create(
 ) -> Result<Snapshot, SnapshotError> {
     if let Some(path) = dbs.iter().chain(files).find(|p| !p.is_absolute()) {
         return Err(SnapshotError::NotAbsolute(path.clone()));
+    }
+    let all: Vec<&PathBuf> = dbs.iter().chain(files).collect();
+    for (i, a) in all.iter().enumerate() {
+        if let Some(b) = all[i + 1..]
+            .iter()
+            .find(|b| a.starts_with(b) || b.starts_with(a))
+        {
+            return Err(SnapshotError::Overlap(a.to_path_buf(), b.to_path_buf()));
+        }
+    }
+    // A tree holding the snapshot would be copied into itself.
+    if let Some(tree) = files
+        .iter()
+        .find(|f| dir.starts_with(f) || f.starts_with(dir))
+    {
+        return Err(SnapshotError::Overlap(dir.to_owned(), tree.clone()));
     }
     for db in dbs {
         if !check_sqlite(db)? {
@@ -383,7 +403,7 @@ fn backup(path: &Path, copy: &Path) -> Result<(), SnapshotError> {
     src.busy_timeout(BUSY_TIMEOUT)
         .and_then(|()| src.pragma_update(None, "query_only", true))
         .map_err(sql_err("set up a connection to", path))?;
-    let dst = Connection::open_with_flags(
+    let mut dst = Connection::open_with_flags(
         copy,
         OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
@@ -400,7 +420,7 @@ fn backup(path: &Path, copy: &Path) -> Result<(), SnapshotError> {
     let done = AtomicBool::new(false);
     thread::scope(|s| {
         let flusher = s.spawn(|| write_behind(copy, &done));
-        let backed_up = backup_whole(&src, &dst, path);
+        let backed_up = backup_whole(&src, &mut dst, path);
         done.store(true, Ordering::Relaxed);
         flusher.thread().unpark();
         joined(flusher);
@@ -457,62 +477,32 @@ fn write_out(_file: &File, _offset: u64, _len: u64) {}
 /// committing meanwhile. A backup stepped a few pages at a time restarts
 /// whenever another connection writes, and may never finish under a busy
 /// service.
-///
-/// Through `rusqlite::ffi` because rusqlite's `backup` module is behind a
-/// cargo feature this crate does not enable.
-fn backup_whole(src: &Connection, dst: &Connection, path: &Path) -> Result<(), SnapshotError> {
-    let main = c"main";
-    // SAFETY: both handles belong to open connections that outlive this
-    // function and are used by this thread only; the backup object is
-    // finished before returning, and `dst` is not used while it exists.
-    unsafe {
-        let dst_db = dst.handle();
-        let backup = ffi::sqlite3_backup_init(dst_db, main.as_ptr(), src.handle(), main.as_ptr());
-        if backup.is_null() {
-            return Err(sql_err("start a backup of", path)(last_error(dst_db)));
-        }
-        let mut retries = 0;
-        let rc = loop {
-            match ffi::sqlite3_backup_step(backup, -1) {
-                // Not expected with -1 (all pages); step again.
-                ffi::SQLITE_OK => {}
-                ffi::SQLITE_BUSY | ffi::SQLITE_LOCKED if retries < BUSY_RETRIES => {
-                    retries += 1;
-                    thread::sleep(BUSY_PAUSE);
-                }
-                rc => break rc,
+fn backup_whole(src: &Connection, dst: &mut Connection, path: &Path) -> Result<(), SnapshotError> {
+    use rusqlite::backup::{Backup, StepResult};
+    let backup = Backup::new(src, dst).map_err(sql_err("start a backup of", path))?;
+    let mut retries = 0;
+    loop {
+        match backup.step(-1).map_err(sql_err("back up", path))? {
+            StepResult::Done => return Ok(()),
+            // Not expected with -1 (all pages); step again.
+            StepResult::More => {}
+            StepResult::Busy | StepResult::Locked if retries < BUSY_RETRIES => {
+                retries += 1;
+                thread::sleep(BUSY_PAUSE);
             }
-        };
-        // Finishing puts the backup's error, if any, on `dst_db`.
-        let finished = ffi::sqlite3_backup_finish(backup);
-        match rc {
-            ffi::SQLITE_DONE if finished == ffi::SQLITE_OK => Ok(()),
-            ffi::SQLITE_BUSY | ffi::SQLITE_LOCKED => Err(SnapshotError::Busy(path.to_owned())),
-            _ => Err(sql_err("back up", path)(last_error(dst_db))),
+            _ => return Err(SnapshotError::Busy(path.to_owned())),
         }
     }
 }
 
-/// The error SQLite last recorded on a connection.
-///
-/// # Safety
-///
-/// `db` must be an open connection.
-unsafe fn last_error(db: *mut ffi::sqlite3) -> rusqlite::Error {
-    let code = ffi::sqlite3_extended_errcode(db);
-    let message = CStr::from_ptr(ffi::sqlite3_errmsg(db))
-        .to_string_lossy()
-        .into_owned();
-    rusqlite::Error::SqliteFailure(ffi::Error::new(code), Some(message))
-}
-
-/// Whether a database file's header says WAL mode (file format 2).
+/// Whether a database file's header says WAL mode (file format 2). An
+/// empty database has no header yet.
 fn is_wal(path: &Path) -> Result<bool, SnapshotError> {
-    let mut head = [0u8; 20];
+    let mut head = Vec::with_capacity(20);
     File::open(path)
-        .and_then(|mut f| f.read_exact(&mut head))
+        .and_then(|f| f.take(20).read_to_end(&mut head))
         .map_err(io_err(format!("read {}", path.display())))?;
-    Ok(head[18] == 2 && head[19] == 2)
+    Ok(head.get(18..20) == Some(&[2, 2]))
 }
 
 /// Makes the fresh copy one self-contained file, checks it, syncs it, and
@@ -766,7 +756,12 @@ pub fn prune(
         if protected(entry, id) {
             continue;
         }
-        remove_any(&entry.path).map_err(io_err(format!("remove {}", entry.path.display())))?;
+        // Its description first: a removal cut short leaves an incomplete
+        // snapshot, not one that looks complete and is not.
+        let manifest = entry.path.join(MANIFEST);
+        fs::remove_file(&manifest)
+            .and_then(|()| remove_any(&entry.path))
+            .map_err(io_err(format!("remove {}", entry.path.display())))?;
         removed.push(id.to_owned());
     }
     for entry in &incomplete {
@@ -878,8 +873,16 @@ fn check_tag(tag: &str) -> Result<(), SnapshotError> {
 fn verify_copies(dir: &Path, snapshot: &Snapshot) -> Result<(), SnapshotError> {
     for db in snapshot.databases.iter().filter(|db| db.existed) {
         let copy = dir.join(&db.file);
-        let (size, sha256) =
-            hash_file(&copy).map_err(io_err(format!("read {}", copy.display())))?;
+        let (size, sha256) = match hash_file(&copy) {
+            Ok(hashed) => hashed,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(SnapshotError::Damaged {
+                    copy,
+                    why: "it is missing".into(),
+                })
+            }
+            Err(e) => return Err(io_err(format!("read {}", copy.display()))(e)),
+        };
         if sha256 != db.sha256 || size != db.size {
             return Err(SnapshotError::Damaged {
                 copy,
@@ -892,6 +895,12 @@ fn verify_copies(dir: &Path, snapshot: &Snapshot) -> Result<(), SnapshotError> {
     }
     for tree in snapshot.files.iter().filter(|t| t.existed) {
         let copy = dir.join(&tree.copy);
+        if !exists(&copy)? {
+            return Err(SnapshotError::Damaged {
+                copy,
+                why: "it is missing".into(),
+            });
+        }
         let bytes = tree_bytes(&copy)?;
         if bytes != tree.bytes {
             return Err(SnapshotError::Damaged {
@@ -1569,6 +1578,43 @@ mod tests {
     }
 
     #[test]
+    fn create_refuses_overlapping_paths() {
+        let base = PathBuf::from("/srv/app");
+        let dir = base.join("snapshots/x");
+        let cases = [
+            (vec!["/srv/app/data/app.db"], vec!["/srv/app/data"]),
+            (vec!["/srv/app/a.db", "/srv/app/a.db"], vec![]),
+            (vec![], vec!["/srv/app/uploads", "/srv/app/uploads/big"]),
+            (vec![], vec!["/srv/app"]),
+        ];
+        for (dbs, files) in cases {
+            let dbs: Vec<_> = dbs.into_iter().map(PathBuf::from).collect();
+            let files: Vec<_> = files.into_iter().map(PathBuf::from).collect();
+            let err = create(&dir, "x", "app", &base, &dbs, &files).unwrap_err();
+            assert!(matches!(err, SnapshotError::Overlap(..)), "{err}");
+        }
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn an_empty_database_file_round_trips() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().to_owned();
+        let db = base.join("empty.db");
+        fs::write(&db, "").unwrap();
+        let dir = base.join("snapshots/e");
+        let snap = create(&dir, "e", "app", &base, std::slice::from_ref(&db), &[]).unwrap();
+        assert!(snap.databases[0].existed && !snap.databases[0].wal);
+        fs::write(&db, "junk the failed version wrote").unwrap();
+        restore(&dir, "f").unwrap();
+        assert_eq!(
+            fs::read(&db).unwrap(),
+            fs::read(dir.join("empty.db")).unwrap()
+        );
+        assert!(base.join("empty.db.failed-f").exists());
+    }
+
+    #[test]
     fn files_are_snapshotted_and_restored() {
         let tmp = tempfile::tempdir().unwrap();
         let base = tmp.path().join("svc");
@@ -1825,11 +1871,23 @@ mod bench {
         }
     }
 
-    fn timed<T>(f: impl FnOnce() -> T) -> (Duration, (Instant, Instant), T) {
+    fn timed<T>(f: impl FnOnce() -> T) -> (Duration, Window, T) {
         let start = Instant::now();
         let out = f();
         let end = Instant::now();
         (end - start, (start, end), out)
+    }
+
+    type Window = (Instant, Instant);
+
+    /// Syncs everything written so far and pauses, so that one
+    /// measurement's I/O does not land in the next one's window.
+    fn settle(dir: &Path) {
+        use std::os::fd::AsRawFd;
+        let dir = File::open(dir).unwrap();
+        // SAFETY: a plain system call on an open descriptor.
+        assert_eq!(unsafe { libc::syncfs(dir.as_raw_fd()) }, 0);
+        thread::sleep(Duration::from_secs(1));
     }
 
     fn median(mut xs: Vec<Duration>) -> Duration {
@@ -1845,23 +1903,39 @@ mod bench {
         format!("{:.1} ms", d.as_secs_f64() * 1000.0)
     }
 
-    /// Commits that started within one of `windows`: count, worst, p99.
-    fn latencies(
-        commits: &[(Instant, Duration)],
-        windows: &[(Instant, Instant)],
-    ) -> (usize, Duration, Duration) {
+    fn spread(xs: &[Duration]) -> String {
+        format!(
+            "{} ({}–{})",
+            secs(median(xs.to_vec())),
+            secs(*xs.iter().min().unwrap()),
+            secs(*xs.iter().max().unwrap())
+        )
+    }
+
+    /// The writer's commits that started within `windows`: how many, the
+    /// worst latency, p99, and how many took over 50 ms.
+    fn writer_in(commits: &[(Instant, Duration)], windows: &[Window]) -> String {
         let mut lat: Vec<Duration> = commits
             .iter()
             .filter(|(at, _)| windows.iter().any(|(s, e)| at >= s && at < e))
             .map(|(_, l)| *l)
             .collect();
+        if lat.is_empty() {
+            return "no commits".into();
+        }
         lat.sort();
-        let worst = lat.last().copied().unwrap_or_default();
-        let p99 = lat
-            .get((lat.len() * 99 / 100).min(lat.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default();
-        (lat.len(), worst, p99)
+        let p99 = lat[(lat.len() * 99 / 100).min(lat.len() - 1)];
+        let slow = lat
+            .iter()
+            .filter(|l| **l > Duration::from_millis(50))
+            .count();
+        format!(
+            "{} commits, worst {}, p99 {}, {} over 50 ms",
+            lat.len(),
+            ms(*lat.last().unwrap()),
+            ms(p99),
+            slow
+        )
     }
 
     #[test]
@@ -1885,14 +1959,17 @@ mod bench {
             size >> 20,
             secs(took)
         );
+        settle(tmp.path());
 
         let writer = Writer::start(&db);
         thread::sleep(Duration::from_millis(500));
+        let (_, idle, ()) = timed(|| thread::sleep(Duration::from_secs(3)));
         let (mut cp, mut cp_sync, mut snap) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut cp_windows, mut snap_windows) = (Vec::new(), Vec::new());
+        let (mut cp_windows, mut sync_windows, mut snap_windows) = (vec![], vec![], vec![]);
         let plain = tmp.path().join("cp-copy.db");
         for run in 0..runs {
             // Alternated, so neither always goes first.
+            settle(tmp.path());
             let (took, window, status) = timed(|| {
                 Command::new("cp")
                     .arg("--reflink=never")
@@ -1902,12 +1979,14 @@ mod bench {
                     .unwrap()
             });
             assert!(status.success());
-            let (synced, _, ()) = timed(|| File::open(&plain).unwrap().sync_all().unwrap());
             cp.push(took);
-            cp_sync.push(took + synced);
             cp_windows.push(window);
+            let (synced, window, ()) = timed(|| File::open(&plain).unwrap().sync_all().unwrap());
+            cp_sync.push(took + synced);
+            sync_windows.push(window);
             fs::remove_file(&plain).unwrap();
 
+            settle(tmp.path());
             let dir = base.join(format!("snapshots/run{run}"));
             let (took, window, made) = timed(|| {
                 create(&dir, "run", "app", &base, std::slice::from_ref(&db), &[]).unwrap()
@@ -1925,6 +2004,7 @@ mod bench {
             remove_any(&dir).unwrap();
         }
         // One more snapshot, in its parts, for reading the total.
+        settle(tmp.path());
         let copy = tmp.path().join("parts.db");
         let (backup_took, backup_window, ()) = timed(|| backup(&db, &copy).unwrap());
         let (verify_took, verify_window, _) = timed(|| verify_copy(&db, &copy).unwrap());
@@ -1932,83 +2012,73 @@ mod bench {
         let conn = Connection::open(&copy).unwrap();
         let (check_took, _, ()) = timed(|| quick_check(&conn, &db, &copy).unwrap());
         drop(conn);
-        thread::sleep(Duration::from_millis(200));
         let commits = writer.stop();
 
         let (cp_med, snap_med) = (median(cp.clone()), median(snap.clone()));
-        let (n_snap, worst_snap, p99_snap) = latencies(&commits, &snap_windows);
-        let (n_cp, worst_cp, p99_cp) = latencies(&commits, &cp_windows);
-        let (n_backup, worst_backup, _) = latencies(&commits, &[backup_window]);
-        let (n_verify, worst_verify, _) = latencies(&commits, &[verify_window]);
-        let outside: Vec<_> = {
-            let busy: Vec<_> = cp_windows
-                .iter()
-                .chain(&snap_windows)
-                .chain([&backup_window, &verify_window])
-                .copied()
-                .collect();
-            commits
-                .iter()
-                .filter(|(at, _)| !busy.iter().any(|(s, e)| at >= s && at < e))
-                .copied()
-                .collect()
-        };
-        let (n_idle, worst_idle, p99_idle) = latencies(&outside, &[(commits[0].0, Instant::now())]);
-
+        let rows = [
+            (
+                "database".to_owned(),
+                format!(
+                    "{} MiB, WAL mode; {runs} runs of each, alternated; medians (min–max)",
+                    size >> 20
+                ),
+            ),
+            ("`cp --reflink=never` of it".into(), spread(&cp)),
+            ("`cp`, then fsync of its copy".into(), spread(&cp_sync)),
+            ("`snapshot::create` of it".into(), spread(&snap)),
+            (
+                "ratio snapshot / `cp` (goal ≤ 1.5×)".into(),
+                format!("{:.2}×", snap_med.as_secs_f64() / cp_med.as_secs_f64()),
+            ),
+            (
+                "ratio snapshot / (`cp` + fsync)".into(),
+                format!(
+                    "{:.2}×",
+                    snap_med.as_secs_f64() / median(cp_sync.clone()).as_secs_f64()
+                ),
+            ),
+            (
+                "writer during the snapshots".into(),
+                writer_in(&commits, &snap_windows),
+            ),
+            (
+                "writer during `cp`".into(),
+                writer_in(&commits, &cp_windows),
+            ),
+            (
+                "writer during the fsync of `cp`'s copy".into(),
+                writer_in(&commits, &sync_windows),
+            ),
+            (
+                "writer with nothing else running (3 s)".into(),
+                writer_in(&commits, &[idle]),
+            ),
+            (
+                "one more snapshot, part 1: backup step (with write-behind)".into(),
+                format!(
+                    "{}; writer: {}",
+                    secs(backup_took),
+                    writer_in(&commits, &[backup_window])
+                ),
+            ),
+            (
+                "part 2: out of WAL mode, then quick_check, sha256 and fsync side by side".into(),
+                format!(
+                    "{}; writer: {}",
+                    secs(verify_took),
+                    writer_in(&commits, &[verify_window])
+                ),
+            ),
+            (
+                "for reading part 2, each alone: quick_check / sha256".into(),
+                format!("{} / {}", secs(check_took), secs(hash_took)),
+            ),
+        ];
         println!();
         println!("| | |");
         println!("| --- | --- |");
-        println!(
-            "| database | {} MiB, WAL mode, {} runs each, alternated |",
-            size >> 20,
-            runs
-        );
-        println!(
-            "| `cp --reflink=never`, median | {} (min {}, max {}) |",
-            secs(cp_med),
-            secs(*cp.iter().min().unwrap()),
-            secs(*cp.iter().max().unwrap())
-        );
-        println!(
-            "| `cp` + fsync of the copy, median | {} |",
-            secs(median(cp_sync))
-        );
-        println!(
-            "| `snapshot::create`, median | {} (min {}, max {}) |",
-            secs(snap_med),
-            secs(*snap.iter().min().unwrap()),
-            secs(*snap.iter().max().unwrap())
-        );
-        println!(
-            "| ratio snapshot / cp | {:.2}× |",
-            snap_med.as_secs_f64() / cp_med.as_secs_f64()
-        );
-        println!("| writer commits during the snapshots | {n_snap} |");
-        println!(
-            "| writer worst commit latency during the snapshots | {} (p99 {}) |",
-            ms(worst_snap),
-            ms(p99_snap)
-        );
-        println!(
-            "| for context: during `cp` | {n_cp} commits, worst {} (p99 {}) |",
-            ms(worst_cp),
-            ms(p99_cp)
-        );
-        println!(
-            "| for context: neither running | {n_idle} commits, worst {} (p99 {}) |",
-            ms(worst_idle),
-            ms(p99_idle)
-        );
-        println!(
-            "| parts of one snapshot: backup step | {} ({n_backup} commits, worst {}) |",
-            secs(backup_took),
-            ms(worst_backup)
-        );
-        println!("| parts: journal mode, quick_check with sha256 beside it, fsync | {} ({n_verify} commits, worst {}) |", secs(verify_took), ms(worst_verify));
-        println!(
-            "| parts, alone: quick_check / sha256 of the copy | {} / {} |",
-            secs(check_took),
-            secs(hash_took)
-        );
+        for (what, value) in rows {
+            println!("| {what} | {value} |");
+        }
     }
 }

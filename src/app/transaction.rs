@@ -88,6 +88,7 @@ impl AppError {
                 "fix it in a new commit, or pass --force to deploy this revision anyway".into(),
             ),
             AppError::Release(e) => e.hint(),
+            AppError::Snapshot(e) => e.hint(),
             AppError::NotSqlite(_) => Some(
                 "list only SQLite files in data.sqlite (or --db); declare other data in data.files"
                     .into(),
