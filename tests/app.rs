@@ -299,27 +299,36 @@ systemctl start other.service
     )
 }
 
+impl World {
+    /// A systemd lab host under /srv/berth-<name>-<pid>-app with the
+    /// service set up; `body` runs against it, then the lab goes down (or,
+    /// on a panic, the guard takes it down).
+    fn run(name: &str, body: impl AsyncFnOnce(&World)) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let dir = PathBuf::from(format!("/srv/berth-{name}-{}-app", std::process::id()));
+            let lab = LabGuard::up(&dir, &[HostKind::Systemd])
+                .await
+                .expect("lab up");
+            let root = lab.connect("h1").await.unwrap();
+            let addr = lab.host("h1").unwrap().net.addr.to_string();
+            let w = World { lab, root, addr };
+            let script = set_up(&w.lab).await;
+            w.sh(&script).await;
+            body(&w).await;
+            let World { lab, root, .. } = w;
+            let _ = root.close().await;
+            lab.down().await.unwrap();
+        });
+    }
+}
+
 #[test]
 fn app_deploys_on_a_systemd_lab_host() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let dir = PathBuf::from(format!("/srv/berth-test-{}-app", std::process::id()));
-        let lab = LabGuard::up(&dir, &[HostKind::Systemd])
-            .await
-            .expect("lab up");
-        let root = lab.connect("h1").await.unwrap();
-        let addr = lab.host("h1").unwrap().net.addr.to_string();
-        let w = World { lab, root, addr };
-        let script = set_up(&w.lab).await;
-        w.sh(&script).await;
-        scenarios(&w).await;
-        let World { lab, root, .. } = w;
-        let _ = root.close().await;
-        lab.down().await.unwrap();
-    });
+    World::run("test", async |w| scenarios(w).await);
 }
 
 async fn scenarios(w: &World) {
@@ -871,25 +880,7 @@ fn bench_app_deploys() {
     let rounds: usize = std::env::var("BERTH_BENCH_RUNS")
         .ok()
         .map_or(7, |r| r.parse().expect("BERTH_BENCH_RUNS is a number"));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let dir = PathBuf::from(format!("/srv/berth-bench-{}-app", std::process::id()));
-        let lab = LabGuard::up(&dir, &[HostKind::Systemd])
-            .await
-            .expect("lab up");
-        let root = lab.connect("h1").await.unwrap();
-        let addr = lab.host("h1").unwrap().net.addr.to_string();
-        let w = World { lab, root, addr };
-        let script = set_up(&w.lab).await;
-        w.sh(&script).await;
-        bench_rounds(&w, rounds).await;
-        let World { lab, root, .. } = w;
-        let _ = root.close().await;
-        lab.down().await.unwrap();
-    });
+    World::run("bench", async |w| bench_rounds(w, rounds).await);
 }
 
 async fn bench_rounds(w: &World, rounds: usize) {
