@@ -45,6 +45,8 @@ same_netns() {
   [ "$(readlink "/proc/$1/ns/net")" = "$(readlink /proc/self/ns/net)" ]
 }
 
+# Nix substitutes @behaviour@ when it builds the system: not a constant.
+# shellcheck disable=SC2194
 case "@behaviour@" in
   healthy) echo ok >"$www/health" ;;
   unhealthy) rm -f "$www/health" ;;
