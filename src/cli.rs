@@ -70,6 +70,8 @@ pub enum Command {
     Status(command::status::Args),
     /// Read-only HTTP checks of a deployed app: status codes of paths, with a summary
     Smoke(command::smoke::Args),
+    /// Wait for the GitHub checks of one commit to finish; exit 0 when they passed
+    CiGate(command::ci_gate::Args),
     /// Apps whose code lives in git: deploy an exact revision safely, roll back, status, history
     #[command(subcommand)]
     App(command::app::AppCommand),
@@ -211,6 +213,7 @@ pub fn main() -> ExitCode {
         let uses_ssh = match &cli.command {
             Command::Lab(_)
             | Command::Smoke(_)
+            | Command::CiGate(_)
             | Command::Completions(_)
             | Command::Man(_)
             | Command::Agent(_) => false,
@@ -249,6 +252,7 @@ async fn run(ctx: Context, command: Command) -> anyhow::Result<Exit> {
         Command::History(args) => command::history::run(&ctx, args).await,
         Command::Status(args) => command::status::run(&ctx, args).await,
         Command::Smoke(args) => command::smoke::run(&ctx, args).await,
+        Command::CiGate(args) => command::ci_gate::run(&ctx, args).await,
         Command::App(cmd) => command::app::run(&ctx, cmd).await,
         Command::Lock(cmd) => command::lock::run(&ctx, cmd).await,
         Command::Snapshot(cmd) => command::snapshot::run(&ctx, cmd).await,
@@ -319,6 +323,9 @@ mod doc_tests {
             env::NO_COLOR,
             env::RUST_LOG,
             env::NIX_SSHOPTS,
+            env::GITHUB_TOKEN,
+            env::GITHUB_API_URL,
+            env::GITHUB_SHA,
         ] {
             assert!(doc.contains(&format!("`{var}`")), "docs/cli.md lacks {var}");
         }

@@ -30,3 +30,15 @@ pub const USER: &str = "USER";
 pub const GITHUB_SERVER_URL: &str = "GITHUB_SERVER_URL";
 pub const GITHUB_REPOSITORY: &str = "GITHUB_REPOSITORY";
 pub const GITHUB_RUN_ID: &str = "GITHUB_RUN_ID";
+
+/// A token for GitHub's API (`berth ci-gate`, `--ci-gate`): optional for a
+/// public repository, sent as `Authorization: Bearer`.
+pub const GITHUB_TOKEN: &str = "GITHUB_TOKEN";
+
+/// GitHub's API, default `https://api.github.com` (GitHub Enterprise sets
+/// it in Actions).
+pub const GITHUB_API_URL: &str = "GITHUB_API_URL";
+
+/// GitHub Actions: the commit the workflow runs for; `berth deploy
+/// --ci-gate` gates on it when `--ci-sha` is not given.
+pub const GITHUB_SHA: &str = "GITHUB_SHA";

@@ -607,6 +607,12 @@ in {
       example = false;
       description = "Whether an unconfirmed generation is rolled back (by the watchdog, and at boot).";
     };
+    notify = option {
+      type = t.listOf t.str;
+      default = [];
+      example = ["https://discord.com/api/webhooks/ID/TOKEN"];
+      description = "Webhooks told of each deploy of this node (Discord, Slack, or generic JSON), besides `--notify`. A failed notification never fails the deploy. The URLs are secrets: they land in the Nix store, so prefer `--notify` from CI secrets where that matters.";
+    };
     healthChecks = {
       http = option {
         type = t.listOf (t.submodule httpCheck);

@@ -102,9 +102,16 @@ pub struct DeployArgs {
     /// Resolve the revision and show what would happen; change nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// First wait for the GitHub checks of `--rev` (a full SHA) in this repository to pass, as
+    /// `berth ci-gate` does; deploy nothing if they fail
+    #[arg(long, value_name = "OWNER/NAME")]
+    pub ci_gate: Option<String>,
     /// Why (recorded in the history)
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
+    /// Tell this webhook how the deploy went (Discord, Slack or generic JSON); repeatable
+    #[arg(long, value_name = "URL")]
+    pub notify: Vec<String>,
     #[command(flatten)]
     pub overrides: Overrides,
 }
@@ -285,6 +292,12 @@ fn audit_args(cmd: Cmd, reason: Option<String>) -> Cmd {
 }
 
 async fn deploy(ctx: &Context, args: DeployArgs) -> anyhow::Result<Exit> {
+    if let Some(repo) = &args.ci_gate {
+        let sha = super::ci_gate::app_sha(args.revision.rev.as_deref())?;
+        if let Some(exit) = super::ci_gate::before_deploy(ctx, repo, &sha).await? {
+            return Ok(exit);
+        }
+    }
     let started = Instant::now();
     let service = &args.target.service;
     let host = connect(ctx, &args.target.host, service).await?;
@@ -319,7 +332,21 @@ async fn deploy(ctx: &Context, args: DeployArgs) -> anyhow::Result<Exit> {
     let result = run
         .result
         .context("the agent ended without saying how the deploy went")?;
-    Ok(report(ctx, &what, &result, started))
+    let exit = report(ctx, &what, &result, started);
+    let urls = crate::notify::merge(&args.notify, &[]);
+    if !urls.is_empty() {
+        let note = crate::notify::of_app(
+            service,
+            &args.target.host.host,
+            &result,
+            &run.stdout,
+            started.elapsed(),
+            super::deploy::audit(None).ci_run_url,
+        );
+        let results = crate::notify::send(&urls, &note).await;
+        crate::notify::show(ctx.printer, &what, &results);
+    }
+    Ok(exit)
 }
 
 fn describe_plan(plan: &serde_json::Value) -> String {

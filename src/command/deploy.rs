@@ -44,13 +44,30 @@ pub struct Args {
     /// Evaluate and build, show what would be deployed where, change nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// First wait for the GitHub checks of the commit (`--ci-sha`, or GITHUB_SHA) in this
+    /// repository to pass, as `berth ci-gate` does; deploy nothing if they fail
+    #[arg(long, value_name = "OWNER/NAME")]
+    pub ci_gate: Option<String>,
+    /// The commit `--ci-gate` waits for [default: GITHUB_SHA]
+    #[arg(long, value_name = "SHA", requires = "ci_gate")]
+    pub ci_sha: Option<String>,
     /// Why, recorded in each host's history
     #[arg(long)]
     pub reason: Option<String>,
+    /// Tell this webhook how each host's deploy went (Discord, Slack or generic JSON); repeatable,
+    /// added to each node's `notify` setting
+    #[arg(long, value_name = "URL")]
+    pub notify: Vec<String>,
 }
 
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
     let printer = ctx.printer;
+    if let Some(repo) = &args.ci_gate {
+        let sha = super::ci_gate::system_sha(args.ci_sha.as_deref())?;
+        if let Some(exit) = super::ci_gate::before_deploy(ctx, repo, &sha).await? {
+            return Ok(exit);
+        }
+    }
     let (target, mut nodes) = nodes::select(ctx, &args.nodes).await?;
     // Before building: an offline or unknown Tailscale peer fails fast.
     tailscale::resolve_nodes(&mut nodes, printer).await?;
@@ -139,6 +156,15 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
         audit: audit(args.reason),
         ssh: ctx.ssh.clone(),
     });
+    // Who to tell, and what each node was given, before the jobs are spent.
+    let notify: Vec<(String, Vec<String>, String)> = jobs
+        .iter()
+        .map(|job| {
+            let urls = crate::notify::merge(&args.notify, &job.settings.notify);
+            (job.node.to_string(), urls, job.toplevel.to_string())
+        })
+        .collect();
+    let ci_run_url = options.audit.ci_run_url.clone();
     printer.line(format!("deploying {names_text}"));
     let fleet = deploy::deploy_all(jobs, options, args.parallel, args.canary, printer);
     let reports = tokio::select! {
@@ -150,7 +176,31 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
             return Ok(Exit::INTERRUPTED);
         }
     };
-    Ok(summarize(&reports, printer))
+    let exit = summarize(&reports, printer);
+    notify_hosts(&reports, &notify, ci_run_url, printer).await;
+    Ok(exit)
+}
+
+/// One notification per host whose deploy is worth telling, to the
+/// `--notify` URLs and the node's own; a failed one is only reported.
+async fn notify_hosts(
+    reports: &[Report],
+    notify: &[(String, Vec<String>, String)],
+    ci_run_url: Option<String>,
+    printer: Printer,
+) {
+    for report in reports {
+        let Some((_, urls, toplevel)) = notify.iter().find(|(node, ..)| *node == report.node)
+        else {
+            continue;
+        };
+        if urls.is_empty() {
+            continue;
+        }
+        let note = crate::notify::of_system(report, Some(toplevel.clone()), ci_run_url.clone());
+        let results = crate::notify::send(urls, &note).await;
+        crate::notify::show(printer, &report.node, &results);
+    }
 }
 
 /// `--build-host`: evaluate here, build every system on that host in one

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod app;
+pub mod ci_gate;
 pub mod completions;
 pub mod deploy;
 pub mod history;

@@ -26,6 +26,8 @@ pub struct DeploymentSettings {
     pub magic_rollback: bool,
     pub health_checks: HealthChecks,
     pub tailscale: Tailscale,
+    /// Webhooks told how each deploy of this node went, besides `--notify`.
+    pub notify: Vec<String>,
 }
 
 impl Default for DeploymentSettings {
@@ -40,6 +42,7 @@ impl Default for DeploymentSettings {
             magic_rollback: true,
             health_checks: HealthChecks::default(),
             tailscale: Tailscale::default(),
+            notify: Vec::new(),
         }
     }
 }
@@ -210,6 +213,7 @@ mod tests {
         assert_eq!(s.health_checks, HealthChecks::default());
         assert!(!s.tailscale.enable);
         assert!(s.tailscale.check_online);
+        assert!(s.notify.is_empty());
     }
 
     #[test]
@@ -233,7 +237,8 @@ mod tests {
                 ],
                 "units": ["nginx.service"]
             },
-            "tailscale": { "enable": true, "checkOnline": false }
+            "tailscale": { "enable": true, "checkOnline": false },
+            "notify": ["https://hooks.slack.com/services/x"]
         }))
         .unwrap();
         assert_eq!(s.target_host.as_deref(), Some("10.0.0.1"));
@@ -281,6 +286,7 @@ mod tests {
                 check_online: false
             }
         );
+        assert_eq!(s.notify, ["https://hooks.slack.com/services/x"]);
     }
 
     #[test]

@@ -14,6 +14,7 @@ in [
       sshOptions = [];
       confirmTimeout = 30;
       magicRollback = true;
+      notify = [];
       healthChecks = {
         http = [];
         commands = [];

@@ -1,0 +1,547 @@
+//! `berth ci-gate` against a real HTTP server on 127.0.0.1 that replays
+//! GitHub API answers, poll by poll: checks pending then green, one failed,
+//! none triggered, a required check that never comes, a failed commit
+//! status, an unknown commit, pagination.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use serde_json::{json, Value};
+
+const REPO: &str = "berth-deploy/notes";
+const SHA: &str = "3f2a9c1e0b7d4c65a8e1f0d2b3c4a5e6f7081920";
+
+/// An answer: status code, extra header lines, JSON body.
+type Answer = (u16, String, String);
+/// Picks the answer to a request target, given how often it was asked before.
+type Script = dyn Fn(&str, usize) -> Answer + Send + Sync;
+/// Each request's target and its header lines, in lower case.
+type Log = Mutex<Vec<(String, Vec<String>)>>;
+
+/// One thread per connection; records each request's target and headers.
+struct Server {
+    port: u16,
+    requests: Arc<Log>,
+}
+
+impl Server {
+    fn start(script: impl Fn(&str, usize) -> Answer + Send + Sync + 'static) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let log = requests.clone();
+        let script: Arc<Script> = Arc::new(script);
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let log = log.clone();
+                let script = script.clone();
+                thread::spawn(move || answer(stream, &log, &*script));
+            }
+        });
+        Server { port, requests }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn targets(&self) -> Vec<String> {
+        let requests = self.requests.lock().unwrap();
+        requests.iter().map(|(t, _)| t.clone()).collect()
+    }
+}
+
+fn answer(stream: TcpStream, log: &Log, script: &Script) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).is_err() {
+        return;
+    }
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) if line == "\r\n" => break,
+            Ok(_) => headers.push(line.trim_end().to_ascii_lowercase()),
+        }
+    }
+    let target = request_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("")
+        .to_owned();
+    let hit = {
+        let mut log = log.lock().unwrap();
+        let hit = log.iter().filter(|(t, _)| *t == target).count();
+        log.push((target.clone(), headers));
+        hit
+    };
+    let (status, extra, body) = script(&target, hit);
+    let mut stream = stream;
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status} X\r\nContent-Type: application/json; charset=utf-8\r\n{extra}\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+}
+
+fn check_runs_path() -> String {
+    format!("/repos/{REPO}/commits/{SHA}/check-runs?per_page=100")
+}
+
+fn status_path() -> String {
+    format!("/repos/{REPO}/commits/{SHA}/status")
+}
+
+/// A check run as GitHub returns it.
+fn run_json(id: u64, name: &str, status: &str, conclusion: Option<&str>) -> Value {
+    json!({
+        "id": id,
+        "head_sha": SHA,
+        "node_id": format!("CR_kwDO{id}"),
+        "external_id": "",
+        "url": format!("https://api.github.com/repos/{REPO}/check-runs/{id}"),
+        "html_url": format!("https://github.com/{REPO}/actions/runs/7000/job/{id}"),
+        "details_url": format!("https://github.com/{REPO}/actions/runs/7000/job/{id}"),
+        "status": status,
+        "conclusion": conclusion,
+        "started_at": "2026-11-23T12:00:00Z",
+        "completed_at": conclusion.map(|_| "2026-11-23T12:03:00Z"),
+        "name": name,
+        "check_suite": { "id": 9000 },
+        "app": { "id": 15368, "slug": "github-actions", "name": "GitHub Actions" },
+        "pull_requests": []
+    })
+}
+
+fn runs(runs: Vec<Value>) -> Answer {
+    let body = json!({ "total_count": runs.len(), "check_runs": runs });
+    (200, String::new(), body.to_string())
+}
+
+/// The combined status, as GitHub returns it (`pending` with no statuses).
+fn statuses(statuses: Vec<Value>) -> Answer {
+    let body = json!({
+        "state": if statuses.is_empty() { "pending" } else { "failure" },
+        "statuses": statuses,
+        "sha": SHA,
+        "total_count": statuses.len(),
+        "repository": { "id": 1, "full_name": REPO },
+        "commit_url": format!("https://api.github.com/repos/{REPO}/commits/{SHA}"),
+        "url": format!("https://api.github.com/repos/{REPO}/commits/{SHA}/status")
+    });
+    (200, String::new(), body.to_string())
+}
+
+fn not_found() -> Answer {
+    (
+        404,
+        String::new(),
+        json!({
+            "message": "No commit found for SHA: 3f2a9c1e0b7d4c65a8e1f0d2b3c4a5e6f7081920",
+            "documentation_url": "https://docs.github.com/rest/checks/runs#list-check-runs-for-a-git-reference",
+            "status": "404"
+        })
+        .to_string(),
+    )
+}
+
+/// berth, talking to `server` as GitHub's API.
+fn berth_with(server: &Server) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+    cmd.env_remove("BERTH_SSH_CONFIG")
+        .env_remove("RUST_LOG")
+        .env_remove("GITHUB_TOKEN")
+        .env("GITHUB_API_URL", server.url())
+        .env("NO_COLOR", "1");
+    // A proxy from the environment would stand between berth and 127.0.0.1.
+    for var in [
+        "http_proxy",
+        "HTTP_PROXY",
+        "https_proxy",
+        "HTTPS_PROXY",
+        "all_proxy",
+        "ALL_PROXY",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+fn berth(server: &Server) -> Command {
+    let mut cmd = berth_with(server);
+    cmd.args(["ci-gate", "--repo", REPO, "--sha", SHA]);
+    cmd
+}
+
+fn run(cmd: &mut Command) -> (i32, String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().unwrap();
+    (
+        status.code().expect("berth was killed by a signal"),
+        String::from_utf8(stdout).unwrap(),
+        String::from_utf8(stderr).unwrap(),
+    )
+}
+
+fn events(stdout: &str) -> Vec<Value> {
+    stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect()
+}
+
+#[test]
+fn pending_then_green_passes() {
+    let server = Server::start(|target, hit| {
+        if target == check_runs_path() {
+            let (status, conclusion) = match hit {
+                0 | 1 => ("in_progress", None),
+                _ => ("completed", Some("success")),
+            };
+            runs(vec![
+                run_json(101, "build", status, conclusion),
+                run_json(102, "lint", "completed", Some("skipped")),
+            ])
+        } else if target == status_path() {
+            statuses(vec![])
+        } else {
+            not_found()
+        }
+    });
+    let (code, stdout, stderr) = run(berth(&server).env("GITHUB_TOKEN", "ghp_test").args([
+        "--json",
+        "--require",
+        "build",
+        "--interval",
+        "0.1",
+    ]));
+    assert_eq!(code, 0, "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    let build = format!("https://github.com/{REPO}/actions/runs/7000/job/101");
+    assert_eq!(
+        lines,
+        [
+            "waiting for the checks of berth-deploy/notes@3f2a9c1".to_owned(),
+            format!("wait build (in_progress, {build})"),
+            format!("ok   lint (skipped, https://github.com/{REPO}/actions/runs/7000/job/102)"),
+            format!("ok   build (success, {build})"),
+            "2 checks passed: build, lint".to_owned(),
+        ]
+    );
+    // Three polls: two while build ran, one after.
+    let polls = server
+        .targets()
+        .iter()
+        .filter(|t| **t == check_runs_path())
+        .count();
+    assert_eq!(polls, 3);
+    let events = events(&stdout);
+    assert_eq!(events.len(), 4, "{stdout}");
+    assert_eq!(
+        events[0],
+        json!({"event": "check", "name": "build", "kind": "check_run", "state": "pending",
+               "conclusion": "in_progress", "url": build})
+    );
+    assert_eq!(events[2]["state"], "passed");
+    assert_eq!(
+        events[3],
+        json!({"event": "ci_gate", "repo": REPO, "sha": SHA, "outcome": "passed",
+               "passed": ["build", "lint"], "failed": [], "pending": []})
+    );
+    // What GitHub asks of a client.
+    let requests = server.requests.lock().unwrap();
+    let headers = &requests[0].1;
+    for want in [
+        "authorization: bearer ghp_test",
+        "accept: application/vnd.github+json",
+        "x-github-api-version: 2022-11-28",
+    ] {
+        assert!(headers.iter().any(|h| h == want), "{want} in {headers:?}");
+    }
+    assert!(headers.iter().any(|h| h.starts_with("user-agent: berth/")));
+}
+
+#[test]
+fn a_failed_check_fails_naming_it() {
+    let server = Server::start(|target, _| {
+        if target == check_runs_path() {
+            runs(vec![
+                run_json(201, "build", "completed", Some("success")),
+                run_json(202, "test", "completed", Some("failure")),
+                run_json(203, "e2e", "queued", None),
+            ])
+        } else if target == status_path() {
+            statuses(vec![])
+        } else {
+            not_found()
+        }
+    });
+    let (code, stdout, stderr) = run(berth(&server).arg("--json"));
+    assert_eq!(code, 1, "{stderr}");
+    let url = format!("https://github.com/{REPO}/actions/runs/7000/job/202");
+    assert!(
+        stderr.contains(&format!("FAIL test (failure, {url})")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.ends_with(&format!(
+            "the checks of berth-deploy/notes@3f2a9c1 failed: test (failure, {url})\n"
+        )),
+        "{stderr}"
+    );
+    let last = events(&stdout).pop().unwrap();
+    assert_eq!(last["outcome"], "failed");
+    assert_eq!(last["failed"], json!(["test"]));
+    assert_eq!(last["pending"], json!(["e2e"]));
+}
+
+#[test]
+fn no_checks_at_all_pass_at_once() {
+    let server = Server::start(|target, _| {
+        if target == check_runs_path() {
+            runs(vec![])
+        } else if target == status_path() {
+            statuses(vec![])
+        } else {
+            not_found()
+        }
+    });
+    let (code, _, stderr) = run(&mut berth(&server));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("no checks on berth-deploy/notes@3f2a9c1: no workflow ran for it"),
+        "{stderr}"
+    );
+    assert_eq!(server.targets(), [check_runs_path(), status_path()]);
+}
+
+#[test]
+fn a_required_check_that_never_comes_times_out() {
+    let server = Server::start(|target, _| {
+        if target == check_runs_path() {
+            runs(vec![run_json(301, "build", "completed", Some("success"))])
+        } else if target == status_path() {
+            statuses(vec![])
+        } else {
+            not_found()
+        }
+    });
+    let started = std::time::Instant::now();
+    let (code, stdout, stderr) = run(berth(&server).args([
+        "--json",
+        "--require",
+        "deploy-preview",
+        "--timeout",
+        "2",
+        "--interval",
+        "0.2",
+    ]));
+    assert_eq!(code, 4, "{stderr}");
+    assert!(started.elapsed().as_secs_f64() < 4.0);
+    assert!(
+        stderr.ends_with(
+            "the checks of berth-deploy/notes@3f2a9c1 did not finish in time: \
+             still pending deploy-preview\n"
+        ),
+        "{stderr}"
+    );
+    let last = events(&stdout).pop().unwrap();
+    assert_eq!(last["outcome"], "timed_out");
+    assert_eq!(last["pending"], json!(["deploy-preview"]));
+    assert_eq!(last["passed"], json!(["build"]));
+    // Polled all along, and build reported once.
+    assert!(server.targets().len() >= 6, "{:?}", server.targets());
+    assert_eq!(stderr.matches("ok   build").count(), 1, "{stderr}");
+}
+
+#[test]
+fn a_failed_commit_status_fails() {
+    let server = Server::start(|target, _| {
+        if target == check_runs_path() {
+            runs(vec![run_json(401, "build", "completed", Some("success"))])
+        } else if target == status_path() {
+            statuses(vec![json!({
+                "url": format!("https://api.github.com/repos/{REPO}/statuses/{SHA}"),
+                "id": 501,
+                "state": "failure",
+                "description": "2 tests failed",
+                "target_url": "https://ci.example.com/job/notes/88",
+                "context": "ci/jenkins",
+                "created_at": "2026-11-23T12:00:00Z",
+                "updated_at": "2026-11-23T12:04:00Z"
+            })])
+        } else {
+            not_found()
+        }
+    });
+    let (code, _, stderr) = run(&mut berth(&server));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("failed: ci/jenkins (failure, https://ci.example.com/job/notes/88)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_unknown_commit_is_a_usage_error() {
+    let server = Server::start(|_, _| not_found());
+    let (code, _, stderr) = run(&mut berth(&server));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains(&format!("error: no commit {SHA} in {REPO}\n")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("hint: check --repo and --sha"), "{stderr}");
+    assert!(stderr.contains("GITHUB_TOKEN is not set"), "{stderr}");
+}
+
+#[test]
+fn a_refused_token_is_named() {
+    let server = Server::start(|_, _| {
+        (
+            401,
+            String::new(),
+            r#"{"message":"Bad credentials","status":"401"}"#.into(),
+        )
+    });
+    let (code, _, stderr) = run(berth(&server).env("GITHUB_TOKEN", "ghp_old"));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("error: GitHub does not accept GITHUB_TOKEN (401 Unauthorized)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn every_page_of_check_runs_is_read() {
+    // The `Link` header names the server's own port, known once it runs.
+    let port = Arc::new(AtomicU16::new(0));
+    let own_port = port.clone();
+    let server = Server::start(move |target, _| {
+        let page2 = format!("{}&page=2", check_runs_path());
+        let page = |run: Value| json!({ "total_count": 2, "check_runs": [run] }).to_string();
+        if target == check_runs_path() {
+            let next = format!(
+                "http://127.0.0.1:{}{page2}",
+                own_port.load(Ordering::SeqCst)
+            );
+            let link = format!("Link: <{next}>; rel=\"next\", <{next}>; rel=\"last\"\r\n");
+            (
+                200,
+                link,
+                page(run_json(601, "build", "completed", Some("success"))),
+            )
+        } else if target == page2 {
+            (
+                200,
+                String::new(),
+                page(run_json(602, "test", "completed", Some("failure"))),
+            )
+        } else if target == status_path() {
+            statuses(vec![])
+        } else {
+            not_found()
+        }
+    });
+    port.store(server.port, Ordering::SeqCst);
+    let (code, _, stderr) = run(&mut berth(&server));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("failed: test (failure"), "{stderr}");
+    assert!(stderr.contains("ok   build (success"), "{stderr}");
+}
+
+/// A server whose only check failed.
+fn red() -> Server {
+    Server::start(|target, _| {
+        if target == check_runs_path() {
+            runs(vec![run_json(701, "test", "completed", Some("cancelled"))])
+        } else if target == status_path() {
+            statuses(vec![])
+        } else {
+            not_found()
+        }
+    })
+}
+
+#[test]
+fn app_deploy_with_a_red_gate_deploys_nothing() {
+    let server = red();
+    let mut cmd = berth_with(&server);
+    cmd.args(["app", "deploy", "notes", "--host", "nowhere.invalid"])
+        .args(["--rev", SHA, "--ci-gate", REPO]);
+    let (code, _, stderr) = run(&mut cmd);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.ends_with(
+            "error: nothing was deployed: the checks of berth-deploy/notes@3f2a9c1 failed: \
+             test (cancelled, https://github.com/berth-deploy/notes/actions/runs/7000/job/701)\n"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("nowhere.invalid"), "{stderr}");
+}
+
+#[test]
+fn gated_deploys_need_an_exact_commit() {
+    let server = red();
+    let gated = |args: &[&str]| {
+        let mut cmd = berth_with(&server);
+        cmd.env_remove("GITHUB_SHA").args(args);
+        run(&mut cmd)
+    };
+    let (code, _, stderr) = gated(&[
+        "app",
+        "deploy",
+        "notes",
+        "--host",
+        "h",
+        "--rev",
+        "3f2a9c1",
+        "--ci-gate",
+        REPO,
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("--ci-gate needs a full commit SHA in --rev, not `3f2a9c1`"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = gated(&[
+        "app",
+        "deploy",
+        "notes",
+        "--host",
+        "h",
+        "--ref",
+        "main",
+        "--ci-gate",
+        REPO,
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("not --ref or --tag"), "{stderr}");
+    let (code, _, stderr) = gated(&["deploy", "--ci-gate", REPO]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("hint: give `--ci-sha SHA`"), "{stderr}");
+    // Checked before anything else: no flake is evaluated.
+    let (code, _, stderr) = gated(&[
+        "deploy",
+        "/nonexistent#web",
+        "--ci-gate",
+        REPO,
+        "--ci-sha",
+        SHA,
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("nothing was deployed"), "{stderr}");
+    assert!(server.targets().iter().all(|t| t.contains(SHA)));
+}
