@@ -665,6 +665,21 @@ async fn scenarios(w: &World) {
     let releases = w.sh(&format!("ls {DIR}/releases | wc -l")).await;
     assert!(releases.trim().parse::<u32>().unwrap() <= 5, "{releases}");
 
+    // A deploy of an older revision than the one running is skipped when
+    // asked: a newer deploy got there first.
+    let run = w.deploy(&rev2, &["--skip-superseded"]);
+    assert_eq!(
+        (run.code, run.outcome().as_str()),
+        (0, "unchanged"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.result()["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("skipped:"));
+    assert_eq!(w.serving().as_deref(), Some(rev7.as_str()));
+
     // Locks: an owner, a reason, exit codes.
     let lock = |args: &[&str]| {
         let mut all = vec!["lock"];

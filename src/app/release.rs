@@ -221,13 +221,20 @@ impl Repo<'_> {
     /// Whether `sha` is on `branch` of the remote (its tip or an ancestor).
     pub async fn on_branch(&self, sha: &str, branch: &str) -> Result<bool, ReleaseError> {
         check(&Wanted::Ref(branch.to_owned()))?;
+        self.is_ancestor(sha, &format!("refs/remotes/origin/{branch}"))
+            .await
+    }
+
+    /// Whether commit `ancestor` is `descendant` or in its history.
+    pub async fn is_ancestor(
+        &self,
+        ancestor: &str,
+        descendant: &str,
+    ) -> Result<bool, ReleaseError> {
         let out = process::output(
-            &self.git().args([
-                "merge-base",
-                "--is-ancestor",
-                sha,
-                &format!("refs/remotes/origin/{branch}"),
-            ]),
+            &self
+                .git()
+                .args(["merge-base", "--is-ancestor", ancestor, descendant]),
             Via::Local,
             self.log,
         )
@@ -236,7 +243,7 @@ impl Repo<'_> {
             Some(0) => Ok(true),
             Some(1) => Ok(false),
             _ => Err(out.check().err().map_or_else(
-                || ReleaseError::BadName(branch.to_owned()),
+                || ReleaseError::BadName(descendant.to_owned()),
                 ReleaseError::Command,
             )),
         }

@@ -130,6 +130,9 @@ pub struct DeployRequest {
     pub lock_wait: Duration,
     /// Deploy a blocked revision, or one off the branch.
     pub force: bool,
+    /// Do nothing when the service already runs a descendant of the
+    /// revision (a newer deploy got there first).
+    pub skip_superseded: bool,
     pub dry_run: bool,
 }
 
@@ -451,6 +454,18 @@ impl AppAgent {
                 message: format!("{} already runs {sha}", self.service()),
                 deployment: None,
             });
+        }
+        if let Some(current) = from.as_deref().filter(|_| req.skip_superseded) {
+            if self.repo()?.is_ancestor(&sha, current).await? {
+                return Ok(AgentResult {
+                    outcome: Outcome::Unchanged,
+                    message: format!(
+                        "skipped: {} runs {current}, which already contains {sha}",
+                        self.service()
+                    ),
+                    deployment: None,
+                });
+            }
         }
         let d = self.store.begin(&NewDeployment {
             id: req.id.clone(),

@@ -134,6 +134,8 @@ pub enum Verb {
         #[arg(long)]
         force: bool,
         #[arg(long)]
+        skip_superseded: bool,
+        #[arg(long)]
         dry_run: bool,
         #[command(flatten)]
         audit: AppAudit,
@@ -327,6 +329,7 @@ async fn run_app(args: &Args, printer: Printer) -> anyhow::Result<Option<Exit>> 
             id,
             revision,
             force,
+            skip_superseded,
             dry_run,
             audit,
             overrides,
@@ -340,6 +343,7 @@ async fn run_app(args: &Args, printer: Printer) -> anyhow::Result<Option<Exit>> 
                 ci_run_url: audit.ci_run_url.clone(),
                 lock_wait: wait(audit),
                 force: *force,
+                skip_superseded: *skip_superseded,
                 dry_run: *dry_run,
             };
             if *dry_run {

@@ -99,6 +99,9 @@ pub struct DeployArgs {
     /// Deploy a revision that was rolled back before, or one not on the service's branch
     #[arg(long)]
     pub force: bool,
+    /// Do nothing (and exit 0) when the service already runs a revision that contains this one
+    #[arg(long)]
+    pub skip_superseded: bool,
     /// Resolve the revision and show what would happen; change nothing
     #[arg(long)]
     pub dry_run: bool,
@@ -309,6 +312,9 @@ async fn deploy(ctx: &Context, args: DeployArgs) -> anyhow::Result<Exit> {
         .args(args.overrides.to_args());
     if args.force {
         cmd = cmd.arg("--force");
+    }
+    if args.skip_superseded {
+        cmd = cmd.arg("--skip-superseded");
     }
     if args.dry_run {
         cmd = cmd.arg("--dry-run");
