@@ -72,6 +72,8 @@ pub enum Command {
     Smoke(command::smoke::Args),
     /// Wait for the GitHub checks of one commit to finish; exit 0 when they passed
     CiGate(command::ci_gate::Args),
+    /// On a host: deploy its node from a flake by itself (pull mode), with rollback
+    Converge(command::converge::Args),
     /// Apps whose code lives in git: deploy an exact revision safely, roll back, status, history
     #[command(subcommand)]
     App(command::app::AppCommand),
@@ -214,6 +216,7 @@ pub fn main() -> ExitCode {
             Command::Lab(_)
             | Command::Smoke(_)
             | Command::CiGate(_)
+            | Command::Converge(_)
             | Command::Completions(_)
             | Command::Man(_)
             | Command::Agent(_) => false,
@@ -253,6 +256,7 @@ async fn run(ctx: Context, command: Command) -> anyhow::Result<Exit> {
         Command::Status(args) => command::status::run(&ctx, args).await,
         Command::Smoke(args) => command::smoke::run(&ctx, args).await,
         Command::CiGate(args) => command::ci_gate::run(&ctx, args).await,
+        Command::Converge(args) => command::converge::run(&ctx, args).await,
         Command::App(cmd) => command::app::run(&ctx, cmd).await,
         Command::Lock(cmd) => command::lock::run(&ctx, cmd).await,
         Command::Snapshot(cmd) => command::snapshot::run(&ctx, cmd).await,

@@ -4,6 +4,7 @@ pub mod agent;
 pub mod app;
 pub mod ci_gate;
 pub mod completions;
+pub mod converge;
 pub mod deploy;
 pub mod history;
 pub mod lab;

@@ -248,6 +248,46 @@ pub async fn deploy_host(
     report
 }
 
+/// Deploys `job` on this machine (`berth converge`): the steps of a push
+/// deploy — the agent's status, activation with magic rollback, health,
+/// confirm or roll back — through `host` (a [`crate::host::LocalHost`],
+/// perhaps wrapped) instead of SSH. The system is already in this store.
+pub async fn deploy_here(
+    job: &Job,
+    options: &Options,
+    host: &dyn Host,
+    printer: Printer,
+    line: &HostProgress,
+) -> Report {
+    let started = Instant::now();
+    let mut run = HostRun {
+        job,
+        options,
+        printer,
+        deployment: None,
+        log: Vec::new(),
+        ssh: options.ssh.clone(),
+        line,
+    };
+    let outcome = run.on_host(host, None, "auto").await;
+    let log = if outcome.ok() {
+        Vec::new()
+    } else {
+        readable(&host.log().tail(LOG_TAIL * 4))
+    };
+    let report = Report {
+        node: job.node.to_string(),
+        host: host.name().to_owned(),
+        outcome,
+        deployment: run.deployment,
+        seconds: started.elapsed().as_secs_f64(),
+        log,
+    };
+    printer.event("host_result", &report);
+    line.finish(&report.outcome.describe());
+    report
+}
+
 /// The state of one host's deploy while it runs.
 struct HostRun<'a> {
     job: &'a Job,
@@ -312,13 +352,21 @@ impl HostRun<'_> {
                 return Outcome::Failed { why };
             }
         };
-        let outcome = self.on_host(&host, &destination).await;
+        let store_uri = host.store_uri();
+        let outcome = self.on_host(&host, Some(&destination), &store_uri).await;
         self.log = host.log().tail(LOG_TAIL * 4);
         let _ = host.close().await;
         outcome
     }
 
-    async fn on_host(&mut self, host: &SshHost, destination: &Destination) -> Outcome {
+    /// The deploy once `host` is reached: over SSH (`destination` is where
+    /// fresh connections go), or this machine itself (`None`).
+    async fn on_host(
+        &mut self,
+        host: &dyn Host,
+        destination: Option<&Destination>,
+        store_uri: &str,
+    ) -> Outcome {
         let job = self.job;
         let agent = &self.options.agent.program;
         let node = job.node.as_ref();
@@ -367,7 +415,7 @@ impl HostRun<'_> {
             self.phase("copy", &format!("copying {} from {from}", job.toplevel));
             let cmd = nix::copy_between(
                 from,
-                &host.store_uri(),
+                store_uri,
                 std::slice::from_ref(&job.toplevel),
                 &self.ssh.nix_sshopts(),
             );
@@ -421,13 +469,13 @@ impl HostRun<'_> {
                     }
                 }
             },
-            Err(CommandError::Ssh { .. }) => {
+            Err(CommandError::Ssh { .. }) if destination.is_some() => {
                 self.phase(
                     "activate",
                     "the activation cut the SSH connection; waiting for the host",
                 );
                 return self
-                    .await_host(destination, &id, timeout + WATCHDOG_GRACE)
+                    .await_host(destination, host, &id, timeout + WATCHDOG_GRACE)
                     .await;
             }
             Err(err) => {
@@ -478,14 +526,14 @@ impl HostRun<'_> {
         match healthy {
             Ok(()) => {
                 self.phase("confirm", "healthy; confirming over a fresh connection");
-                match self.confirm(destination, &id).await {
+                match self.confirm(destination, host, &id).await {
                     Ok(()) => Outcome::Deployed { generation },
                     Err(why) => {
                         self.phase(
                             "confirm",
                             &format!("could not confirm ({why}); waiting for the host"),
                         );
-                        self.await_host(destination, &id, timeout + WATCHDOG_GRACE)
+                        self.await_host(destination, host, &id, timeout + WATCHDOG_GRACE)
                             .await
                     }
                 }
@@ -503,7 +551,7 @@ impl HostRun<'_> {
                         },
                     },
                     Err(_) => {
-                        self.await_host(destination, &id, timeout + WATCHDOG_GRACE)
+                        self.await_host(destination, host, &id, timeout + WATCHDOG_GRACE)
                             .await
                     }
                 }
@@ -512,8 +560,21 @@ impl HostRun<'_> {
     }
 
     /// Confirms over a NEW connection: a host whose sshd broke cannot be
-    /// confirmed through a session that was open before.
-    async fn confirm(&self, destination: &Destination, id: &str) -> Result<(), String> {
+    /// confirmed through a session that was open before. This machine
+    /// (no `destination`) confirms directly.
+    async fn confirm(
+        &self,
+        destination: Option<&Destination>,
+        local: &dyn Host,
+        id: &str,
+    ) -> Result<(), String> {
+        let Some(destination) = destination else {
+            return local
+                .run(&call::confirm(&self.options.agent.program, id))
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+        };
         let fresh = SshHost::connect(destination, &self.ssh)
             .await
             .map_err(|e| format!("{e}: {}", crate::diagnostics::causes(&e)))?;
@@ -527,10 +588,17 @@ impl HostRun<'_> {
     /// After the connection was lost: polls the host over fresh connections
     /// until its deployment is settled (the watchdog rolled it back) or
     /// `limit` passes.
-    async fn await_host(&self, destination: &Destination, id: &str, limit: Duration) -> Outcome {
+    async fn await_host(
+        &self,
+        destination: Option<&Destination>,
+        local: &dyn Host,
+        id: &str,
+        limit: Duration,
+    ) -> Outcome {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
-            let attempt = tokio::time::timeout(Duration::from_secs(5), self.show(destination, id));
+            let attempt =
+                tokio::time::timeout(Duration::from_secs(5), self.show(destination, local, id));
             if let Ok(Some(d)) = attempt.await {
                 if d.status.is_terminal() {
                     return match d.status {
@@ -561,7 +629,20 @@ impl HostRun<'_> {
         }
     }
 
-    async fn show(&self, destination: &Destination, id: &str) -> Option<Deployment> {
+    async fn show(
+        &self,
+        destination: Option<&Destination>,
+        local: &dyn Host,
+        id: &str,
+    ) -> Option<Deployment> {
+        let Some(destination) = destination else {
+            let out = local
+                .run(&call::show(&self.options.agent.program, id))
+                .await
+                .ok()?;
+            let event = agent::find_events(&out.stdout, agent::EVENT_DEPLOYMENT).pop()?;
+            return serde_json::from_value(event).ok();
+        };
         let settings = SshSettings {
             connect_timeout: Duration::from_secs(3),
             ..self.ssh.clone()
