@@ -1,6 +1,6 @@
 # berth.agent: berth on the host (`berth agent …` is what deploys run
 # there), its state directory, and the boot check that rolls back a system
-# generation that was never confirmed. The converge timer has options only.
+# generation that was never confirmed, and the converge timer (pull mode).
 {
   config,
   lib,
@@ -34,10 +34,48 @@ in {
       # Readable by all: app deploys, run as a service's user, read the
       # host's lock there.
       systemd.tmpfiles.rules = ["d ${cfg.stateDir} 0755 root root -"];
+    })
 
-      warnings =
-        lib.optional cfg.converge.enable
-        "berth.agent.converge.enable is set, but this berth has no converge timer yet: nothing deploys this host by itself; deploy it with `berth deploy`, or set berth.agent.converge.enable = false";
+    (lib.mkIf (cfg.enable && cfg.converge.enable) {
+      assertions = [
+        {
+          assertion = cfg.converge.flake != null;
+          message = "berth.agent.converge.enable needs berth.agent.converge.flake: the flake this host deploys itself from, e.g. \"github:acme/fleet\"";
+        }
+      ];
+      # `berth converge`: fetch the flake, and deploy this host's node with
+      # the same activation, health checks and rollback as a push deploy.
+      systemd.services.berth-converge = {
+        description = "berth: deploy this host from its flake";
+        after = ["network-online.target"];
+        wants = ["network-online.target"];
+        # It runs the switch itself: a switch must not restart it mid-way.
+        restartIfChanged = false;
+        path = [config.nix.package pkgs.git pkgs.openssh];
+        environment.BERTH_STATE_DIR = cfg.stateDir;
+        serviceConfig = {
+          Type = "oneshot";
+          ExecStart = lib.escapeShellArgs [
+            (lib.getExe' cfg.package "berth")
+            "converge"
+            "--state-dir"
+            cfg.stateDir
+            "--flake"
+            (toString cfg.converge.flake)
+            "--node"
+            cfg.converge.node
+          ];
+        };
+      };
+      systemd.timers.berth-converge = {
+        description = "berth: deploy this host from its flake, now and then";
+        wantedBy = ["timers.target"];
+        timerConfig = {
+          OnBootSec = "5min";
+          OnUnitInactiveSec = cfg.converge.interval;
+          RandomizedDelaySec = "1min";
+        };
+      };
     })
 
     (lib.mkIf (cfg.enable && cfg.bootCheck) {

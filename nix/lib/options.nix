@@ -673,8 +673,9 @@ in {
     converge = {
       enable = mkEnable false ''
         Whether a timer deploys the host from `flake` by itself (GitOps
-        converge). Not implemented yet: this berth has no converge timer,
-        and setting it only draws a warning.
+        converge): `berth converge` skips while paused (`berth converge
+        --pause`, which expires) and skips revisions that failed here
+        before; a deploy that fails its checks is rolled back and blocked.
       '';
       flake = option {
         type = t.nullOr t.str;
