@@ -114,6 +114,17 @@ impl World {
         panic!("berth {args:?} ended before phase {phase}");
     }
 
+    /// Deploys `rev` and kill -9s the agent on the host once it reports
+    /// `phase`.
+    async fn kill_agent_during(&self, rev: &str, phase: &str) {
+        let (child, pid) = self.start_until_phase(
+            &["app", "deploy", SERVICE, "--host", "h1", "--rev", rev],
+            phase,
+        );
+        self.sh(&format!("kill -9 {pid}")).await;
+        let _ = child.wait_with_output();
+    }
+
     async fn sh(&self, script: &str) -> String {
         self.root
             .run(&Cmd::new("sh").args(["-c", script]))
@@ -574,12 +585,7 @@ async fn scenarios(w: &World) {
     let rev5 = w
         .commit(serde_json::json!({ "install": "slow", "v": 5 }), "main")
         .await;
-    let (child, pid) = w.start_until_phase(
-        &["app", "deploy", SERVICE, "--host", "h1", "--rev", &rev5],
-        "install",
-    );
-    w.sh(&format!("kill -9 {pid}")).await;
-    let _ = child.wait_with_output();
+    w.kill_agent_during(&rev5, "install").await;
     let run = w.berth(&["app", "status", SERVICE, "--host", "h1"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let status = &run.events("status")[0];
@@ -595,12 +601,7 @@ async fn scenarios(w: &World) {
             "main",
         )
         .await;
-    let (child, pid) = w.start_until_phase(
-        &["app", "deploy", SERVICE, "--host", "h1", "--rev", &rev6],
-        "migrate",
-    );
-    w.sh(&format!("kill -9 {pid}")).await;
-    let _ = child.wait_with_output();
+    w.kill_agent_during(&rev6, "migrate").await;
     let rev7 = w.commit(serde_json::json!({ "v": 7 }), "main").await;
     let run = w.deploy(&rev7, &[]);
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -619,12 +620,7 @@ async fn scenarios(w: &World) {
     let rev8 = w
         .commit(serde_json::json!({ "health": "slow", "v": 8 }), "main")
         .await;
-    let (child, pid) = w.start_until_phase(
-        &["app", "deploy", SERVICE, "--host", "h1", "--rev", &rev8],
-        "health",
-    );
-    w.sh(&format!("kill -9 {pid}")).await;
-    let _ = child.wait_with_output();
+    w.kill_agent_during(&rev8, "health").await;
     let run = w.berth(&["app", "status", SERVICE, "--host", "h1"]);
     let status = &run.events("status")[0];
     assert_eq!(status["recovered"]["outcome"], "rolled_back", "{status}");

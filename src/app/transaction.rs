@@ -492,7 +492,7 @@ impl AppAgent {
         );
         match self.run_deploy(&d, &sha, req.force).await {
             Ok(result) => Ok(result),
-            Err((phase, err)) => self.fail(&d, &phase, err).await,
+            Err((phase, err)) => self.fail(&d, phase, err).await,
         }
     }
 
@@ -540,21 +540,15 @@ impl AppAgent {
         d: &Deployment,
         sha: &str,
         force: bool,
-    ) -> Result<AgentResult, (String, AppError)> {
-        let at = |phase: &str| {
-            let phase = phase.to_owned();
-            move |e: AppError| (phase, e)
-        };
+    ) -> Result<AgentResult, (&'static str, AppError)> {
+        let at = |phase: &'static str| move |e: AppError| (phase, e);
         let dir = self.layout.release(sha);
         self.build(d, sha, &dir).await.map_err(at("build"))?;
 
         let snap = self.snapshot_into(&d.id).map_err(at("snapshot"))?;
         self.phase(&d.id, "snapshot", &describe(&snap));
 
-        self.phase(&d.id, TOUCHED, &format!("stopping {}", self.manifest.unit));
-        unit::control("stop", &self.manifest.unit, &self.log)
-            .await
-            .map_err(|e| ("stop".to_owned(), e.into()))?;
+        self.stop_unit(&d.id).await?;
         if let Some(migrate) = self.manifest.commands.migrate.clone() {
             self.phase(&d.id, "migrate", &migrate);
             let env = self.step_env(sha, &dir);
@@ -563,24 +557,8 @@ impl AppAgent {
                 .map_err(at("migrate"))?;
         }
         self.phase(&d.id, "swap", &format!("current → releases/{sha}"));
-        release::swap_symlink(&self.layout.current(), &dir)
-            .map_err(|e| ("swap".to_owned(), e.into()))?;
-        self.phase(&d.id, "start", &format!("starting {}", self.manifest.unit));
-        unit::control("start", &self.manifest.unit, &self.log)
-            .await
-            .map_err(|e| ("start".to_owned(), e.into()))?;
-
-        self.phase(&d.id, "health", &self.manifest.health.url.clone());
-        let verdict = unit::wait_healthy(
-            &self.manifest.unit,
-            &self.health_check(Some(sha)),
-            &self.log,
-        )
-        .await;
-        if !verdict.healthy {
-            return Err(("health".into(), AppError::Nothing(verdict.message)));
-        }
-        self.phase(&d.id, HEALTHY, &verdict.message);
+        release::swap_symlink(&self.layout.current(), &dir).map_err(|e| ("swap", e.into()))?;
+        self.start_healthy(&d.id, Some(sha)).await?;
 
         if force {
             let _ = self.store.unblock(self.service(), sha);
@@ -588,9 +566,39 @@ impl AppAgent {
         let done = self
             .store
             .set_status(&d.id, Status::Confirmed, None)
-            .map_err(|e| ("record".to_owned(), e.into()))?;
+            .map_err(|e| ("record", e.into()))?;
         self.prune(&[sha, d.from_path.as_deref().unwrap_or("")], &d.id);
         Ok(self.result(&done, format!("{} runs {sha}", self.service())))
+    }
+
+    /// Stops the unit, recording first that deployment `id` touches the
+    /// service (from here on, a failure or a dead agent means rollback).
+    async fn stop_unit(&self, id: &str) -> Result<(), (&'static str, AppError)> {
+        self.phase(id, TOUCHED, &format!("stopping {}", self.manifest.unit));
+        unit::control("stop", &self.manifest.unit, &self.log)
+            .await
+            .map_err(|e| ("stop", e.into()))
+    }
+
+    /// Starts the unit and waits until it is healthy (serving `revision`,
+    /// when the manifest asks for that), recording that it passed.
+    async fn start_healthy(
+        &self,
+        id: &str,
+        revision: Option<&str>,
+    ) -> Result<(), (&'static str, AppError)> {
+        self.phase(id, "start", &format!("starting {}", self.manifest.unit));
+        unit::control("start", &self.manifest.unit, &self.log)
+            .await
+            .map_err(|e| ("start", e.into()))?;
+        self.phase(id, "health", &self.manifest.health.url);
+        let verdict =
+            unit::wait_healthy(&self.manifest.unit, &self.health_check(revision), &self.log).await;
+        if !verdict.healthy {
+            return Err(("health", AppError::Nothing(verdict.message)));
+        }
+        self.phase(id, HEALTHY, &verdict.message);
+        Ok(())
     }
 
     /// Builds `releases/<sha>` unless it is already built.
@@ -875,10 +883,7 @@ impl AppAgent {
                 // The data now is kept too, so this rollback can be undone.
                 let snap = self.snapshot_into(&d.id).map_err(|e| ("snapshot", e))?;
                 self.phase(&d.id, "snapshot", &describe(&snap));
-                self.phase(&d.id, TOUCHED, &format!("stopping {}", self.manifest.unit));
-                unit::control("stop", &self.manifest.unit, &self.log)
-                    .await
-                    .map_err(|e| ("stop", e.into()))?;
+                self.stop_unit(&d.id).await?;
                 let restored = snapshot::restore(source, &replaced_tag(&d.id))
                     .map_err(|e| ("restore", e.into()))?;
                 self.phase(
@@ -887,31 +892,12 @@ impl AppAgent {
                     &format!("restored {}", describe(&restored)),
                 );
             } else {
-                self.phase(&d.id, TOUCHED, &format!("stopping {}", self.manifest.unit));
-                unit::control("stop", &self.manifest.unit, &self.log)
-                    .await
-                    .map_err(|e| ("stop", e.into()))?;
+                self.stop_unit(&d.id).await?;
             }
             self.phase(&d.id, "swap", &format!("current → releases/{target}"));
             release::swap_symlink(&self.layout.current(), &self.layout.release(&target))
                 .map_err(|e| ("swap", e.into()))?;
-            self.phase(&d.id, "start", &format!("starting {}", self.manifest.unit));
-            unit::control("start", &self.manifest.unit, &self.log)
-                .await
-                .map_err(|e| ("start", e.into()))?;
-            self.phase(&d.id, "health", &self.manifest.health.url.clone());
-            let verdict = unit::wait_healthy(
-                &self.manifest.unit,
-                &self.health_check(Some(&target)),
-                &self.log,
-            )
-            .await;
-            if verdict.healthy {
-                self.phase(&d.id, HEALTHY, &verdict.message);
-                Ok(())
-            } else {
-                Err(("health", AppError::Nothing(verdict.message)))
-            }
+            self.start_healthy(&d.id, Some(&target)).await
         }
         .await;
         match steps {
@@ -1056,28 +1042,11 @@ impl AppAgent {
                 "snapshot",
                 &format!("kept the data now: {}", describe(&snap)),
             );
-            self.phase(id, TOUCHED, &format!("stopping {}", self.manifest.unit));
-            unit::control("stop", &self.manifest.unit, &self.log)
-                .await
-                .map_err(|e| ("stop", e.into()))?;
+            self.stop_unit(id).await?;
             let restored =
                 snapshot::restore(&dir, &replaced_tag(id)).map_err(|e| ("restore", e.into()))?;
             self.phase(id, "restore", &format!("restored {}", describe(&restored)));
-            unit::control("start", &self.manifest.unit, &self.log)
-                .await
-                .map_err(|e| ("start", e.into()))?;
-            let verdict = unit::wait_healthy(
-                &self.manifest.unit,
-                &self.health_check(current.as_deref()),
-                &self.log,
-            )
-            .await;
-            if verdict.healthy {
-                self.phase(id, HEALTHY, &verdict.message);
-                Ok(())
-            } else {
-                Err(("health", AppError::Nothing(verdict.message)))
-            }
+            self.start_healthy(id, current.as_deref()).await
         }
         .await;
         let result = match steps {

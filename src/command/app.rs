@@ -461,6 +461,22 @@ async fn status_once(
     target: &ServiceArgs,
     cmd: &Cmd,
 ) -> anyhow::Result<serde_json::Value> {
+    query(ctx, target, cmd, EVENT_STATUS)
+        .await?
+        .into_iter()
+        .next()
+        .context("the agent did not report a status")
+}
+
+/// Runs an agent verb that only reads, over a connection of its own as the
+/// service's user, and returns its events named `event`. An agent that
+/// fails becomes the error it printed.
+async fn query(
+    ctx: &Context,
+    target: &ServiceArgs,
+    cmd: &Cmd,
+    event: &str,
+) -> anyhow::Result<Vec<serde_json::Value>> {
     let host = connect(ctx, &target.host, &target.service).await?;
     let out = host.output(cmd).await;
     let _ = host.close().await;
@@ -470,10 +486,7 @@ async fn status_once(
             RemoteError::from_agent(&target.host.host, &out.stderr, out.status.code()).into(),
         );
     }
-    crate::agent::find_events(&out.stdout, EVENT_STATUS)
-        .into_iter()
-        .next()
-        .context("the agent did not report a status")
+    Ok(crate::agent::find_events(&out.stdout, event))
 }
 
 fn show_status(printer: Printer, service: &str, s: &serde_json::Value) {
@@ -505,20 +518,8 @@ fn show_status(printer: Printer, service: &str, s: &serde_json::Value) {
 
 async fn history(ctx: &Context, args: HistoryArgs) -> anyhow::Result<Exit> {
     let service = &args.target.service;
-    let host = connect(ctx, &args.target.host, service).await?;
     let cmd = agent(ctx, "app-history", Some(service)).args(["--limit", &args.limit.to_string()]);
-    let out = host.output(&cmd).await;
-    let _ = host.close().await;
-    let out = out.context("could not run the berth agent")?;
-    if !out.status.success() {
-        return Err(RemoteError::from_agent(
-            &args.target.host.host,
-            &out.stderr,
-            out.status.code(),
-        )
-        .into());
-    }
-    let events = crate::agent::find_events(&out.stdout, EVENT_DEPLOYMENT);
+    let events = query(ctx, &args.target, &cmd, EVENT_DEPLOYMENT).await?;
     if events.is_empty() {
         ctx.printer.line(format!("{service} has no deploys yet"));
     }
