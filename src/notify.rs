@@ -44,7 +44,7 @@ pub enum State {
     Full,
     /// A routine app code deploy.
     Condensed,
-    /// Nothing changed: send nothing.
+    /// Nothing changed, or only docs or tests: send nothing.
     Suppress,
 }
 
@@ -88,16 +88,24 @@ pub struct Facts {
     pub recovered: bool,
     /// Migrations ran (app: a `migrate` phase).
     pub migrated: bool,
+    /// Only docs or tests changed (app: a `changes` event that says
+    /// `quiet`).
+    pub quiet: bool,
 }
 
-/// FAILURE when it failed, SUPPRESS when nothing changed, FULL for any
-/// system change, a recovery or migrations, else CONDENSED.
+/// FAILURE when it failed, SUPPRESS when nothing changed, FULL for a
+/// recovery, SUPPRESS when only docs or tests changed, FULL for any system
+/// change or migrations, else CONDENSED.
 pub fn state_of(kind: Kind, facts: Facts) -> State {
     if facts.failed {
         State::Failure
     } else if facts.unchanged {
         State::Suppress
-    } else if kind == Kind::System || facts.recovered || facts.migrated {
+    } else if facts.recovered {
+        State::Full
+    } else if facts.quiet {
+        State::Suppress
+    } else if kind == Kind::System || facts.migrated {
         State::Full
     } else {
         State::Condensed
@@ -163,11 +171,15 @@ pub fn of_app(
     let migrated = crate::agent::find_events(stdout, crate::agent::EVENT_PHASE)
         .iter()
         .any(|e| e["phase"] == "migrate");
+    let quiet = crate::agent::find_events(stdout, crate::app::transaction::EVENT_CHANGES)
+        .iter()
+        .any(|e| e["quiet"] == true);
     let facts = Facts {
         failed,
         unchanged,
         recovered,
         migrated,
+        quiet,
     };
     let field = |k: &str| {
         result
@@ -521,6 +533,7 @@ mod tests {
             unchanged,
             recovered,
             migrated,
+            quiet: false,
         };
         assert_eq!(
             state_of(Kind::App, f(true, false, true, true)),
@@ -568,10 +581,10 @@ mod tests {
     #[test]
     fn app_results_are_classified() {
         let d = Duration::from_secs(3);
-        let quiet = b"{\"event\":\"phase\",\"phase\":\"build\",\"message\":\"x\"}\n";
+        let routine = b"{\"event\":\"phase\",\"phase\":\"build\",\"message\":\"x\"}\n";
         let migrate = b"{\"event\":\"phase\",\"phase\":\"migrate\",\"message\":\"x\"}\n";
         let recovered = b"{\"event\":\"recovered\",\"outcome\":\"rolled_back\"}\n";
-        let n = of_app("notes", "h1", &result("confirmed"), quiet, d, None);
+        let n = of_app("notes", "h1", &result("confirmed"), routine, d, None);
         assert_eq!(n.state, State::Condensed);
         assert_eq!(n.from.as_deref(), Some("/r/a"));
         assert_eq!(n.to.as_deref(), Some("/r/b"));
@@ -580,22 +593,44 @@ mod tests {
         assert_eq!(n.state, State::Full);
         let n = of_app("notes", "h1", &result("confirmed"), recovered, d, None);
         assert_eq!(n.state, State::Full);
-        let n = of_app("notes", "h1", &result("unchanged"), quiet, d, None);
+        let n = of_app("notes", "h1", &result("unchanged"), routine, d, None);
         assert_eq!(n.state, State::Suppress);
         let n = of_app("notes", "h1", &result("rolled_back"), migrate, d, None);
         assert_eq!((n.state, n.rolled_back), (State::Failure, Some(true)));
-        let n = of_app("notes", "h1", &result("rollback_failed"), quiet, d, None);
+        let n = of_app("notes", "h1", &result("rollback_failed"), routine, d, None);
         assert_eq!((n.state, n.rolled_back), (State::Failure, Some(false)));
         let n = of_app(
             "notes",
             "h1",
             &result("failed"),
-            quiet,
+            routine,
             d,
             Some("https://x".into()),
         );
         assert_eq!((n.state, n.rolled_back), (State::Failure, None));
         assert_eq!(n.ci_run_url.as_deref(), Some("https://x"));
+
+        // Docs or tests only: nothing to tell, even when migrations ran,
+        // unless it failed or recovered something.
+        let docs = [
+            &b"{\"event\":\"changes\",\"quiet\":true,\"touched\":true}\n"[..],
+            migrate,
+        ]
+        .concat();
+        let n = of_app("notes", "h1", &result("confirmed"), &docs, d, None);
+        assert_eq!(n.state, State::Suppress);
+        let n = of_app("notes", "h1", &result("rolled_back"), &docs, d, None);
+        assert_eq!(n.state, State::Failure);
+        let docs_recovered = [&docs[..], recovered].concat();
+        let n = of_app(
+            "notes",
+            "h1",
+            &result("confirmed"),
+            &docs_recovered,
+            d,
+            None,
+        );
+        assert_eq!(n.state, State::Full);
     }
 
     #[test]

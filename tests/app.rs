@@ -147,11 +147,19 @@ impl World {
     /// Commits `behaviour` (on `branch`, made from main if new) and pushes
     /// it; returns the commit.
     async fn commit(&self, behaviour: serde_json::Value, branch: &str) -> String {
-        self.write("/srv/notes-work/behaviour.json", &behaviour.to_string())
-            .await;
+        self.commit_file("behaviour.json", &behaviour.to_string(), branch)
+            .await
+    }
+
+    /// Commits `text` as the repository's file `path` (on `branch`, made
+    /// from main if new) and pushes it; returns the commit.
+    async fn commit_file(&self, path: &str, text: &str, branch: &str) -> String {
+        let full = format!("/srv/notes-work/{path}");
+        self.sh(&format!("mkdir -p \"$(dirname {full})\"")).await;
+        self.write(&full, text).await;
         let script = format!(
             "cd /srv/notes-work && git checkout -q -B {branch} && git add -A && \
-             git commit -q -m 'behaviour {behaviour}' && git push -q -f origin {branch} && \
+             git commit -q -m 'update {path}' && git push -q -f origin {branch} && \
              git rev-parse HEAD && git checkout -q main"
         );
         self.sh(&script).await.trim().to_owned()
@@ -247,17 +255,9 @@ impl Poller {
     }
 }
 
-async fn set_up(lab: &LabGuard) -> String {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/app");
-    let unit = std::fs::read_to_string(fixture.join("app.service.in"))
-        .unwrap()
-        .replace("@SERVICE@", SERVICE)
-        .replace("@DIR@", DIR)
-        .replace("@PORT@", &PORT.to_string())
-        // The test polls from outside the host; the health check stays on
-        // loopback.
-        .replace("APP_PORT=", "APP_HOST=0.0.0.0 APP_SLOW_SECS=6 APP_PORT=");
-    let manifest = serde_json::json!({
+/// The service's manifest, as the module would write it.
+fn manifest() -> serde_json::Value {
+    serde_json::json!({
         "version": 1,
         "service": SERVICE,
         "dir": DIR,
@@ -275,7 +275,20 @@ async fn set_up(lab: &LabGuard) -> String {
         "keepReleases": 3,
         "keepSnapshots": 3,
         "environment": { "APP_DB": format!("{DIR}/data/app.db"), "APP_SLOW_SECS": "6" },
-    });
+    })
+}
+
+async fn set_up(lab: &LabGuard) -> String {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/app");
+    let unit = std::fs::read_to_string(fixture.join("app.service.in"))
+        .unwrap()
+        .replace("@SERVICE@", SERVICE)
+        .replace("@DIR@", DIR)
+        .replace("@PORT@", &PORT.to_string())
+        // The test polls from outside the host; the health check stays on
+        // loopback.
+        .replace("APP_PORT=", "APP_HOST=0.0.0.0 APP_SLOW_SECS=6 APP_PORT=");
+    let manifest = manifest();
     format!(
         r#"set -e
 useradd --system --home-dir {DIR} --shell /bin/sh {SERVICE}
@@ -777,6 +790,104 @@ async fn scenarios(w: &World) {
     assert!(history
         .iter()
         .all(|d| d["actor"].as_str().unwrap().starts_with("tester@")));
+
+    changes(w).await;
+}
+
+/// The manifest's `paths` leave out `other/`: what a commit touches,
+/// `--skip-untouched`, and a docs-only deploy that notifies nothing.
+async fn changes(w: &World) {
+    let mut m = manifest();
+    m["paths"] = serde_json::json!(["*", "!other/"]);
+    w.write("/etc/berth/services/notes.json", &m.to_string())
+        .await;
+    let changes = |run: &Run| -> serde_json::Value {
+        let events = run.events("changes");
+        assert_eq!(events.len(), 1, "{}\n{}", run.stdout, run.stderr);
+        events[0].clone()
+    };
+    // Anything closed: a notification that is sent fails, and says so.
+    let nowhere = "http://127.0.0.1:9/hook";
+
+    let base = w.commit(serde_json::json!({ "v": 9 }), "main").await;
+    let run = w.deploy(&base, &["--skip-untouched", "--notify", nowhere]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.outcome(), "confirmed");
+    let c = changes(&run);
+    assert_eq!(
+        (c["touched"].clone(), c["quiet"].clone()),
+        (true.into(), false.into())
+    );
+    assert!(
+        c["files"]
+            .as_array()
+            .unwrap()
+            .contains(&"behaviour.json".into()),
+        "{c}"
+    );
+    // A routine deploy is told (here, to nowhere: a warning, exit 0).
+    assert_eq!(run.events("notify").len(), 1, "{}", run.stdout);
+    assert_eq!(run.events("notify")[0]["ok"], false);
+
+    // A commit outside the service's paths does not touch it.
+    let other = w
+        .commit_file("other/readme.txt", "not the app", "main")
+        .await;
+    let run = w.berth(&["app", "changed", SERVICE, "--host", "h1", "--to", &other]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let c = changes(&run);
+    assert_eq!(c["from"], base.as_str());
+    assert_eq!(c["to"], other.as_str());
+    assert_eq!(c["touched"], false);
+    assert_eq!(c["elsewhere"], 1);
+    assert!(
+        run.stderr.contains("does not touch notes"),
+        "{}",
+        run.stderr
+    );
+    let run = w.deploy(&other, &["--skip-untouched"]);
+    assert_eq!(
+        (run.code, run.outcome().as_str()),
+        (0, "unchanged"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.result()["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("skipped:"));
+    assert_eq!(w.current().await, base);
+
+    // Docs only: deployed, but nothing to tell. `--from`/`--to` default to
+    // what runs and the branch's head.
+    let docs = w.commit_file("docs/guide.md", "# Guide\n", "main").await;
+    let run = w.berth(&["app", "changed", SERVICE, "--host", "h1"]);
+    let c = changes(&run);
+    assert_eq!(
+        (c["from"].clone(), c["to"].clone()),
+        (base.as_str().into(), docs.as_str().into())
+    );
+    assert_eq!(c["files"], serde_json::json!(["docs/guide.md"]));
+    assert_eq!(
+        (c["touched"].clone(), c["quiet"].clone()),
+        (true.into(), true.into())
+    );
+    let run = w.deploy(&docs, &["--skip-untouched", "--notify", nowhere]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.outcome(), "confirmed");
+    assert_eq!(changes(&run)["quiet"], true);
+    assert!(run.events("notify").is_empty(), "{}", run.stdout);
+    assert_eq!(w.serving().as_deref(), Some(docs.as_str()));
+
+    // Untouched since the last deploy, compared from an explicit --from.
+    let run = w.berth(&[
+        "app", "changed", SERVICE, "--host", "h1", "--from", &base, "--to", &docs,
+    ]);
+    let c = changes(&run);
+    assert_eq!(
+        (c["touched"].clone(), c["elsewhere"].clone()),
+        (true.into(), 1.into())
+    );
 }
 
 /// One berth run timed from outside, with when each `phase` event arrived.

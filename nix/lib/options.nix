@@ -123,6 +123,33 @@ let
       description = "Deployed revisions must be reachable from this branch (unless the deploy is forced); the first release is its head.";
     };
 
+    paths = option {
+      type = t.listOf t.str;
+      default = [];
+      example = ["apps/notes" "lib/" "bun.lock"];
+      description = ''
+        The repository's files that make up this service, as gitignore-like
+        patterns (a name without `/` matches at any depth, a directory
+        stands for its contents, `!` takes back, the last match decides).
+        A commit that changes none of them does not touch the service:
+        `berth app changed` says so, and `berth app deploy
+        --skip-untouched` (the reusable workflow's default) deploys nothing.
+        Empty: every file.
+      '';
+    };
+
+    quietPaths = option {
+      type = t.listOf t.str;
+      default = ["*.md" "docs/" "test/" "tests/"];
+      example = ["*.md" "docs/" "e2e/"];
+      description = ''
+        Of `paths`, the files whose changes alone are not worth a
+        notification (docs, tests): such a deploy still happens, but its
+        notification is SUPPRESS, as long as it succeeds. Same patterns as
+        `paths`.
+      '';
+    };
+
     runtime = option {
       type = t.enum ["bun" "node" "python" "custom"];
       default = "bun";

@@ -29,6 +29,14 @@ pub struct Manifest {
     /// Revisions must be reachable from this branch (unless forced).
     #[serde(default = "default_branch")]
     pub branch: String,
+    /// The repository's files that make up the service (gitignore-like
+    /// globs, see src/app/changes.rs); empty: all of them.
+    #[serde(default)]
+    pub paths: Vec<String>,
+    /// Files whose changes alone are not worth a notification: docs and
+    /// tests.
+    #[serde(default = "super::changes::default_quiet")]
+    pub quiet_paths: Vec<String>,
     pub health: Health,
     #[serde(default)]
     pub commands: Commands,
@@ -275,6 +283,8 @@ impl Manifest {
             unit: format!("{service}.service"),
             repository: None,
             branch: default_branch(),
+            paths: Vec::new(),
+            quiet_paths: super::changes::default_quiet(),
             health: Health {
                 url: String::new(),
                 status: default_status(),
@@ -338,6 +348,9 @@ impl Manifest {
                 "the health URL `{}` must be an http:// or https:// URL",
                 self.health.url
             ));
+        }
+        for patterns in [&self.paths, &self.quiet_paths] {
+            super::changes::Filter::new(patterns)?;
         }
         let dir = self.dir.clone();
         for path in self
@@ -466,6 +479,8 @@ mod tests {
         let m = Manifest::load(tmp.path(), "notes", &Overrides::default()).unwrap();
         assert_eq!(m.unit, "notes.service");
         assert_eq!(m.branch, "main");
+        assert!(m.paths.is_empty());
+        assert_eq!(m.quiet_paths, crate::app::changes::default_quiet());
         assert_eq!((m.health.status, m.health.timeout), (200, 60));
         assert_eq!(
             m.data.sqlite,
@@ -555,6 +570,11 @@ mod tests {
         json["unit"] = "a b".into();
         write(tmp.path(), "notes", json);
         assert!(Manifest::load(tmp.path(), "notes", &Overrides::default()).is_err());
+        let mut json = minimal("notes");
+        json["quietPaths"] = serde_json::json!(["docs/", "tests/[unit"]);
+        write(tmp.path(), "notes", json);
+        let err = Manifest::load(tmp.path(), "notes", &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("`tests/[unit`"), "{err}");
     }
 
     #[test]

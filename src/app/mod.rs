@@ -2,6 +2,7 @@
 //! transaction that the agent runs (lock, exact revision, SQLite snapshot,
 //! release swap, health, restore and rollback).
 
+pub mod changes;
 pub mod manifest;
 pub mod release;
 pub mod snapshot;

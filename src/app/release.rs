@@ -249,6 +249,29 @@ impl Repo<'_> {
         }
     }
 
+    /// The files whose contents differ between commits `from` and `to`
+    /// (a rename counts as both of its names).
+    pub async fn changed_files(&self, from: &str, to: &str) -> Result<Vec<String>, ReleaseError> {
+        let out = self
+            .run(&self.git().args([
+                "diff",
+                "--name-only",
+                "-z",
+                "--no-renames",
+                "--no-ext-diff",
+                "--end-of-options",
+                from,
+                to,
+            ]))
+            .await?;
+        Ok(out
+            .stdout
+            .split(|b| *b == 0)
+            .filter(|name| !name.is_empty())
+            .map(|name| String::from_utf8_lossy(name).into_owned())
+            .collect())
+    }
+
     /// Writes the tree of `sha` into the empty directory `dest` (no `.git`:
     /// a release is files, not a clone).
     pub async fn checkout(&self, sha: &str, dest: &Path) -> Result<(), ReleaseError> {

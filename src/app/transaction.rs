@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::changes::{Changes, Filter};
 use super::manifest::{Layout, Manifest};
 use super::release::{self, ReleaseError, Repo, Wanted};
 use super::snapshot::{self, Snapshot};
@@ -35,6 +36,10 @@ pub const GOAL_RESTORE: &str = "restore";
 /// The event that reports a dead agent's deployment, settled before this
 /// command's own work.
 pub const EVENT_RECOVERED: &str = "recovered";
+
+/// The event that says what a deploy changes for the service
+/// ([`Changes`]).
+pub const EVENT_CHANGES: &str = "changes";
 
 /// The phase recorded right before the service is first touched: an
 /// interrupted deployment that reached it must be rolled back.
@@ -133,6 +138,9 @@ pub struct DeployRequest {
     /// Do nothing when the service already runs a descendant of the
     /// revision (a newer deploy got there first).
     pub skip_superseded: bool,
+    /// Do nothing when the revision changes none of the manifest's `paths`
+    /// since the one the service runs.
+    pub skip_untouched: bool,
     pub dry_run: bool,
 }
 
@@ -163,6 +171,8 @@ pub struct Plan {
     pub files: Vec<PathBuf>,
     pub migrate: Option<String>,
     pub lock: Option<LockHolder>,
+    /// What the revision changes for the service (when it runs one).
+    pub changes: Option<Changes>,
 }
 
 /// `app status`.
@@ -415,7 +425,12 @@ impl AppAgent {
     pub async fn plan(&mut self, req: &DeployRequest) -> Result<Plan, AppError> {
         let sha = self.prepare(req).await?;
         let from = release::current_revision(&self.layout.current());
+        let changes = match &from {
+            Some(from) => Some(self.changes(from, &sha).await?),
+            None => None,
+        };
         Ok(Plan {
+            changes,
             service: self.service().to_owned(),
             unchanged: from.as_deref() == Some(sha.as_str()),
             from,
@@ -467,6 +482,28 @@ impl AppAgent {
                 });
             }
         }
+        let changes = match &from {
+            Some(from) => match self.changes(from, &sha).await {
+                Ok(c) => Some(c),
+                Err(e) if req.skip_untouched => return Err(e),
+                // What changed only shapes the notification: deploy anyway.
+                Err(e) => {
+                    tracing::warn!("could not tell what {from}..{sha} changes: {e}");
+                    None
+                }
+            },
+            None => None,
+        };
+        if let Some(c) = changes
+            .as_ref()
+            .filter(|c| req.skip_untouched && !c.touched)
+        {
+            return Ok(AgentResult {
+                outcome: Outcome::Unchanged,
+                message: format!("skipped: {}", c.describe()),
+                deployment: None,
+            });
+        }
         let d = self.store.begin(&NewDeployment {
             id: req.id.clone(),
             kind: Kind::App,
@@ -490,10 +527,64 @@ impl AppAgent {
                 std::process::id()
             ),
         );
+        if let Some(c) = &changes {
+            self.phase(&d.id, EVENT_CHANGES, &c.describe());
+            self.printer.event(EVENT_CHANGES, c);
+        }
         match self.run_deploy(&d, &sha, req.force).await {
             Ok(result) => Ok(result),
             Err((phase, err)) => self.fail(&d, phase, err).await,
         }
+    }
+
+    /// `app changed`: what `to` (default: the head of the service's
+    /// branch) changes for the service compared with `from` (default: the
+    /// revision it runs).
+    pub async fn changed(&self, from: Option<&str>, to: Option<&str>) -> Result<Changes, AppError> {
+        let repo = self.repo()?;
+        repo.ensure().await?;
+        repo.fetch().await?;
+        let to = match to {
+            Some(rev) => repo.resolve(&Wanted::Rev(rev.to_owned())).await?,
+            None => {
+                repo.resolve(&Wanted::Ref(self.manifest.branch.clone()))
+                    .await?
+            }
+        };
+        let from = match from {
+            Some(rev) => Some(repo.resolve(&Wanted::Rev(rev.to_owned())).await?),
+            None => release::current_revision(&self.layout.current()),
+        };
+        match from {
+            Some(from) => self.changes(&from, &to).await,
+            None => {
+                let [paths, quiet] = self.filters()?;
+                Ok(Changes::of(self.service(), None, &to, &[], &paths, &quiet))
+            }
+        }
+    }
+
+    /// What going from commit `from` to `to` changes for the service.
+    async fn changes(&self, from: &str, to: &str) -> Result<Changes, AppError> {
+        let files = self.repo()?.changed_files(from, to).await?;
+        let [paths, quiet] = self.filters()?;
+        Ok(Changes::of(
+            self.service(),
+            Some(from),
+            to,
+            &files,
+            &paths,
+            &quiet,
+        ))
+    }
+
+    /// The manifest's `paths` and `quietPaths`, compiled.
+    fn filters(&self) -> Result<[Filter; 2], AppError> {
+        let compile = |p: &[String]| Filter::new(p).map_err(AppError::Nothing);
+        Ok([
+            compile(&self.manifest.paths)?,
+            compile(&self.manifest.quiet_paths)?,
+        ])
     }
 
     /// Keeps the manifest this deploy uses, so that later commands on a

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::agent::system::{Activation, Agent, Goal};
 use crate::agent::{AgentResult, Outcome, EVENT_DEPLOYMENT, EVENT_RESULT, EVENT_STATUS};
 use crate::app::manifest::{self, Manifest, Overrides};
-use crate::app::transaction::{AppAgent, DeployRequest, RollbackRequest};
+use crate::app::transaction::{AppAgent, DeployRequest, RollbackRequest, EVENT_CHANGES};
 use crate::cli::Context;
 use crate::command::app;
 use crate::diagnostics::Exit;
@@ -136,6 +136,8 @@ pub enum Verb {
         #[arg(long)]
         skip_superseded: bool,
         #[arg(long)]
+        skip_untouched: bool,
+        #[arg(long)]
         dry_run: bool,
         #[command(flatten)]
         audit: AppAudit,
@@ -161,6 +163,17 @@ pub enum Verb {
     AppStatus {
         #[arg(long)]
         service: String,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+    /// What a range of commits changes for an app (its manifest's paths)
+    AppChanged {
+        #[arg(long)]
+        service: String,
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        to: Option<String>,
         #[command(flatten)]
         overrides: Overrides,
     },
@@ -301,6 +314,7 @@ pub async fn run(_ctx: &Context, args: Args) -> anyhow::Result<Exit> {
         Verb::AppDeploy { .. }
         | Verb::AppRollback { .. }
         | Verb::AppStatus { .. }
+        | Verb::AppChanged { .. }
         | Verb::AppHistory { .. }
         | Verb::Snapshot { .. }
         | Verb::Restore { .. }
@@ -330,6 +344,7 @@ async fn run_app(args: &Args, printer: Printer) -> anyhow::Result<Option<Exit>> 
             revision,
             force,
             skip_superseded,
+            skip_untouched,
             dry_run,
             audit,
             overrides,
@@ -344,6 +359,7 @@ async fn run_app(args: &Args, printer: Printer) -> anyhow::Result<Option<Exit>> 
                 lock_wait: wait(audit),
                 force: *force,
                 skip_superseded: *skip_superseded,
+                skip_untouched: *skip_untouched,
                 dry_run: *dry_run,
             };
             if *dry_run {
@@ -376,6 +392,18 @@ async fn run_app(args: &Args, printer: Printer) -> anyhow::Result<Option<Exit>> 
         Verb::AppStatus { service, overrides } => {
             let status = open(service, overrides)?.status("status").await?;
             printer.event(EVENT_STATUS, &status);
+            return Ok(Some(Exit::SUCCESS));
+        }
+        Verb::AppChanged {
+            service,
+            from,
+            to,
+            overrides,
+        } => {
+            let changes = open(service, overrides)?
+                .changed(from.as_deref(), to.as_deref())
+                .await?;
+            printer.event(EVENT_CHANGES, &changes);
             return Ok(Some(Exit::SUCCESS));
         }
         Verb::AppHistory {

@@ -10,8 +10,10 @@ use anyhow::Context as _;
 use crate::agent::{
     AgentResult, Outcome, EVENT_DEPLOYMENT, EVENT_PHASE, EVENT_RESULT, EVENT_STATUS,
 };
+use crate::app::changes::Changes;
 use crate::app::manifest::Overrides;
 use crate::app::release::Wanted;
+use crate::app::transaction::EVENT_CHANGES;
 use crate::cli::Context;
 use crate::diagnostics::{Exit, RemoteError, UsageError};
 use crate::host::{Destination, Host, SshHost};
@@ -30,6 +32,9 @@ pub enum AppCommand {
     Status(StatusArgs),
     /// Past deploys of the service, newest first
     History(HistoryArgs),
+    /// Whether a range of commits touches each service (its `paths`), and whether only its
+    /// docs or tests
+    Changed(ChangedArgs),
 }
 
 /// A service on a host: `SERVICE --host HOST [--user USER]`.
@@ -102,6 +107,10 @@ pub struct DeployArgs {
     /// Do nothing (and exit 0) when the service already runs a revision that contains this one
     #[arg(long)]
     pub skip_superseded: bool,
+    /// Do nothing (and exit 0) when no file of the service's `paths` changed between the
+    /// revision it runs and this one
+    #[arg(long)]
+    pub skip_untouched: bool,
     /// Resolve the revision and show what would happen; change nothing
     #[arg(long)]
     pub dry_run: bool,
@@ -145,6 +154,21 @@ pub struct StatusArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct ChangedArgs {
+    /// The services, as `berth.services.<name>` declares them
+    #[arg(value_name = "SERVICE", required = true)]
+    pub services: Vec<String>,
+    #[command(flatten)]
+    pub host: HostArgs,
+    /// Compare from this commit [default: the revision each service runs]
+    #[arg(long, value_name = "SHA")]
+    pub from: Option<String>,
+    /// Compare to this commit [default: the head of each service's branch]
+    #[arg(long, value_name = "SHA")]
+    pub to: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct HistoryArgs {
     #[command(flatten)]
     pub target: ServiceArgs,
@@ -159,6 +183,7 @@ pub async fn run(ctx: &Context, command: AppCommand) -> anyhow::Result<Exit> {
         AppCommand::Rollback(args) => rollback(ctx, args).await,
         AppCommand::Status(args) => status(ctx, args).await,
         AppCommand::History(args) => history(ctx, args).await,
+        AppCommand::Changed(args) => changed(ctx, args).await,
     }
 }
 
@@ -316,6 +341,9 @@ async fn deploy(ctx: &Context, args: DeployArgs) -> anyhow::Result<Exit> {
     if args.skip_superseded {
         cmd = cmd.arg("--skip-superseded");
     }
+    if args.skip_untouched {
+        cmd = cmd.arg("--skip-untouched");
+    }
     if args.dry_run {
         cmd = cmd.arg("--dry-run");
     }
@@ -372,6 +400,9 @@ fn describe_plan(plan: &serde_json::Value) -> String {
     text.push_str(&format!(", snapshotting {dbs} database(s)"));
     if let Some(m) = plan["migrate"].as_str() {
         text.push_str(&format!(", migrating with `{m}`"));
+    }
+    if let Ok(c) = serde_json::from_value::<Changes>(plan["changes"].clone()) {
+        text.push_str(&format!("; {}", c.describe()));
     }
     if plan["lock"].is_object() {
         text.push_str(&format!(
@@ -514,6 +545,28 @@ fn show_status(printer: Printer, service: &str, s: &serde_json::Value) {
             text(&s["lock"]["reason"])
         ));
     }
+}
+
+async fn changed(ctx: &Context, args: ChangedArgs) -> anyhow::Result<Exit> {
+    for service in &args.services {
+        let mut cmd = agent(ctx, "app-changed", Some(service));
+        for (flag, value) in [("--from", &args.from), ("--to", &args.to)] {
+            if let Some(rev) = value {
+                cmd = cmd.args([flag, rev]);
+            }
+        }
+        let target = ServiceArgs {
+            service: service.clone(),
+            host: args.host.clone(),
+        };
+        for event in query(ctx, &target, &cmd, EVENT_CHANGES).await? {
+            ctx.printer.event(EVENT_CHANGES, &event);
+            if let Ok(c) = serde_json::from_value::<Changes>(event) {
+                ctx.printer.line(c.describe());
+            }
+        }
+    }
+    Ok(Exit::SUCCESS)
 }
 
 async fn history(ctx: &Context, args: HistoryArgs) -> anyhow::Result<Exit> {

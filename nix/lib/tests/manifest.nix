@@ -18,6 +18,8 @@ in [
       unit = "notes.service";
       repository = "https://example.com/notes.git";
       branch = "main";
+      paths = [];
+      quietPaths = ["*.md" "docs/" "test/" "tests/"];
       health = {
         url = "http://127.0.0.1:3000/health";
         status = 200;
@@ -47,6 +49,8 @@ in [
       port = 8080;
       repository = "git@github.com:acme/wiki.git";
       branch = "production";
+      paths = ["apps/wiki" "!apps/wiki/e2e"];
+      quietPaths = ["*.md"];
       environment.LOG_LEVEL = "debug";
       health = {
         path = "/up";
@@ -75,6 +79,8 @@ in [
       unit = "wiki.service";
       repository = "git@github.com:acme/wiki.git";
       branch = "production";
+      paths = ["apps/wiki" "!apps/wiki/e2e"];
+      quietPaths = ["*.md"];
       health = {
         url = "http://127.0.0.1:8080/up";
         status = 204;
