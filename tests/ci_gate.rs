@@ -3,155 +3,22 @@
 //! none triggered, a required check that never comes, a failed commit
 //! status, an unknown commit, pagination.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+mod common;
+
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread;
+use std::sync::Arc;
 
 use serde_json::{json, Value};
 
+use common::{runs, Commit, Server};
+
 const REPO: &str = "berth-deploy/notes";
 const SHA: &str = "3f2a9c1e0b7d4c65a8e1f0d2b3c4a5e6f7081920";
-
-/// An answer: status code, extra header lines, JSON body.
-type Answer = (u16, String, String);
-/// Picks the answer to a request target, given how often it was asked before.
-type Script = dyn Fn(&str, usize) -> Answer + Send + Sync;
-/// Each request's target and its header lines, in lower case.
-type Log = Mutex<Vec<(String, Vec<String>)>>;
-
-/// One thread per connection; records each request's target and headers.
-struct Server {
-    port: u16,
-    requests: Arc<Log>,
-}
-
-impl Server {
-    fn start(script: impl Fn(&str, usize) -> Answer + Send + Sync + 'static) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let log = requests.clone();
-        let script: Arc<Script> = Arc::new(script);
-        thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                let log = log.clone();
-                let script = script.clone();
-                thread::spawn(move || answer(stream, &log, &*script));
-            }
-        });
-        Server { port, requests }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn targets(&self) -> Vec<String> {
-        let requests = self.requests.lock().unwrap();
-        requests.iter().map(|(t, _)| t.clone()).collect()
-    }
-}
-
-fn answer(stream: TcpStream, log: &Log, script: &Script) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut request_line = String::new();
-    if reader.read_line(&mut request_line).is_err() {
-        return;
-    }
-    let mut headers = Vec::new();
-    loop {
-        let mut line = String::new();
-        match reader.read_line(&mut line) {
-            Ok(0) | Err(_) => break,
-            Ok(_) if line == "\r\n" => break,
-            Ok(_) => headers.push(line.trim_end().to_ascii_lowercase()),
-        }
-    }
-    let target = request_line
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or("")
-        .to_owned();
-    let hit = {
-        let mut log = log.lock().unwrap();
-        let hit = log.iter().filter(|(t, _)| *t == target).count();
-        log.push((target.clone(), headers));
-        hit
-    };
-    let (status, extra, body) = script(&target, hit);
-    let mut stream = stream;
-    let _ = write!(
-        stream,
-        "HTTP/1.1 {status} X\r\nContent-Type: application/json; charset=utf-8\r\n{extra}\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-}
-
-fn check_runs_path() -> String {
-    format!("/repos/{REPO}/commits/{SHA}/check-runs?per_page=100")
-}
-
-fn status_path() -> String {
-    format!("/repos/{REPO}/commits/{SHA}/status")
-}
-
-/// A check run as GitHub returns it.
-fn run_json(id: u64, name: &str, status: &str, conclusion: Option<&str>) -> Value {
-    json!({
-        "id": id,
-        "head_sha": SHA,
-        "node_id": format!("CR_kwDO{id}"),
-        "external_id": "",
-        "url": format!("https://api.github.com/repos/{REPO}/check-runs/{id}"),
-        "html_url": format!("https://github.com/{REPO}/actions/runs/7000/job/{id}"),
-        "details_url": format!("https://github.com/{REPO}/actions/runs/7000/job/{id}"),
-        "status": status,
-        "conclusion": conclusion,
-        "started_at": "2026-11-23T12:00:00Z",
-        "completed_at": conclusion.map(|_| "2026-11-23T12:03:00Z"),
-        "name": name,
-        "check_suite": { "id": 9000 },
-        "app": { "id": 15368, "slug": "github-actions", "name": "GitHub Actions" },
-        "pull_requests": []
-    })
-}
-
-fn runs(runs: Vec<Value>) -> Answer {
-    let body = json!({ "total_count": runs.len(), "check_runs": runs });
-    (200, String::new(), body.to_string())
-}
-
-/// The combined status, as GitHub returns it (`pending` with no statuses).
-fn statuses(statuses: Vec<Value>) -> Answer {
-    let body = json!({
-        "state": if statuses.is_empty() { "pending" } else { "failure" },
-        "statuses": statuses,
-        "sha": SHA,
-        "total_count": statuses.len(),
-        "repository": { "id": 1, "full_name": REPO },
-        "commit_url": format!("https://api.github.com/repos/{REPO}/commits/{SHA}"),
-        "url": format!("https://api.github.com/repos/{REPO}/commits/{SHA}/status")
-    });
-    (200, String::new(), body.to_string())
-}
-
-fn not_found() -> Answer {
-    (
-        404,
-        String::new(),
-        json!({
-            "message": "No commit found for SHA: 3f2a9c1e0b7d4c65a8e1f0d2b3c4a5e6f7081920",
-            "documentation_url": "https://docs.github.com/rest/checks/runs#list-check-runs-for-a-git-reference",
-            "status": "404"
-        })
-        .to_string(),
-    )
-}
+const COMMIT: Commit<'static> = Commit {
+    repo: REPO,
+    sha: SHA,
+};
 
 /// berth, talking to `server` as GitHub's API.
 fn berth_with(server: &Server) -> Command {
@@ -204,19 +71,19 @@ fn events(stdout: &str) -> Vec<Value> {
 #[test]
 fn pending_then_green_passes() {
     let server = Server::start(|target, hit| {
-        if target == check_runs_path() {
+        if target == COMMIT.check_runs_path() {
             let (status, conclusion) = match hit {
                 0 | 1 => ("in_progress", None),
                 _ => ("completed", Some("success")),
             };
             runs(vec![
-                run_json(101, "build", status, conclusion),
-                run_json(102, "lint", "completed", Some("skipped")),
+                COMMIT.run(101, "build", status, conclusion),
+                COMMIT.run(102, "lint", "completed", Some("skipped")),
             ])
-        } else if target == status_path() {
-            statuses(vec![])
+        } else if target == COMMIT.status_path() {
+            COMMIT.statuses(vec![])
         } else {
-            not_found()
+            COMMIT.not_found()
         }
     });
     let (code, stdout, stderr) = run(berth(&server).env("GITHUB_TOKEN", "ghp_test").args([
@@ -243,7 +110,7 @@ fn pending_then_green_passes() {
     let polls = server
         .targets()
         .iter()
-        .filter(|t| **t == check_runs_path())
+        .filter(|t| **t == COMMIT.check_runs_path())
         .count();
     assert_eq!(polls, 3);
     let events = events(&stdout);
@@ -275,16 +142,16 @@ fn pending_then_green_passes() {
 #[test]
 fn a_failed_check_fails_naming_it() {
     let server = Server::start(|target, _| {
-        if target == check_runs_path() {
+        if target == COMMIT.check_runs_path() {
             runs(vec![
-                run_json(201, "build", "completed", Some("success")),
-                run_json(202, "test", "completed", Some("failure")),
-                run_json(203, "e2e", "queued", None),
+                COMMIT.run(201, "build", "completed", Some("success")),
+                COMMIT.run(202, "test", "completed", Some("failure")),
+                COMMIT.run(203, "e2e", "queued", None),
             ])
-        } else if target == status_path() {
-            statuses(vec![])
+        } else if target == COMMIT.status_path() {
+            COMMIT.statuses(vec![])
         } else {
-            not_found()
+            COMMIT.not_found()
         }
     });
     let (code, stdout, stderr) = run(berth(&server).arg("--json"));
@@ -309,12 +176,12 @@ fn a_failed_check_fails_naming_it() {
 #[test]
 fn no_checks_at_all_pass_at_once() {
     let server = Server::start(|target, _| {
-        if target == check_runs_path() {
+        if target == COMMIT.check_runs_path() {
             runs(vec![])
-        } else if target == status_path() {
-            statuses(vec![])
+        } else if target == COMMIT.status_path() {
+            COMMIT.statuses(vec![])
         } else {
-            not_found()
+            COMMIT.not_found()
         }
     });
     let (code, _, stderr) = run(&mut berth(&server));
@@ -323,18 +190,21 @@ fn no_checks_at_all_pass_at_once() {
         stderr.contains("no checks on berth-deploy/notes@3f2a9c1: no workflow ran for it"),
         "{stderr}"
     );
-    assert_eq!(server.targets(), [check_runs_path(), status_path()]);
+    assert_eq!(
+        server.targets(),
+        [COMMIT.check_runs_path(), COMMIT.status_path()]
+    );
 }
 
 #[test]
 fn a_required_check_that_never_comes_times_out() {
     let server = Server::start(|target, _| {
-        if target == check_runs_path() {
-            runs(vec![run_json(301, "build", "completed", Some("success"))])
-        } else if target == status_path() {
-            statuses(vec![])
+        if target == COMMIT.check_runs_path() {
+            runs(vec![COMMIT.run(301, "build", "completed", Some("success"))])
+        } else if target == COMMIT.status_path() {
+            COMMIT.statuses(vec![])
         } else {
-            not_found()
+            COMMIT.not_found()
         }
     });
     let started = std::time::Instant::now();
@@ -368,10 +238,10 @@ fn a_required_check_that_never_comes_times_out() {
 #[test]
 fn a_failed_commit_status_fails() {
     let server = Server::start(|target, _| {
-        if target == check_runs_path() {
-            runs(vec![run_json(401, "build", "completed", Some("success"))])
-        } else if target == status_path() {
-            statuses(vec![json!({
+        if target == COMMIT.check_runs_path() {
+            runs(vec![COMMIT.run(401, "build", "completed", Some("success"))])
+        } else if target == COMMIT.status_path() {
+            COMMIT.statuses(vec![json!({
                 "url": format!("https://api.github.com/repos/{REPO}/statuses/{SHA}"),
                 "id": 501,
                 "state": "failure",
@@ -382,7 +252,7 @@ fn a_failed_commit_status_fails() {
                 "updated_at": "2026-11-23T12:04:00Z"
             })])
         } else {
-            not_found()
+            COMMIT.not_found()
         }
     });
     let (code, _, stderr) = run(&mut berth(&server));
@@ -395,7 +265,7 @@ fn a_failed_commit_status_fails() {
 
 #[test]
 fn an_unknown_commit_is_a_usage_error() {
-    let server = Server::start(|_, _| not_found());
+    let server = Server::start(|_, _| COMMIT.not_found());
     let (code, _, stderr) = run(&mut berth(&server));
     assert_eq!(code, 2, "{stderr}");
     assert!(
@@ -429,9 +299,9 @@ fn every_page_of_check_runs_is_read() {
     let port = Arc::new(AtomicU16::new(0));
     let own_port = port.clone();
     let server = Server::start(move |target, _| {
-        let page2 = format!("{}&page=2", check_runs_path());
+        let page2 = format!("{}&page=2", COMMIT.check_runs_path());
         let page = |run: Value| json!({ "total_count": 2, "check_runs": [run] }).to_string();
-        if target == check_runs_path() {
+        if target == COMMIT.check_runs_path() {
             let next = format!(
                 "http://127.0.0.1:{}{page2}",
                 own_port.load(Ordering::SeqCst)
@@ -440,21 +310,21 @@ fn every_page_of_check_runs_is_read() {
             (
                 200,
                 link,
-                page(run_json(601, "build", "completed", Some("success"))),
+                page(COMMIT.run(601, "build", "completed", Some("success"))),
             )
         } else if target == page2 {
             (
                 200,
                 String::new(),
-                page(run_json(602, "test", "completed", Some("failure"))),
+                page(COMMIT.run(602, "test", "completed", Some("failure"))),
             )
-        } else if target == status_path() {
-            statuses(vec![])
+        } else if target == COMMIT.status_path() {
+            COMMIT.statuses(vec![])
         } else {
-            not_found()
+            COMMIT.not_found()
         }
     });
-    port.store(server.port, Ordering::SeqCst);
+    port.store(server.port(), Ordering::SeqCst);
     let (code, _, stderr) = run(&mut berth(&server));
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("failed: test (failure"), "{stderr}");
@@ -464,12 +334,17 @@ fn every_page_of_check_runs_is_read() {
 /// A server whose only check failed.
 fn red() -> Server {
     Server::start(|target, _| {
-        if target == check_runs_path() {
-            runs(vec![run_json(701, "test", "completed", Some("cancelled"))])
-        } else if target == status_path() {
-            statuses(vec![])
+        if target == COMMIT.check_runs_path() {
+            runs(vec![COMMIT.run(
+                701,
+                "test",
+                "completed",
+                Some("cancelled"),
+            )])
+        } else if target == COMMIT.status_path() {
+            COMMIT.statuses(vec![])
         } else {
-            not_found()
+            COMMIT.not_found()
         }
     })
 }

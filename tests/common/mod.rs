@@ -1,0 +1,208 @@
+//! What more than one test crate needs: a loopback HTTP server that replays
+//! GitHub API answers, poll by poll, and the JSON GitHub answers with.
+
+// Each test crate that says `mod common;` uses its own part of this.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+/// An answer: status code, extra header lines, JSON body.
+pub type Answer = (u16, String, String);
+/// Picks the answer to a request target, given how often it was asked before.
+pub type Script = dyn Fn(&str, usize) -> Answer + Send + Sync;
+/// Each request's target and its header lines, in lower case.
+pub type Log = Mutex<Vec<(String, Vec<String>)>>;
+
+/// One thread per connection; records each request's target and headers.
+/// Stops listening when dropped.
+pub struct Server {
+    addr: SocketAddr,
+    pub requests: Arc<Log>,
+    stop: Arc<AtomicBool>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    /// A server on 127.0.0.1.
+    pub fn start(script: impl Fn(&str, usize) -> Answer + Send + Sync + 'static) -> Server {
+        Server::start_on(Ipv4Addr::LOCALHOST.into(), script)
+    }
+
+    /// A server on `ip`, e.g. the machine's end of a lab host's veth, which
+    /// the lab host reaches.
+    pub fn start_on(
+        ip: IpAddr,
+        script: impl Fn(&str, usize) -> Answer + Send + Sync + 'static,
+    ) -> Server {
+        let listener = TcpListener::bind((ip, 0)).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let log = requests.clone();
+        let stopping = stop.clone();
+        let script: Arc<Script> = Arc::new(script);
+        let accept = thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stopping.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                let log = log.clone();
+                let script = script.clone();
+                thread::spawn(move || answer(stream, &log, &*script));
+            }
+        });
+        Server {
+            addr,
+            requests,
+            stop,
+            accept: Some(accept),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn targets(&self) -> Vec<String> {
+        let requests = self.requests.lock().unwrap();
+        requests.iter().map(|(t, _)| t.clone()).collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag and closes the listener.
+        // Should the address be gone already, the thread ends with the test.
+        if TcpStream::connect_timeout(&self.addr, Duration::from_secs(1)).is_ok() {
+            if let Some(accept) = self.accept.take() {
+                let _ = accept.join();
+            }
+        }
+    }
+}
+
+fn answer(stream: TcpStream, log: &Log, script: &Script) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).is_err() {
+        return;
+    }
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) if line == "\r\n" => break,
+            Ok(_) => headers.push(line.trim_end().to_ascii_lowercase()),
+        }
+    }
+    let target = request_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("")
+        .to_owned();
+    let hit = {
+        let mut log = log.lock().unwrap();
+        let hit = log.iter().filter(|(t, _)| *t == target).count();
+        log.push((target.clone(), headers));
+        hit
+    };
+    let (status, extra, body) = script(&target, hit);
+    let mut stream = stream;
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status} X\r\nContent-Type: application/json; charset=utf-8\r\n{extra}\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+}
+
+/// One commit of one repository, and what GitHub says about it.
+#[derive(Clone, Copy, Debug)]
+pub struct Commit<'a> {
+    pub repo: &'a str,
+    pub sha: &'a str,
+}
+
+impl Commit<'_> {
+    pub fn check_runs_path(&self) -> String {
+        format!(
+            "/repos/{}/commits/{}/check-runs?per_page=100",
+            self.repo, self.sha
+        )
+    }
+
+    pub fn status_path(&self) -> String {
+        format!("/repos/{}/commits/{}/status", self.repo, self.sha)
+    }
+
+    /// A check run as GitHub returns it.
+    pub fn run(&self, id: u64, name: &str, status: &str, conclusion: Option<&str>) -> Value {
+        let (repo, sha) = (self.repo, self.sha);
+        json!({
+            "id": id,
+            "head_sha": sha,
+            "node_id": format!("CR_kwDO{id}"),
+            "external_id": "",
+            "url": format!("https://api.github.com/repos/{repo}/check-runs/{id}"),
+            "html_url": format!("https://github.com/{repo}/actions/runs/7000/job/{id}"),
+            "details_url": format!("https://github.com/{repo}/actions/runs/7000/job/{id}"),
+            "status": status,
+            "conclusion": conclusion,
+            "started_at": "2026-11-23T12:00:00Z",
+            "completed_at": conclusion.map(|_| "2026-11-23T12:03:00Z"),
+            "name": name,
+            "check_suite": { "id": 9000 },
+            "app": { "id": 15368, "slug": "github-actions", "name": "GitHub Actions" },
+            "pull_requests": []
+        })
+    }
+
+    /// The combined status, as GitHub returns it (`pending` with no statuses).
+    pub fn statuses(&self, statuses: Vec<Value>) -> Answer {
+        let (repo, sha) = (self.repo, self.sha);
+        let body = json!({
+            "state": if statuses.is_empty() { "pending" } else { "failure" },
+            "statuses": statuses,
+            "sha": sha,
+            "total_count": statuses.len(),
+            "repository": { "id": 1, "full_name": repo },
+            "commit_url": format!("https://api.github.com/repos/{repo}/commits/{sha}"),
+            "url": format!("https://api.github.com/repos/{repo}/commits/{sha}/status")
+        });
+        (200, String::new(), body.to_string())
+    }
+
+    /// GitHub's answer for a commit it does not have.
+    pub fn not_found(&self) -> Answer {
+        (
+            404,
+            String::new(),
+            json!({
+                "message": format!("No commit found for SHA: {}", self.sha),
+                "documentation_url": "https://docs.github.com/rest/checks/runs#list-check-runs-for-a-git-reference",
+                "status": "404"
+            })
+            .to_string(),
+        )
+    }
+}
+
+/// A page of check runs.
+pub fn runs(runs: Vec<Value>) -> Answer {
+    let body = json!({ "total_count": runs.len(), "check_runs": runs });
+    (200, String::new(), body.to_string())
+}
