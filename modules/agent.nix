@@ -53,19 +53,33 @@ in {
         restartIfChanged = false;
         path = [config.nix.package pkgs.git pkgs.openssh];
         environment.BERTH_STATE_DIR = cfg.stateDir;
-        serviceConfig = {
-          Type = "oneshot";
-          ExecStart = lib.escapeShellArgs [
-            (lib.getExe' cfg.package "berth")
-            "converge"
-            "--state-dir"
-            cfg.stateDir
-            "--flake"
-            (toString cfg.converge.flake)
-            "--node"
-            cfg.converge.node
-          ];
-        };
+        serviceConfig =
+          {Type = "oneshot";}
+          // lib.optionalAttrs (cfg.converge.githubTokenFile != null) {
+            LoadCredential = "github-token:${cfg.converge.githubTokenFile}";
+          };
+        script = ''
+          ${lib.optionalString (cfg.converge.githubTokenFile != null) ''
+            GITHUB_TOKEN="$(<"$CREDENTIALS_DIRECTORY/github-token")"
+            export GITHUB_TOKEN
+          ''}
+          exec ${lib.escapeShellArgs ([
+              (lib.getExe' cfg.package "berth")
+              "converge"
+              "--state-dir"
+              cfg.stateDir
+              "--flake"
+              (toString cfg.converge.flake)
+              "--node"
+              cfg.converge.node
+            ]
+            ++ lib.optionals (cfg.converge.requireCi != null) [
+              "--require-ci"
+              cfg.converge.requireCi
+              "--ci-timeout"
+              (toString cfg.converge.ciTimeout)
+            ])}
+        '';
       };
       systemd.timers.berth-converge = {
         description = "berth: deploy this host from its flake, now and then";

@@ -125,9 +125,11 @@ impl Api {
             .unwrap_or_else(|| DEFAULT_API_URL.to_owned());
         Api {
             base: base.trim_end_matches('/').to_owned(),
+            // A token read from a file often ends in a newline.
             token: std::env::var(env::GITHUB_TOKEN)
                 .ok()
-                .filter(|v| !v.trim().is_empty()),
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty()),
         }
     }
 }
@@ -409,7 +411,7 @@ impl Client {
             StatusCode::NOT_FOUND | StatusCode::UNPROCESSABLE_ENTITY => {
                 Err(Failure::Fatal(anyhow::Error::new(
                     UsageError::new(format!("no commit {} in {}", self.sha, self.repo)).hint(
-                        format!("check --repo and --sha (the commit must be pushed); {token_hint}"),
+                        format!("check the repository and the commit (it must be pushed); {token_hint}"),
                     ),
                 )))
             }

@@ -723,6 +723,35 @@ in {
         example = "1h";
         description = "How long after the last run the next one starts, a systemd time span.";
       };
+      requireCi = option {
+        type = t.nullOr t.str;
+        default = null;
+        example = "acme/fleet";
+        description = ''
+          The GitHub repository (`OWNER/NAME`) whose checks of the flake's
+          revision must pass before the host deploys it (`berth converge
+          --require-ci`): a failed check skips the revision, checks still
+          running are waited for up to `ciTimeout` and then left to the
+          next run. Needs a flake with a git revision.
+        '';
+      };
+      ciTimeout = option {
+        type = t.unsigned;
+        default = 60;
+        example = 300;
+        description = "Seconds a run waits for the checks of `requireCi` to finish.";
+      };
+      githubTokenFile = option {
+        type = t.nullOr t.str;
+        default = null;
+        example = "/run/secrets/github-token";
+        description = ''
+          A file holding the GitHub token `requireCi` asks the API with
+          (needed for a private repository, and against the low anonymous
+          rate limit). Passed to the unit as a systemd credential, never
+          copied to the Nix store.
+        '';
+      };
     };
   };
 

@@ -100,6 +100,9 @@ in [
           flake = null;
           node = null;
           interval = "15min";
+          requireCi = null;
+          ciTimeout = 60;
+          githubTokenFile = null;
         };
       };
       machine = {
