@@ -411,7 +411,9 @@ impl Client {
             StatusCode::NOT_FOUND | StatusCode::UNPROCESSABLE_ENTITY => {
                 Err(Failure::Fatal(anyhow::Error::new(
                     UsageError::new(format!("no commit {} in {}", self.sha, self.repo)).hint(
-                        format!("check the repository and the commit (it must be pushed); {token_hint}"),
+                        format!(
+                            "check the repository and the commit (it must be pushed); {token_hint}"
+                        ),
                     ),
                 )))
             }

@@ -5,13 +5,13 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use common::{runs, Commit, Server};
+use common::{events, run, runs, Commit, Server};
 
 const REPO: &str = "berth-deploy/notes";
 const SHA: &str = "3f2a9c1e0b7d4c65a8e1f0d2b3c4a5e6f7081920";
@@ -22,23 +22,8 @@ const COMMIT: Commit<'static> = Commit {
 
 /// berth, talking to `server` as GitHub's API.
 fn berth_with(server: &Server) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
-    cmd.env_remove("BERTH_SSH_CONFIG")
-        .env_remove("RUST_LOG")
-        .env_remove("GITHUB_TOKEN")
-        .env("GITHUB_API_URL", server.url())
-        .env("NO_COLOR", "1");
-    // A proxy from the environment would stand between berth and 127.0.0.1.
-    for var in [
-        "http_proxy",
-        "HTTP_PROXY",
-        "https_proxy",
-        "HTTPS_PROXY",
-        "all_proxy",
-        "ALL_PROXY",
-    ] {
-        cmd.env_remove(var);
-    }
+    let mut cmd = common::berth();
+    cmd.env("GITHUB_API_URL", server.url());
     cmd
 }
 
@@ -46,26 +31,6 @@ fn berth(server: &Server) -> Command {
     let mut cmd = berth_with(server);
     cmd.args(["ci-gate", "--repo", REPO, "--sha", SHA]);
     cmd
-}
-
-fn run(cmd: &mut Command) -> (i32, String, String) {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = cmd.output().unwrap();
-    (
-        status.code().expect("berth was killed by a signal"),
-        String::from_utf8(stdout).unwrap(),
-        String::from_utf8(stderr).unwrap(),
-    )
-}
-
-fn events(stdout: &str) -> Vec<Value> {
-    stdout
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
-        .collect()
 }
 
 #[test]
@@ -272,7 +237,10 @@ fn an_unknown_commit_is_a_usage_error() {
         stderr.contains(&format!("error: no commit {SHA} in {REPO}\n")),
         "{stderr}"
     );
-    assert!(stderr.contains("hint: check --repo and --sha"), "{stderr}");
+    assert!(
+        stderr.contains("hint: check the repository and the commit"),
+        "{stderr}"
+    );
     assert!(stderr.contains("GITHUB_TOKEN is not set"), "{stderr}");
 }
 

@@ -2,31 +2,13 @@
 //! and its whole lifecycle. The lifecycle needs root and the lab's packages
 //! (scripts/install-deps).
 
+mod common;
+
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn berth() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
-    cmd.env_remove("BERTH_LAB_DIR")
-        .env_remove("BERTH_SSH_CONFIG")
-        .env_remove("RUST_LOG")
-        .env("NO_COLOR", "1");
-    cmd
-}
-
-fn run(cmd: &mut Command) -> (i32, String, String) {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = cmd.output().unwrap();
-    (
-        status.code().expect("berth was killed by a signal"),
-        String::from_utf8(stdout).unwrap(),
-        String::from_utf8(stderr).unwrap(),
-    )
-}
+use common::{berth, run};
 
 #[test]
 fn help_lists_the_commands() {

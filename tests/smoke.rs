@@ -1,15 +1,17 @@
 //! `berth smoke` against a real HTTP server on 127.0.0.1: passing and
 //! failing checks, redirects left alone, retries, no answer, bad input.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use serde_json::Value;
+use common::{events, run};
 
 /// A server that answers fixed statuses per path, one thread per
 /// connection, and records each request target.
@@ -92,43 +94,9 @@ fn answer(stream: TcpStream, log: &Mutex<Vec<String>>, flaky: &AtomicUsize) {
 }
 
 fn berth() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
-    cmd.env_remove("BERTH_SSH_CONFIG")
-        .env_remove("RUST_LOG")
-        .env("NO_COLOR", "1");
-    // A proxy from the environment would stand between berth and 127.0.0.1.
-    for var in [
-        "http_proxy",
-        "HTTP_PROXY",
-        "https_proxy",
-        "HTTPS_PROXY",
-        "all_proxy",
-        "ALL_PROXY",
-    ] {
-        cmd.env_remove(var);
-    }
+    let mut cmd = common::berth();
     cmd.arg("smoke");
     cmd
-}
-
-fn run(cmd: &mut Command) -> (i32, String, String) {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = cmd.output().unwrap();
-    (
-        status.code().expect("berth was killed by a signal"),
-        String::from_utf8(stdout).unwrap(),
-        String::from_utf8(stderr).unwrap(),
-    )
-}
-
-fn events(stdout: &str) -> Vec<Value> {
-    stdout
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
-        .collect()
 }
 
 /// The lines of stderr with each `(N ms…)` made `(… ms…)`.

@@ -1,17 +1,64 @@
-//! What more than one test crate needs: a loopback HTTP server that replays
-//! GitHub API answers, poll by poll, and the JSON GitHub answers with.
+//! What more than one test crate needs: the built berth with a clean
+//! environment, a loopback HTTP server that replays GitHub API answers,
+//! poll by poll, and the JSON GitHub answers with.
 
 // Each test crate that says `mod common;` uses its own part of this.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use serde_json::{json, Value};
+
+/// The built berth, without what the caller's environment could slip in:
+/// a lab directory, an SSH config, a log filter, a GitHub token, a proxy
+/// (which would stand between berth and 127.0.0.1), colour.
+pub fn berth() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+    for var in [
+        "BERTH_LAB_DIR",
+        "BERTH_SSH_CONFIG",
+        "RUST_LOG",
+        "GITHUB_TOKEN",
+        "http_proxy",
+        "HTTP_PROXY",
+        "https_proxy",
+        "HTTPS_PROXY",
+        "all_proxy",
+        "ALL_PROXY",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("NO_COLOR", "1");
+    cmd
+}
+
+/// Runs `cmd`: its exit code, stdout and stderr.
+pub fn run(cmd: &mut Command) -> (i32, String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().unwrap();
+    (
+        status.code().expect("berth was killed by a signal"),
+        String::from_utf8(stdout).unwrap(),
+        String::from_utf8(stderr).unwrap(),
+    )
+}
+
+/// Every line of `stdout`, as JSON.
+pub fn events(stdout: &str) -> Vec<Value> {
+    stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect()
+}
 
 /// An answer: status code, extra header lines, JSON body.
 pub type Answer = (u16, String, String);
