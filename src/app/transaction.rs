@@ -425,8 +425,9 @@ impl AppAgent {
     pub async fn plan(&mut self, req: &DeployRequest) -> Result<Plan, AppError> {
         let sha = self.prepare(req).await?;
         let from = release::current_revision(&self.layout.current());
+        // What it changes only informs the plan.
         let changes = match &from {
-            Some(from) => Some(self.changes(from, &sha).await?),
+            Some(from) => self.changes(from, &sha).await.ok(),
             None => None,
         };
         Ok(Plan {
