@@ -89,10 +89,7 @@ pub fn find_events(stdout: &[u8], name: &str) -> Vec<serde_json::Value> {
 /// How the deployer calls the agent on a host: `<agent> agent <verb> …`.
 /// Pure builders; the deployer runs them through its `Host`.
 pub mod call {
-    use std::time::Duration;
-
-    use super::system::Goal;
-    use crate::nix::StorePath;
+    use super::system::Activation;
     use crate::process::Cmd;
 
     fn agent(program: &str, verb: &str) -> Cmd {
@@ -107,30 +104,30 @@ pub mod call {
         pub ci_run_url: Option<String>,
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub fn activate(
-        program: &str,
-        id: &str,
-        node: &str,
-        path: &StorePath,
-        goal: Goal,
-        confirm_timeout: Duration,
-        magic_rollback: bool,
-        audit: &Audit,
-    ) -> Cmd {
+    /// `agent activate`: the command line the agent parses back into `a`.
+    pub fn activate(program: &str, a: &Activation) -> Cmd {
         let mut cmd = agent(program, "activate")
-            .args(["--id", id, "--node", node, "--path", path.as_str()])
-            .args(["--goal", goal.as_str()])
-            .args(["--confirm-timeout", &confirm_timeout.as_secs().to_string()])
-            .args(["--actor", &audit.actor]);
-        if !magic_rollback {
+            .args(["--id", &a.id, "--node", &a.node, "--path", a.path.as_str()])
+            .args(["--goal", a.goal.as_str()])
+            .args([
+                "--confirm-timeout",
+                &a.confirm_timeout.as_secs().to_string(),
+            ])
+            .args(["--actor", &a.actor]);
+        if !a.magic_rollback {
             cmd = cmd.arg("--no-magic-rollback");
         }
-        if let Some(reason) = &audit.reason {
+        if let Some(reason) = &a.reason {
             cmd = cmd.args(["--reason", reason]);
         }
-        if let Some(url) = &audit.ci_run_url {
+        if let Some(url) = &a.ci_run_url {
             cmd = cmd.args(["--ci-run-url", url]);
+        }
+        if let Some(revision) = &a.revision {
+            cmd = cmd.args(["--revision", revision.as_str()]);
+        }
+        if let Some(revision) = &a.expect_revision {
+            cmd = cmd.args(["--expect-revision", revision.as_str()]);
         }
         cmd
     }
@@ -172,51 +169,58 @@ pub mod call {
 
     #[cfg(test)]
     mod tests {
+        use std::time::Duration;
+
+        use super::super::system::Goal;
         use super::*;
+        use crate::flake::Revision;
+        use crate::nix::StorePath;
 
         #[test]
         fn activate_argv() {
             let path =
                 StorePath::new("/nix/store/67gmyx5vdbg0dv7csdd6gh406z3bs23w-nixos-system-web1")
                     .unwrap();
-            let audit = Audit {
+            let mut a = Activation {
+                id: "ID".into(),
+                node: "web1".into(),
+                path: path.clone(),
+                goal: Goal::Switch,
+                confirm_timeout: Duration::from_secs(30),
+                magic_rollback: false,
                 actor: "alice@laptop".into(),
                 reason: Some("kernel update".into()),
                 ci_run_url: None,
+                revision: None,
+                expect_revision: None,
             };
-            let cmd = activate(
+            let head = [
                 "berth",
+                "agent",
+                "activate",
+                "--id",
                 "ID",
+                "--node",
                 "web1",
-                &path,
-                Goal::Switch,
-                Duration::from_secs(30),
-                false,
-                &audit,
-            );
-            assert_eq!(
-                cmd.argv(),
-                [
-                    "berth",
-                    "agent",
-                    "activate",
-                    "--id",
-                    "ID",
-                    "--node",
-                    "web1",
-                    "--path",
-                    path.as_str(),
-                    "--goal",
-                    "switch",
-                    "--confirm-timeout",
-                    "30",
-                    "--actor",
-                    "alice@laptop",
-                    "--no-magic-rollback",
-                    "--reason",
-                    "kernel update"
-                ]
-            );
+                "--path",
+                path.as_str(),
+                "--goal",
+                "switch",
+                "--confirm-timeout",
+                "30",
+                "--actor",
+                "alice@laptop",
+                "--no-magic-rollback",
+                "--reason",
+                "kernel update",
+            ];
+            assert_eq!(activate("berth", &a).argv(), head);
+            let (new, old) = ("b".repeat(40), "a".repeat(40));
+            a.revision = Some(Revision::new(&new).unwrap());
+            a.expect_revision = Some(Revision::new(&old).unwrap());
+            let mut all = head.to_vec();
+            all.extend(["--revision", &new, "--expect-revision", &old]);
+            assert_eq!(activate("berth", &a).argv(), all);
         }
 
         #[test]

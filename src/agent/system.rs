@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::{AgentResult, Outcome, EVENT_PHASE};
+use crate::flake::Revision;
 use crate::nix::profile::{self, Generation};
 use crate::nix::{self, StorePath};
 use crate::output::Printer;
@@ -92,6 +93,12 @@ pub struct Activation {
     pub actor: String,
     pub reason: Option<String>,
     pub ci_run_url: Option<String>,
+    /// The flake revision the system was built from, recorded with it.
+    pub revision: Option<Revision>,
+    /// Activate only if the host still runs a system recorded with this
+    /// revision: what `--skip-superseded` saw, so that a newer system
+    /// deployed since is not replaced.
+    pub expect_revision: Option<Revision>,
 }
 
 /// What a host runs and what it is doing, for `berth status`.
@@ -100,6 +107,10 @@ pub struct HostStatus {
     pub profile: Option<Generation>,
     /// `/run/current-system`, when the host has one.
     pub running: Option<PathBuf>,
+    /// The flake revision of the system the host runs, as recorded when it
+    /// was deployed as this node; none when it was not recorded (an older
+    /// berth, a flake without a commit, a system deployed without berth).
+    pub revision: Option<Revision>,
     pub active: Option<Deployment>,
     pub last: Option<Deployment>,
     pub generations: Vec<Generation>,
@@ -166,6 +177,7 @@ impl Agent {
             actor: a.actor.clone(),
             reason: a.reason.clone(),
             ci_run_url: a.ci_run_url.clone(),
+            revision: a.revision.as_ref().map(Revision::to_string),
         };
         // A host runs one system: an unfinished deployment of any node name
         // holds it (begin checks the same name in one transaction).
@@ -185,6 +197,22 @@ impl Agent {
                 message: format!("the host is locked by {lock}"),
                 deployment: None,
             });
+        }
+        if let Some(expected) = &a.expect_revision {
+            let now = self.running_revision(&a.node)?;
+            if now.as_ref() != Some(expected) {
+                return Ok(AgentResult {
+                    outcome: Outcome::Busy,
+                    message: format!(
+                        "the host's system changed since berth checked it: it ran {}, now {}; \
+                         deploy again to check again",
+                        expected.short(),
+                        now.as_ref()
+                            .map_or("a system with no recorded revision", Revision::short)
+                    ),
+                    deployment: None,
+                });
+            }
         }
         let begun = match other {
             Some(holder) => Err(StateError::Busy {
@@ -533,6 +561,9 @@ impl Agent {
             actor: actor.to_owned(),
             reason: Some(format!("rollback to generation {}", target.number)),
             ci_run_url: None,
+            revision: self
+                .store
+                .revision_of(Kind::System, node, &target.path.to_string_lossy())?,
         };
         self.store.begin(&new)?;
         self.store.set_to_generation(id, target.number)?;
@@ -601,11 +632,35 @@ impl Agent {
         Ok(results)
     }
 
+    /// The system the host runs: `/run/current-system` where it exists (a
+    /// `boot` deploy changes only the profile), else the profile's (the
+    /// lab's plain hosts have no `/run/current-system`).
+    fn running_system(&self) -> Result<Option<PathBuf>, AgentError> {
+        match std::fs::canonicalize("/run/current-system") {
+            Ok(path) => Ok(Some(path)),
+            Err(_) => Ok(self.current()?.map(|g| g.path)),
+        }
+    }
+
+    /// The revision recorded for the system the host runs, as `node`.
+    fn running_revision(&self, node: &str) -> Result<Option<Revision>, AgentError> {
+        let Some(path) = self.running_system()? else {
+            return Ok(None);
+        };
+        let recorded = self
+            .store
+            .revision_of(Kind::System, node, &path.to_string_lossy())?;
+        // The agent checked it before recording it; anything else is not
+        // a revision berth can compare.
+        Ok(recorded.and_then(|r| Revision::new(r).ok()))
+    }
+
     pub fn status(&self, node: &str) -> Result<HostStatus, AgentError> {
         let generations = profile::list(&self.profile).unwrap_or_default();
         Ok(HostStatus {
             profile: self.current()?,
             running: std::fs::canonicalize("/run/current-system").ok(),
+            revision: self.running_revision(node)?,
             active: self.store.active(Kind::System, node)?,
             last: self
                 .store

@@ -14,6 +14,7 @@ use crate::cli::Context;
 use crate::command::app;
 use crate::diagnostics::Exit;
 use crate::env;
+use crate::flake::Revision;
 use crate::nix::{StorePath, SYSTEM_PROFILE};
 use crate::output::Printer;
 use crate::state;
@@ -81,6 +82,12 @@ pub enum Verb {
         reason: Option<String>,
         #[arg(long)]
         ci_run_url: Option<String>,
+        /// The flake revision (full commit id) the system was built from
+        #[arg(long, value_name = "SHA")]
+        revision: Option<Revision>,
+        /// Refuse (busy) unless the host still runs a system recorded with this revision
+        #[arg(long, value_name = "SHA")]
+        expect_revision: Option<Revision>,
     },
     /// Roll back unless confirmed in time (started by activate)
     Watchdog {
@@ -244,6 +251,8 @@ pub async fn run(_ctx: &Context, args: Args) -> anyhow::Result<Exit> {
             actor,
             reason,
             ci_run_url,
+            revision,
+            expect_revision,
         } => {
             let activation = Activation {
                 id,
@@ -255,6 +264,8 @@ pub async fn run(_ctx: &Context, args: Args) -> anyhow::Result<Exit> {
                 actor,
                 reason,
                 ci_run_url,
+                revision,
+                expect_revision,
             };
             agent.activate(&activation).await?
         }
