@@ -11,7 +11,7 @@ use crate::cli::Context;
 use crate::deploy::{self, Job, Options, Outcome, Report};
 use crate::diagnostics::Exit;
 use crate::env;
-use crate::flake::{self, FlakeRef, NodeMeta};
+use crate::flake::{self, FlakeRef, NodeMeta, Selector};
 
 use super::nodes;
 use crate::host::{tailscale, Destination, Host, SshHost};
@@ -74,6 +74,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
         }
     }
     let mut target = FlakeRef::parse(&args.nodes.target)?;
+    let selector = args.nodes.on.as_deref().map(Selector::parse).transpose()?;
     let source = flake::resolve(&target.flake).await?;
     // Before evaluating: a deploy that cannot be compared stops here.
     let superseding = if args.skip_superseded {
@@ -81,9 +82,13 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
     } else {
         None
     };
+    match &source.revision {
+        Some(revision) => printer.line(format!("evaluating {} at {revision}", target.flake)),
+        None => printer.line(format!("evaluating {} (no commit)", target.flake)),
+    }
     // Evaluate and build exactly the revision that is recorded.
     target.flake = source.locked.clone();
-    let mut nodes = nodes::select_in(ctx, &target, args.nodes.on.as_deref()).await?;
+    let mut nodes = nodes::select_in(&target, selector.as_ref()).await?;
     // Before building: an offline or unknown Tailscale peer fails fast.
     tailscale::resolve_nodes(&mut nodes, printer).await?;
     // Who to tell about each node, whether it is deployed or not.

@@ -25,25 +25,20 @@ pub struct NodesArgs {
 /// The nodes `FLAKE[#NODE]` and `--on` name, from one evaluation.
 pub async fn select(ctx: &Context, args: &NodesArgs) -> anyhow::Result<(FlakeRef, Vec<NodeMeta>)> {
     let target = FlakeRef::parse(&args.target)?;
-    let nodes = select_in(ctx, &target, args.on.as_deref()).await?;
+    let selector = args.on.as_deref().map(Selector::parse).transpose()?;
+    ctx.printer.line(format!("evaluating {}", target.flake));
+    let nodes = select_in(&target, selector.as_ref()).await?;
     Ok((target, nodes))
 }
 
 /// The nodes of `target` (whose flake may be a locked reference) that its
-/// `#NODE` and `on` name, from one evaluation.
+/// `#NODE` and `selector` name, from one evaluation.
 pub async fn select_in(
-    ctx: &Context,
     target: &FlakeRef,
-    on: Option<&str>,
+    selector: Option<&Selector>,
 ) -> anyhow::Result<Vec<NodeMeta>> {
-    let selector = on.map(Selector::parse).transpose()?;
-    ctx.printer.line(format!("evaluating {}", target.flake));
     let nodes = flake::evaluate(&target.flake).await?;
-    Ok(flake::select(
-        &nodes,
-        target.node.as_ref(),
-        selector.as_ref(),
-    )?)
+    Ok(flake::select(&nodes, target.node.as_ref(), selector)?)
 }
 
 /// Exactly one node, named with `FLAKE#NODE`.

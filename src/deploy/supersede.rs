@@ -28,8 +28,8 @@ enum Verdict {
     Refuse(String),
 }
 
-const FETCH_HINT: &str = "hint: fetch the history that has it (`git fetch --unshallow`, \
-    `git fetch origin`; in GitHub Actions, `actions/checkout` with `fetch-depth: 0`)";
+const FETCH_HINT: &str = "hint: fetch the full history, e.g. `git fetch --unshallow`, or in \
+    GitHub Actions `actions/checkout` with `fetch-depth: 0`";
 
 /// Decides for `node`, whose host runs `host` (as recorded there), when
 /// this deploy is of `this`, both compared in `repository`.
@@ -56,7 +56,7 @@ async fn verdict(
         )),
         Ok(Relation::Lacks) => Verdict::Deploy {
             expect: Some(host.clone()),
-            why: format!("{node} runs {h}, which does not contain {t}: deploying"),
+            why: format!("the host runs {h}, which does not contain {t}: deploying"),
         },
         Ok(Relation::Unknown) => Verdict::Refuse(format!(
             "{node} runs {h}, which is not in the repository at {repo}: berth cannot tell \
@@ -65,7 +65,7 @@ async fn verdict(
         )),
         Ok(Relation::Shallow) => Verdict::Refuse(format!(
             "{node} runs {h}, and the repository at {repo} is a shallow clone whose cut \
-             history cannot show whether {h} already contains {t}; deploying could roll a \
+             history cannot show whether that already contains {t}: deploying could roll a \
              newer system back ({FETCH_HINT})"
         )),
         Err(err) => Verdict::Refuse(format!(

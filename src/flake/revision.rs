@@ -174,8 +174,9 @@ pub enum Relation {
     Lacks,
     /// The other commit is not in the repository: nothing can be told.
     Unknown,
-    /// The repository is shallow and its truncated history does not show
-    /// this commit in the other's: that may be only the truncation.
+    /// The repository is a shallow clone, and its cut history lacks the
+    /// other commit or does not show this one in it: that may be only the
+    /// cut.
     Shallow,
 }
 
@@ -226,18 +227,25 @@ pub async fn relation(
         .await?
         .check()
         .map_err(|source| git_error(repository, source))?
-        .stdout_str();
+        .stdout_str()
+        .trim()
+        == "true";
+    let unsure = if shallow {
+        Relation::Shallow
+    } else {
+        Relation::Unknown
+    };
     if !run(has_commit_cmd(repository, other))
         .await?
         .status
         .success()
     {
-        return Ok(Relation::Unknown);
+        return Ok(unsure);
     }
     let out = run(is_ancestor_cmd(repository, this, other)).await?;
     match out.status.code() {
         Some(0) => Ok(Relation::Contains),
-        Some(1) if shallow.trim() == "true" => Ok(Relation::Shallow),
+        Some(1) if shallow => Ok(Relation::Shallow),
         Some(1) => Ok(Relation::Lacks),
         _ => Err(git_error(repository, out.check().unwrap_err())),
     }
@@ -436,7 +444,7 @@ mod tests {
 
         // A shallow clone of `one` that later fetched `three` shallowly:
         // `three`'s history is cut, so that it does not show `one` says
-        // nothing.
+        // nothing; nor does the absence of `two`.
         run_git(&repo, &["tag", "first", one.as_str()]);
         let shallow = tmp.path().join("shallow");
         let url = format!("file://{}", repo.display());
@@ -453,7 +461,7 @@ mod tests {
             async move { relation(&shallow, &this, &other).await.unwrap() }
         };
         assert_eq!(rel_shallow(&one, &three).await, Relation::Shallow);
-        assert_eq!(rel_shallow(&one, &two).await, Relation::Unknown);
+        assert_eq!(rel_shallow(&one, &two).await, Relation::Shallow);
         assert_eq!(rel_shallow(&one, &one).await, Relation::Same);
 
         let err = relation(tmp.path(), &one, &two).await.unwrap_err();
