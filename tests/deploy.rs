@@ -641,13 +641,14 @@ async fn superseded_deploys(lab: &Lab, old_version: &str, new_version: &str) {
             result["why"].as_str().unwrap_or("").to_owned(),
         )
     };
-    let recorded = |lab: &Lab, node: String| {
+    // The newest deployment the host recorded.
+    let last = |lab: &Lab, node: String| {
         let run = berth(
             &lab.ssh_config(),
             &["--json", "history", &node, "--limit", "1", "--agent", BIN],
         );
         assert_eq!(run.code, 0, "{}", run.stderr);
-        run.events("deployment")[0]["revision"].clone()
+        run.events("deployment")[0].clone()
     };
 
     // The host has no revision recorded for rev4: it is deployed, and its
@@ -657,7 +658,7 @@ async fn superseded_deploys(lab: &Lab, old_version: &str, new_version: &str) {
     let run = deploy(lab, &["--json", &node, "--skip-superseded"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(outcome(&run).0, "deployed");
-    assert_eq!(recorded(lab, node.clone()), old.as_str());
+    assert_eq!(last(lab, node.clone())["revision"], old.as_str());
     let run = berth(
         &lab.ssh_config(),
         &["--json", "status", &node, "--agent", BIN],
@@ -703,15 +704,53 @@ async fn superseded_deploys(lab: &Lab, old_version: &str, new_version: &str) {
     );
     assert_eq!(generation(lab, "h4").await, on_new);
 
-    // The same commit: unchanged.
+    // A newer commit that changes nothing for rev4 is recorded all the
+    // same, without activating anything: the commit it supersedes is left
+    // alone afterwards too.
     git(&dir, &["checkout", "-q", "--detach", &new]);
+    std::fs::write(dir.join("README"), "not part of any system\n").unwrap();
+    let later = commit(&dir);
+    let run = deploy(lab, &["--json", &node]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        outcome(&run),
+        ("unchanged".into(), "already running this system".into())
+    );
+    let recorded = last(lab, node.clone());
+    assert_eq!(
+        (
+            &recorded["goal"],
+            &recorded["revision"],
+            &recorded["status"]
+        ),
+        (
+            &serde_json::json!("unchanged"),
+            &serde_json::json!(later),
+            &serde_json::json!("confirmed")
+        )
+    );
+    assert_eq!(generation(lab, "h4").await, on_new);
+    git(&dir, &["checkout", "-q", "--detach", &new]);
+    let run = deploy(lab, &["--json", &node, "--skip-superseded"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        outcome(&run).1,
+        format!(
+            "superseded: rev4 runs {}, which already contains {}",
+            &later[..12],
+            &new[..12]
+        )
+    );
+
+    // The same commit: unchanged.
+    git(&dir, &["checkout", "-q", "--detach", &later]);
     let run = deploy(lab, &["--json", &node, "--skip-superseded"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(
         outcome(&run),
         (
             "unchanged".into(),
-            format!("rev4 already runs {}", &new[..12])
+            format!("rev4 already runs {}", &later[..12])
         )
     );
 
@@ -765,7 +804,7 @@ async fn superseded_deploys(lab: &Lab, old_version: &str, new_version: &str) {
     assert_eq!(run.code, 0, "{}", run.stderr);
     let on_old = generation(lab, "h4").await;
     assert!(on_old.1.ends_with(old_version), "{on_old:?}");
-    assert_eq!(recorded(lab, node.clone()), old.as_str());
+    assert_eq!(last(lab, node.clone())["revision"], old.as_str());
 
     // The agent holds an activation to what the check saw: a host whose
     // system changed since is refused, and nothing changes.
@@ -783,9 +822,9 @@ async fn superseded_deploys(lab: &Lab, old_version: &str, new_version: &str) {
             "--actor",
             "tester@lab",
             "--revision",
-            &new,
+            &later,
             "--expect-revision",
-            &new,
+            &later,
         ],
     )
     .await;

@@ -90,6 +90,8 @@ pub fn find_events(stdout: &[u8], name: &str) -> Vec<serde_json::Value> {
 /// Pure builders; the deployer runs them through its `Host`.
 pub mod call {
     use super::system::Activation;
+    use crate::flake::Revision;
+    use crate::nix::StorePath;
     use crate::process::Cmd;
 
     fn agent(program: &str, verb: &str) -> Cmd {
@@ -155,6 +157,28 @@ pub mod call {
         }
     }
 
+    /// `agent record`: the host already runs `path`; record that
+    /// `revision` builds it.
+    pub fn record(
+        program: &str,
+        id: &str,
+        node: &str,
+        path: &StorePath,
+        revision: &Revision,
+        audit: &Audit,
+    ) -> Cmd {
+        let mut cmd = agent(program, "record")
+            .args(["--id", id, "--node", node, "--path", path.as_str()])
+            .args(["--revision", revision.as_str(), "--actor", &audit.actor]);
+        if let Some(reason) = &audit.reason {
+            cmd = cmd.args(["--reason", reason]);
+        }
+        if let Some(url) = &audit.ci_run_url {
+            cmd = cmd.args(["--ci-run-url", url]);
+        }
+        cmd
+    }
+
     pub fn status(program: &str, node: &str) -> Cmd {
         agent(program, "status").args(["--node", node])
     }
@@ -173,8 +197,6 @@ pub mod call {
 
         use super::super::system::Goal;
         use super::*;
-        use crate::flake::Revision;
-        use crate::nix::StorePath;
 
         #[test]
         fn activate_argv() {
@@ -241,6 +263,41 @@ pub mod call {
                 ]
             );
             assert_eq!(show("b", "I").argv(), ["b", "agent", "show", "--id", "I"]);
+            let path = StorePath::new("/nix/store/67gmyx5vdbg0dv7csdd6gh406z3bs23w-s").unwrap();
+            let rev = "c".repeat(40);
+            let audit = Audit {
+                actor: "me".into(),
+                reason: None,
+                ci_run_url: Some("https://ci/1".into()),
+            };
+            assert_eq!(
+                record(
+                    "b",
+                    "I",
+                    "web1",
+                    &path,
+                    &Revision::new(&rev).unwrap(),
+                    &audit
+                )
+                .argv(),
+                [
+                    "b",
+                    "agent",
+                    "record",
+                    "--id",
+                    "I",
+                    "--node",
+                    "web1",
+                    "--path",
+                    path.as_str(),
+                    "--revision",
+                    &rev,
+                    "--actor",
+                    "me",
+                    "--ci-run-url",
+                    "https://ci/1"
+                ]
+            );
         }
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::call::Audit;
 use super::{AgentResult, Outcome, EVENT_PHASE};
 use crate::flake::Revision;
 use crate::nix::profile::{self, Generation};
@@ -17,6 +18,9 @@ use crate::state::{self, Deployment, Kind, NewDeployment, StateError, Status, St
 
 /// How often the watchdog looks at the deployment.
 const WATCHDOG_POLL: Duration = Duration::from_millis(200);
+/// The goal of a deployment that found the host already running its
+/// system and only recorded its revision.
+pub const GOAL_UNCHANGED: &str = "unchanged";
 /// `switch-to-configuration` exits 4 when units failed: that is a failure.
 const FAILED_UNITS: i32 = 4;
 
@@ -198,6 +202,8 @@ impl Agent {
                 deployment: None,
             });
         }
+        // Checked just before `begin`: for a deploy to slip in between, it
+        // would have to begin, activate and be confirmed in that instant.
         if let Some(expected) = &a.expect_revision {
             let now = self.running_revision(&a.node)?;
             if now.as_ref() != Some(expected) {
@@ -357,6 +363,72 @@ impl Agent {
             .transition(&id, &[Status::Activating], Status::Confirmed, None)?
             .unwrap_or(self.store.get(&id)?);
         Ok(AgentResult::of(&d, format!("{} done", a.goal.as_str())))
+    }
+
+    /// The host already runs `path`, the system `revision` builds (the
+    /// deployer found nothing to activate): records that as a confirmed
+    /// deployment with goal `unchanged`, so the host's revision stays true
+    /// — `--skip-superseded` must not take a host whose newer commit
+    /// changed nothing for an older one. Refused (busy) while another
+    /// deployment is unfinished, and when the host runs something else.
+    pub fn record(
+        &mut self,
+        id: &str,
+        node: &str,
+        path: &StorePath,
+        revision: &Revision,
+        audit: &Audit,
+    ) -> Result<AgentResult, AgentError> {
+        let running = self.running_system()?;
+        if running.as_deref() != Some(Path::new(path.as_str())) {
+            return Ok(AgentResult {
+                outcome: Outcome::Busy,
+                message: format!("the host does not run {path}: nothing recorded"),
+                deployment: None,
+            });
+        }
+        // A host runs one system: while any deployment is unfinished, what
+        // it runs is about to change.
+        if let Some(holder) = self
+            .store
+            .all_active()?
+            .into_iter()
+            .find(|d| d.kind == Kind::System)
+        {
+            return Ok(AgentResult {
+                outcome: Outcome::Busy,
+                message: StateError::Busy {
+                    holder: Box::new(holder),
+                }
+                .to_string(),
+                deployment: None,
+            });
+        }
+        let current = self.current()?;
+        let new = NewDeployment {
+            id: id.to_owned(),
+            kind: Kind::System,
+            target: node.to_owned(),
+            from_path: Some(path.to_string()),
+            from_generation: current.as_ref().map(|g| g.number),
+            to_path: path.to_string(),
+            goal: GOAL_UNCHANGED.to_owned(),
+            actor: audit.actor.clone(),
+            reason: audit.reason.clone(),
+            ci_run_url: audit.ci_run_url.clone(),
+            revision: Some(revision.to_string()),
+        };
+        self.store.begin(&new)?;
+        if let Some(g) = &current {
+            self.store.set_to_generation(id, g.number)?;
+        }
+        let d = self.store.set_status(id, Status::Confirmed, None)?;
+        let message = format!(
+            "already running this system; recorded revision {}",
+            revision.short()
+        );
+        self.phase(id, "recorded", &message);
+        Ok(AgentResult::of(&d, message))
     }
 
     fn profile_str(&self) -> String {

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use std::time::Duration;
 
+use crate::agent::call::Audit;
 use crate::agent::system::{Activation, Agent, Goal};
 use crate::agent::{AgentResult, Outcome, EVENT_DEPLOYMENT, EVENT_RESULT, EVENT_STATUS};
 use crate::app::manifest::{self, Manifest, Overrides};
@@ -88,6 +89,23 @@ pub enum Verb {
         /// Refuse (busy) unless the host still runs a system recorded with this revision
         #[arg(long, value_name = "SHA")]
         expect_revision: Option<Revision>,
+    },
+    /// The host already runs PATH: record that REVISION builds it (nothing is activated)
+    Record {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        node: String,
+        #[arg(long, value_name = "STORE_PATH")]
+        path: String,
+        #[arg(long, value_name = "SHA")]
+        revision: Revision,
+        #[arg(long)]
+        actor: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        ci_run_url: Option<String>,
     },
     /// Roll back unless confirmed in time (started by activate)
     Watchdog {
@@ -268,6 +286,22 @@ pub async fn run(_ctx: &Context, args: Args) -> anyhow::Result<Exit> {
                 expect_revision,
             };
             agent.activate(&activation).await?
+        }
+        Verb::Record {
+            id,
+            node,
+            path,
+            revision,
+            actor,
+            reason,
+            ci_run_url,
+        } => {
+            let audit = Audit {
+                actor,
+                reason,
+                ci_run_url,
+            };
+            agent.record(&id, &node, &StorePath::new(path)?, &revision, &audit)?
         }
         Verb::Watchdog { id } => agent.watchdog(&id).await?,
         Verb::Confirm { id } => agent.confirm(&id)?,

@@ -431,6 +431,7 @@ impl HostRun<'_> {
         match agent_status(host, agent, node).await {
             Ok(Some(status)) if already_running(&status, &job.toplevel, self.options.goal) => {
                 self.phase("check", "already running this system: nothing to do");
+                self.record_revision(host, &status).await;
                 return Outcome::Unchanged {
                     why: ALREADY_RUNNING.into(),
                 };
@@ -608,6 +609,48 @@ impl HostRun<'_> {
                     }
                 }
             }
+        }
+    }
+
+    /// The host already runs this system: records this deploy's revision
+    /// with it when the host has another one recorded (a newer commit that
+    /// changed nothing for this node), so that `--skip-superseded` later
+    /// knows the host is at that commit. Only for a running system (not
+    /// `boot`). A failure is only reported: the host is as it should be.
+    async fn record_revision(&self, host: &dyn Host, status: &serde_json::Value) {
+        let Some(revision) = &self.options.revision else {
+            return;
+        };
+        if !self.options.goal.activates() || status["revision"].as_str() == Some(revision.as_str())
+        {
+            return;
+        }
+        let job = self.job;
+        let cmd = call::record(
+            &self.options.agent.program,
+            &state::new_id(),
+            job.node.as_ref(),
+            &job.toplevel,
+            revision,
+            &self.options.audit,
+        );
+        let recorded = match host.output(&cmd).await {
+            Ok(out) => match agent::find_result(&out.stdout) {
+                Some(r) if r.outcome == AgentOutcome::Confirmed => Ok(r.message),
+                Some(r) => Err(r.message),
+                None => Err(out
+                    .check()
+                    .err()
+                    .map_or("the agent gave no result".into(), |e| e.to_string())),
+            },
+            Err(err) => Err(err.to_string()),
+        };
+        match recorded {
+            Ok(message) => self.phase("check", &message),
+            Err(why) => self.phase(
+                "check",
+                &format!("could not record revision {}: {why}", revision.short()),
+            ),
         }
     }
 
