@@ -14,10 +14,7 @@ pub use eval::{
     parse_realise, realise_on, unique_drvs, Built,
 };
 pub use node::{FlakeRef, NodeName};
-pub use revision::{
-    has_commit_cmd, is_ancestor_cmd, is_shallow_cmd, metadata_cmd, parse_metadata, relation,
-    resolve, Relation, Revision, Source,
-};
+pub use revision::{metadata_cmd, parse_metadata, relation, resolve, Relation, Revision, Source};
 pub use selector::{select, Selector};
 pub use settings::{CommandCheck, DeploymentSettings, HealthChecks, HttpCheck, Tailscale};
 

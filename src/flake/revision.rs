@@ -185,12 +185,12 @@ fn git(repository: &Path) -> Cmd {
 }
 
 /// Whether `revision` is a commit of the repository (exit 0) or not.
-pub fn has_commit_cmd(repository: &Path, revision: &Revision) -> Cmd {
+fn has_commit_cmd(repository: &Path, revision: &Revision) -> Cmd {
     git(repository).args(["cat-file", "-e", &format!("{revision}^{{commit}}")])
 }
 
 /// Exit 0 when `ancestor` is `descendant` or in its history, 1 when not.
-pub fn is_ancestor_cmd(repository: &Path, ancestor: &Revision, descendant: &Revision) -> Cmd {
+fn is_ancestor_cmd(repository: &Path, ancestor: &Revision, descendant: &Revision) -> Cmd {
     git(repository).args([
         "merge-base",
         "--is-ancestor",
@@ -200,7 +200,7 @@ pub fn is_ancestor_cmd(repository: &Path, ancestor: &Revision, descendant: &Revi
 }
 
 /// Prints `true` for a shallow clone.
-pub fn is_shallow_cmd(repository: &Path) -> Cmd {
+fn is_shallow_cmd(repository: &Path) -> Cmd {
     git(repository).args(["rev-parse", "--is-shallow-repository"])
 }
 
