@@ -28,8 +28,12 @@ enum Verdict {
     Refuse(String),
 }
 
-const FETCH_HINT: &str = "hint: fetch the full history, e.g. `git fetch --unshallow`, or in \
-    GitHub Actions `actions/checkout` with `fetch-depth: 0`";
+/// What to do when the repository lacks the host's commit.
+const FETCH_HINT: &str = "hint: fetch it with the full history (`git fetch origin`; in \
+    GitHub Actions, `actions/checkout` with `fetch-depth: 0`)";
+/// What to do when a shallow clone cannot answer.
+const SHALLOW_HINT: &str = "hint: fetch the full history (`git fetch --unshallow`; in GitHub \
+    Actions, `actions/checkout` with `fetch-depth: 0`)";
 
 /// Decides for `node`, whose host runs `host` (as recorded there), when
 /// this deploy is of `this`, both compared in `repository`.
@@ -43,7 +47,7 @@ async fn verdict(
         return Verdict::Deploy {
             expect: None,
             why: format!(
-                "{node} has no recorded revision: deploying {}",
+                "the host has no revision recorded for {node}: deploying {}",
                 this.short()
             ),
         };
@@ -66,7 +70,7 @@ async fn verdict(
         Ok(Relation::Shallow) => Verdict::Refuse(format!(
             "{node} runs {h}, and the repository at {repo} is a shallow clone whose cut \
              history cannot show whether that already contains {t}: deploying could roll a \
-             newer system back ({FETCH_HINT})"
+             newer system back ({SHALLOW_HINT})"
         )),
         Err(err) => Verdict::Refuse(format!(
             "{err}: {} (so {node} is not deployed: it runs {h}, which may already contain {t})",
