@@ -122,8 +122,10 @@ pub fn of_system(
     use crate::deploy::Outcome;
     let (failed, unchanged, rolled_back) = match &report.outcome {
         Outcome::Deployed { .. } => (false, false, None),
-        // Not tried: the host that failed has its own message.
-        Outcome::Unchanged | Outcome::Skipped { .. } => (false, true, None),
+        // Nothing changed: the host already ran it, a newer revision
+        // superseded it (`--skip-superseded`), or it was not tried (the
+        // host that failed has its own message).
+        Outcome::Unchanged { .. } | Outcome::Skipped { .. } => (false, true, None),
         Outcome::RolledBack { .. } => (true, false, Some(true)),
         Outcome::Failed { .. } => (true, false, None),
         Outcome::NeedsAttention { .. } => (true, false, Some(false)),
@@ -654,7 +656,14 @@ mod tests {
         );
         assert_eq!((n.state, n.kind), (State::Full, Kind::System));
         assert_eq!(n.to, to);
-        let n = of_system(&report(Outcome::Unchanged), None, None);
+        let n = of_system(
+            &report(Outcome::Unchanged {
+                why: "superseded: web1 runs 0123456789ab, which already contains ba9876543210"
+                    .into(),
+            }),
+            None,
+            None,
+        );
         assert_eq!(n.state, State::Suppress);
         let n = of_system(&report(Outcome::Skipped { why: "w".into() }), None, None);
         assert_eq!(n.state, State::Suppress);

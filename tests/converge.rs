@@ -209,8 +209,16 @@ fn converge_follows_a_git_flake_on_a_lab_host() {
             ])
             .output()
             .unwrap();
-        let history = String::from_utf8_lossy(&history.stdout);
-        assert!(history.contains("converge@"), "{history}");
+        let last = berth::agent::find_events(&history.stdout, "deployment")
+            .into_iter()
+            .next()
+            .expect("a deployment in the history");
+        assert!(
+            last["actor"].as_str().unwrap().starts_with("converge@"),
+            "{last}"
+        );
+        // The commit is recorded with the deployment, as by a push deploy.
+        assert_eq!(last["revision"], event["revision"], "{last}");
 
         // The same revision again: nothing to do.
         let (code, event, _) = converge(&[]).await;

@@ -584,11 +584,259 @@ fn system_deploys_on_lab_hosts() {
         assert_eq!(run.code, 1);
         assert!(run.stderr.contains("sshOptions `-R` is not supported"), "{}", run.stderr);
 
+        superseded_deploys(&lab, &v(10), &v(11)).await;
+
         bad_input_touches_nothing(&lab, &mut fleet, &v(1)).await;
 
         drop(fleet);
         lab.down().await.expect("lab down");
     });
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=test",
+            "-c",
+            "user.email=test@example.invalid",
+        ])
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Commits everything in `dir` and returns the commit.
+fn commit(dir: &Path) -> String {
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "-m", "fleet"]);
+    git(dir, &["rev-parse", "HEAD"])
+}
+
+/// A directory removed when dropped.
+struct Removed(PathBuf);
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Revisions of a git flake: recorded in history and status, and with
+/// `--skip-superseded` an older commit leaves alone a host that runs a
+/// newer one. On h4, as node rev4 (h4's own node is done with by now).
+async fn superseded_deploys(lab: &Lab, old_version: &str, new_version: &str) {
+    let mut fleet = Fleet::new("revs");
+    let dir = fleet.dir.clone();
+    git(&dir, &["init", "-q"]);
+    let node = format!("{}#rev4", dir.display());
+    let outcome = |run: &Run| {
+        let result = &run.events("host_result")[0];
+        (
+            result["outcome"].as_str().unwrap().to_owned(),
+            result["why"].as_str().unwrap_or("").to_owned(),
+        )
+    };
+    // The newest deployment the host recorded.
+    let last = |lab: &Lab, node: String| {
+        let run = berth(
+            &lab.ssh_config(),
+            &["--json", "history", &node, "--limit", "1", "--agent", BIN],
+        );
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        run.events("deployment")[0].clone()
+    };
+
+    // The host has no revision recorded for rev4: it is deployed, and its
+    // revision recorded.
+    fleet.set("rev4", spec("h4", lab, old_version, &[]));
+    let old = commit(&dir);
+    let run = deploy(lab, &["--json", &node, "--skip-superseded"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(outcome(&run).0, "deployed");
+    assert_eq!(last(lab, node.clone())["revision"], old.as_str());
+    let run = berth(
+        &lab.ssh_config(),
+        &["--json", "status", &node, "--agent", BIN],
+    );
+    assert_eq!(
+        run.events("node_status")[0]["status"]["revision"],
+        old.as_str()
+    );
+    assert!(
+        run.stderr.contains(&format!(" at {}", &old[..12])),
+        "{}",
+        run.stderr
+    );
+
+    fleet.update("rev4", serde_json::json!({ "version": new_version }));
+    let new = commit(&dir);
+    let run = deploy(lab, &[&node]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let on_new = generation(lab, "h4").await;
+    assert!(on_new.1.ends_with(new_version), "{on_new:?}");
+
+    // The older commit, after the newer one: left alone before anything is
+    // built or copied.
+    git(&dir, &["checkout", "-q", "--detach", &old]);
+    let run = deploy(lab, &["--json", &node, "--skip-superseded"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        outcome(&run),
+        (
+            "unchanged".into(),
+            format!(
+                "superseded: rev4 runs {}, which already contains {}",
+                &new[..12],
+                &old[..12]
+            )
+        )
+    );
+    assert!(!run.stderr.contains("building"), "{}", run.stderr);
+    assert!(
+        !run.events("phase").iter().any(|p| p["phase"] == "copy"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(generation(lab, "h4").await, on_new);
+
+    // A newer commit that changes nothing for rev4 is recorded all the
+    // same, without activating anything: the commit it supersedes is left
+    // alone afterwards too.
+    git(&dir, &["checkout", "-q", "--detach", &new]);
+    std::fs::write(dir.join("README"), "not part of any system\n").unwrap();
+    let later = commit(&dir);
+    let run = deploy(lab, &["--json", &node]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        outcome(&run),
+        ("unchanged".into(), "already running this system".into())
+    );
+    let recorded = last(lab, node.clone());
+    assert_eq!(
+        (
+            &recorded["goal"],
+            &recorded["revision"],
+            &recorded["status"]
+        ),
+        (
+            &serde_json::json!("unchanged"),
+            &serde_json::json!(later),
+            &serde_json::json!("confirmed")
+        )
+    );
+    assert_eq!(generation(lab, "h4").await, on_new);
+    git(&dir, &["checkout", "-q", "--detach", &new]);
+    let run = deploy(lab, &["--json", &node, "--skip-superseded"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        outcome(&run).1,
+        format!(
+            "superseded: rev4 runs {}, which already contains {}",
+            &later[..12],
+            &new[..12]
+        )
+    );
+
+    // The same commit: unchanged.
+    git(&dir, &["checkout", "-q", "--detach", &later]);
+    let run = deploy(lab, &["--json", &node, "--skip-superseded"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        outcome(&run),
+        (
+            "unchanged".into(),
+            format!("rev4 already runs {}", &later[..12])
+        )
+    );
+
+    // A shallow clone of the older commit (as CI checks out) cannot tell
+    // what the host's newer commit contains: that node is not deployed.
+    git(&dir, &["tag", "old", &old]);
+    let shallow = Removed(PathBuf::from(format!("{}-shallow", dir.display())));
+    let _ = std::fs::remove_dir_all(&shallow.0);
+    git(
+        Path::new("/"),
+        &[
+            "clone",
+            "-q",
+            "--depth",
+            "1",
+            "--branch",
+            "old",
+            &format!("file://{}", dir.display()),
+            shallow.0.to_str().unwrap(),
+        ],
+    );
+    let run = deploy(
+        lab,
+        &[
+            &format!("{}#rev4", shallow.0.display()),
+            "--skip-superseded",
+        ],
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("is a shallow clone") && run.stderr.contains("fetch-depth: 0"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(generation(lab, "h4").await, on_new);
+
+    // Uncommitted changes: there is no commit to compare, a usage error.
+    git(&dir, &["checkout", "-q", "--detach", &old]);
+    fleet.update("rev4", serde_json::json!({ "version": "dirty" }));
+    let run = deploy(lab, &[&node, "--skip-superseded"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("has uncommitted changes") && run.stderr.contains("hint: "),
+        "{}",
+        run.stderr
+    );
+    git(&dir, &["checkout", "-q", "--", "fleet.json"]);
+
+    // Without the flag, the older commit deploys.
+    let run = deploy(lab, &[&node]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let on_old = generation(lab, "h4").await;
+    assert!(on_old.1.ends_with(old_version), "{on_old:?}");
+    assert_eq!(last(lab, node.clone())["revision"], old.as_str());
+
+    // The agent holds an activation to what the check saw: a host whose
+    // system changed since is refused, and nothing changes.
+    let refused = agent(
+        lab,
+        "h4",
+        &[
+            "activate",
+            "--id",
+            "stale-check",
+            "--node",
+            "rev4",
+            "--path",
+            &on_new.1,
+            "--actor",
+            "tester@lab",
+            "--revision",
+            &later,
+            "--expect-revision",
+            &later,
+        ],
+    )
+    .await;
+    assert_eq!(refused[0]["outcome"], "busy", "{refused:?}");
+    assert!(
+        refused[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("changed since berth checked it"),
+        "{refused:?}"
+    );
+    assert_eq!(generation(lab, "h4").await, on_old);
 }
 
 async fn bad_input_touches_nothing(lab: &Lab, fleet: &mut Fleet, version: &str) {

@@ -89,9 +89,8 @@ pub fn find_events(stdout: &[u8], name: &str) -> Vec<serde_json::Value> {
 /// How the deployer calls the agent on a host: `<agent> agent <verb> …`.
 /// Pure builders; the deployer runs them through its `Host`.
 pub mod call {
-    use std::time::Duration;
-
-    use super::system::Goal;
+    use super::system::Activation;
+    use crate::flake::Revision;
     use crate::nix::StorePath;
     use crate::process::Cmd;
 
@@ -107,30 +106,30 @@ pub mod call {
         pub ci_run_url: Option<String>,
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub fn activate(
-        program: &str,
-        id: &str,
-        node: &str,
-        path: &StorePath,
-        goal: Goal,
-        confirm_timeout: Duration,
-        magic_rollback: bool,
-        audit: &Audit,
-    ) -> Cmd {
+    /// `agent activate`: the command line the agent parses back into `a`.
+    pub fn activate(program: &str, a: &Activation) -> Cmd {
         let mut cmd = agent(program, "activate")
-            .args(["--id", id, "--node", node, "--path", path.as_str()])
-            .args(["--goal", goal.as_str()])
-            .args(["--confirm-timeout", &confirm_timeout.as_secs().to_string()])
-            .args(["--actor", &audit.actor]);
-        if !magic_rollback {
+            .args(["--id", &a.id, "--node", &a.node, "--path", a.path.as_str()])
+            .args(["--goal", a.goal.as_str()])
+            .args([
+                "--confirm-timeout",
+                &a.confirm_timeout.as_secs().to_string(),
+            ])
+            .args(["--actor", &a.actor]);
+        if !a.magic_rollback {
             cmd = cmd.arg("--no-magic-rollback");
         }
-        if let Some(reason) = &audit.reason {
+        if let Some(reason) = &a.reason {
             cmd = cmd.args(["--reason", reason]);
         }
-        if let Some(url) = &audit.ci_run_url {
+        if let Some(url) = &a.ci_run_url {
             cmd = cmd.args(["--ci-run-url", url]);
+        }
+        if let Some(revision) = &a.revision {
+            cmd = cmd.args(["--revision", revision.as_str()]);
+        }
+        if let Some(revision) = &a.expect_revision {
+            cmd = cmd.args(["--expect-revision", revision.as_str()]);
         }
         cmd
     }
@@ -158,6 +157,28 @@ pub mod call {
         }
     }
 
+    /// `agent record`: the host already runs `path`; record that
+    /// `revision` builds it.
+    pub fn record(
+        program: &str,
+        id: &str,
+        node: &str,
+        path: &StorePath,
+        revision: &Revision,
+        audit: &Audit,
+    ) -> Cmd {
+        let mut cmd = agent(program, "record")
+            .args(["--id", id, "--node", node, "--path", path.as_str()])
+            .args(["--revision", revision.as_str(), "--actor", &audit.actor]);
+        if let Some(reason) = &audit.reason {
+            cmd = cmd.args(["--reason", reason]);
+        }
+        if let Some(url) = &audit.ci_run_url {
+            cmd = cmd.args(["--ci-run-url", url]);
+        }
+        cmd
+    }
+
     pub fn status(program: &str, node: &str) -> Cmd {
         agent(program, "status").args(["--node", node])
     }
@@ -172,6 +193,9 @@ pub mod call {
 
     #[cfg(test)]
     mod tests {
+        use std::time::Duration;
+
+        use super::super::system::Goal;
         use super::*;
 
         #[test]
@@ -179,44 +203,46 @@ pub mod call {
             let path =
                 StorePath::new("/nix/store/67gmyx5vdbg0dv7csdd6gh406z3bs23w-nixos-system-web1")
                     .unwrap();
-            let audit = Audit {
+            let mut a = Activation {
+                id: "ID".into(),
+                node: "web1".into(),
+                path: path.clone(),
+                goal: Goal::Switch,
+                confirm_timeout: Duration::from_secs(30),
+                magic_rollback: false,
                 actor: "alice@laptop".into(),
                 reason: Some("kernel update".into()),
                 ci_run_url: None,
+                revision: None,
+                expect_revision: None,
             };
-            let cmd = activate(
+            let head = [
                 "berth",
+                "agent",
+                "activate",
+                "--id",
                 "ID",
+                "--node",
                 "web1",
-                &path,
-                Goal::Switch,
-                Duration::from_secs(30),
-                false,
-                &audit,
-            );
-            assert_eq!(
-                cmd.argv(),
-                [
-                    "berth",
-                    "agent",
-                    "activate",
-                    "--id",
-                    "ID",
-                    "--node",
-                    "web1",
-                    "--path",
-                    path.as_str(),
-                    "--goal",
-                    "switch",
-                    "--confirm-timeout",
-                    "30",
-                    "--actor",
-                    "alice@laptop",
-                    "--no-magic-rollback",
-                    "--reason",
-                    "kernel update"
-                ]
-            );
+                "--path",
+                path.as_str(),
+                "--goal",
+                "switch",
+                "--confirm-timeout",
+                "30",
+                "--actor",
+                "alice@laptop",
+                "--no-magic-rollback",
+                "--reason",
+                "kernel update",
+            ];
+            assert_eq!(activate("berth", &a).argv(), head);
+            let (new, old) = ("b".repeat(40), "a".repeat(40));
+            a.revision = Some(Revision::new(&new).unwrap());
+            a.expect_revision = Some(Revision::new(&old).unwrap());
+            let mut all = head.to_vec();
+            all.extend(["--revision", &new, "--expect-revision", &old]);
+            assert_eq!(activate("berth", &a).argv(), all);
         }
 
         #[test]
@@ -237,6 +263,41 @@ pub mod call {
                 ]
             );
             assert_eq!(show("b", "I").argv(), ["b", "agent", "show", "--id", "I"]);
+            let path = StorePath::new("/nix/store/67gmyx5vdbg0dv7csdd6gh406z3bs23w-s").unwrap();
+            let rev = "c".repeat(40);
+            let audit = Audit {
+                actor: "me".into(),
+                reason: None,
+                ci_run_url: Some("https://ci/1".into()),
+            };
+            assert_eq!(
+                record(
+                    "b",
+                    "I",
+                    "web1",
+                    &path,
+                    &Revision::new(&rev).unwrap(),
+                    &audit
+                )
+                .argv(),
+                [
+                    "b",
+                    "agent",
+                    "record",
+                    "--id",
+                    "I",
+                    "--node",
+                    "web1",
+                    "--path",
+                    path.as_str(),
+                    "--revision",
+                    &rev,
+                    "--actor",
+                    "me",
+                    "--ci-run-url",
+                    "https://ci/1"
+                ]
+            );
         }
     }
 }

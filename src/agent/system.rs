@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::call::Audit;
 use super::{AgentResult, Outcome, EVENT_PHASE};
+use crate::flake::Revision;
 use crate::nix::profile::{self, Generation};
 use crate::nix::{self, StorePath};
 use crate::output::Printer;
@@ -16,6 +18,9 @@ use crate::state::{self, Deployment, Kind, NewDeployment, StateError, Status, St
 
 /// How often the watchdog looks at the deployment.
 const WATCHDOG_POLL: Duration = Duration::from_millis(200);
+/// The goal of a deployment that found the host already running its
+/// system and only recorded its revision.
+pub const GOAL_UNCHANGED: &str = "unchanged";
 /// `switch-to-configuration` exits 4 when units failed: that is a failure.
 const FAILED_UNITS: i32 = 4;
 
@@ -92,6 +97,12 @@ pub struct Activation {
     pub actor: String,
     pub reason: Option<String>,
     pub ci_run_url: Option<String>,
+    /// The flake revision the system was built from, recorded with it.
+    pub revision: Option<Revision>,
+    /// Activate only if the host still runs a system recorded with this
+    /// revision: what `--skip-superseded` saw, so that a newer system
+    /// deployed since is not replaced.
+    pub expect_revision: Option<Revision>,
 }
 
 /// What a host runs and what it is doing, for `berth status`.
@@ -100,6 +111,10 @@ pub struct HostStatus {
     pub profile: Option<Generation>,
     /// `/run/current-system`, when the host has one.
     pub running: Option<PathBuf>,
+    /// The flake revision of the system the host runs, as recorded when it
+    /// was deployed as this node; none when it was not recorded (an older
+    /// berth, a flake without a commit, a system deployed without berth).
+    pub revision: Option<Revision>,
     pub active: Option<Deployment>,
     pub last: Option<Deployment>,
     pub generations: Vec<Generation>,
@@ -166,6 +181,7 @@ impl Agent {
             actor: a.actor.clone(),
             reason: a.reason.clone(),
             ci_run_url: a.ci_run_url.clone(),
+            revision: a.revision.as_ref().map(Revision::to_string),
         };
         // A host runs one system: an unfinished deployment of any node name
         // holds it (begin checks the same name in one transaction).
@@ -185,6 +201,24 @@ impl Agent {
                 message: format!("the host is locked by {lock}"),
                 deployment: None,
             });
+        }
+        // Checked just before `begin`: for a deploy to slip in between, it
+        // would have to begin, activate and be confirmed in that instant.
+        if let Some(expected) = &a.expect_revision {
+            let now = self.running_revision(&a.node)?;
+            if now.as_ref() != Some(expected) {
+                return Ok(AgentResult {
+                    outcome: Outcome::Busy,
+                    message: format!(
+                        "the host's system changed since berth checked it: it ran {}, now {}; \
+                         deploy again to check again",
+                        expected.short(),
+                        now.as_ref()
+                            .map_or("a system with no recorded revision", Revision::short)
+                    ),
+                    deployment: None,
+                });
+            }
         }
         let begun = match other {
             Some(holder) => Err(StateError::Busy {
@@ -329,6 +363,72 @@ impl Agent {
             .transition(&id, &[Status::Activating], Status::Confirmed, None)?
             .unwrap_or(self.store.get(&id)?);
         Ok(AgentResult::of(&d, format!("{} done", a.goal.as_str())))
+    }
+
+    /// The host already runs `path`, the system `revision` builds (the
+    /// deployer found nothing to activate): records that as a confirmed
+    /// deployment with goal `unchanged`, so the host's revision stays true
+    /// — `--skip-superseded` must not take a host whose newer commit
+    /// changed nothing for an older one. Refused (busy) while another
+    /// deployment is unfinished, and when the host runs something else.
+    pub fn record(
+        &mut self,
+        id: &str,
+        node: &str,
+        path: &StorePath,
+        revision: &Revision,
+        audit: &Audit,
+    ) -> Result<AgentResult, AgentError> {
+        let running = self.running_system()?;
+        if running.as_deref() != Some(Path::new(path.as_str())) {
+            return Ok(AgentResult {
+                outcome: Outcome::Busy,
+                message: format!("the host does not run {path}: nothing recorded"),
+                deployment: None,
+            });
+        }
+        // A host runs one system: while any deployment is unfinished, what
+        // it runs is about to change.
+        if let Some(holder) = self
+            .store
+            .all_active()?
+            .into_iter()
+            .find(|d| d.kind == Kind::System)
+        {
+            return Ok(AgentResult {
+                outcome: Outcome::Busy,
+                message: StateError::Busy {
+                    holder: Box::new(holder),
+                }
+                .to_string(),
+                deployment: None,
+            });
+        }
+        let current = self.current()?;
+        let new = NewDeployment {
+            id: id.to_owned(),
+            kind: Kind::System,
+            target: node.to_owned(),
+            from_path: Some(path.to_string()),
+            from_generation: current.as_ref().map(|g| g.number),
+            to_path: path.to_string(),
+            goal: GOAL_UNCHANGED.to_owned(),
+            actor: audit.actor.clone(),
+            reason: audit.reason.clone(),
+            ci_run_url: audit.ci_run_url.clone(),
+            revision: Some(revision.to_string()),
+        };
+        self.store.begin(&new)?;
+        if let Some(g) = &current {
+            self.store.set_to_generation(id, g.number)?;
+        }
+        let d = self.store.set_status(id, Status::Confirmed, None)?;
+        let message = format!(
+            "already running this system; recorded revision {}",
+            revision.short()
+        );
+        self.phase(id, "recorded", &message);
+        Ok(AgentResult::of(&d, message))
     }
 
     fn profile_str(&self) -> String {
@@ -533,6 +633,9 @@ impl Agent {
             actor: actor.to_owned(),
             reason: Some(format!("rollback to generation {}", target.number)),
             ci_run_url: None,
+            revision: self
+                .store
+                .revision_of(Kind::System, node, &target.path.to_string_lossy())?,
         };
         self.store.begin(&new)?;
         self.store.set_to_generation(id, target.number)?;
@@ -601,11 +704,35 @@ impl Agent {
         Ok(results)
     }
 
+    /// The system the host runs: `/run/current-system` where it exists (a
+    /// `boot` deploy changes only the profile), else the profile's (the
+    /// lab's plain hosts have no `/run/current-system`).
+    fn running_system(&self) -> Result<Option<PathBuf>, AgentError> {
+        match std::fs::canonicalize("/run/current-system") {
+            Ok(path) => Ok(Some(path)),
+            Err(_) => Ok(self.current()?.map(|g| g.path)),
+        }
+    }
+
+    /// The revision recorded for the system the host runs, as `node`.
+    fn running_revision(&self, node: &str) -> Result<Option<Revision>, AgentError> {
+        let Some(path) = self.running_system()? else {
+            return Ok(None);
+        };
+        let recorded = self
+            .store
+            .revision_of(Kind::System, node, &path.to_string_lossy())?;
+        // The agent checked it before recording it; anything else is not
+        // a revision berth can compare.
+        Ok(recorded.and_then(|r| Revision::new(r).ok()))
+    }
+
     pub fn status(&self, node: &str) -> Result<HostStatus, AgentError> {
         let generations = profile::list(&self.profile).unwrap_or_default();
         Ok(HostStatus {
             profile: self.current()?,
             running: std::fs::canonicalize("/run/current-system").ok(),
+            revision: self.running_revision(node)?,
             active: self.store.active(Kind::System, node)?,
             last: self
                 .store

@@ -516,6 +516,7 @@ impl AppAgent {
             actor: req.actor.clone(),
             reason: req.reason.clone(),
             ci_run_url: req.ci_run_url.clone(),
+            revision: None,
         })?;
         self.store.set_agent_pid(&d.id, std::process::id())?;
         self.save_manifest();
@@ -963,6 +964,7 @@ impl AppAgent {
                 .clone()
                 .or_else(|| data.as_ref().map(|_| "rollback with its data".to_owned())),
             ci_run_url: req.ci_run_url.clone(),
+            revision: None,
         })?;
         self.store.set_agent_pid(&d.id, std::process::id())?;
         self.phase(
@@ -1119,6 +1121,7 @@ impl AppAgent {
             actor: actor.to_owned(),
             reason: Some(format!("restore snapshot {snapshot_id}")),
             ci_run_url: None,
+            revision: None,
         });
         let d = match begun {
             Ok(d) => d,

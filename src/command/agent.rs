@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use std::time::Duration;
 
+use crate::agent::call::Audit;
 use crate::agent::system::{Activation, Agent, Goal};
 use crate::agent::{AgentResult, Outcome, EVENT_DEPLOYMENT, EVENT_RESULT, EVENT_STATUS};
 use crate::app::manifest::{self, Manifest, Overrides};
@@ -14,6 +15,7 @@ use crate::cli::Context;
 use crate::command::app;
 use crate::diagnostics::Exit;
 use crate::env;
+use crate::flake::Revision;
 use crate::nix::{StorePath, SYSTEM_PROFILE};
 use crate::output::Printer;
 use crate::state;
@@ -75,6 +77,29 @@ pub enum Verb {
         confirm_timeout: u64,
         #[arg(long)]
         no_magic_rollback: bool,
+        #[arg(long)]
+        actor: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        ci_run_url: Option<String>,
+        /// The flake revision (full commit id) the system was built from
+        #[arg(long, value_name = "SHA")]
+        revision: Option<Revision>,
+        /// Refuse (busy) unless the host still runs a system recorded with this revision
+        #[arg(long, value_name = "SHA")]
+        expect_revision: Option<Revision>,
+    },
+    /// The host already runs PATH: record that REVISION builds it (nothing is activated)
+    Record {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        node: String,
+        #[arg(long, value_name = "STORE_PATH")]
+        path: String,
+        #[arg(long, value_name = "SHA")]
+        revision: Revision,
         #[arg(long)]
         actor: String,
         #[arg(long)]
@@ -257,6 +282,8 @@ pub async fn run(_ctx: &Context, args: Args) -> anyhow::Result<Exit> {
             actor,
             reason,
             ci_run_url,
+            revision,
+            expect_revision,
         } => {
             let activation = Activation {
                 id,
@@ -268,8 +295,26 @@ pub async fn run(_ctx: &Context, args: Args) -> anyhow::Result<Exit> {
                 actor,
                 reason,
                 ci_run_url,
+                revision,
+                expect_revision,
             };
             agent.activate(&activation).await?
+        }
+        Verb::Record {
+            id,
+            node,
+            path,
+            revision,
+            actor,
+            reason,
+            ci_run_url,
+        } => {
+            let audit = Audit {
+                actor,
+                reason,
+                ci_run_url,
+            };
+            agent.record(&id, &node, &StorePath::new(path)?, &revision, &audit)?
         }
         Verb::Watchdog { id } => agent.watchdog(&id).await?,
         Verb::Confirm { id } => agent.confirm(&id)?,

@@ -21,7 +21,7 @@ use crate::env;
 use crate::flake::{self, NodeName};
 use crate::host::{Host, LocalHost};
 use crate::nix::StorePath;
-use crate::process::{self, Cmd, CommandError, JobLog, Output, Via};
+use crate::process::{Cmd, CommandError, JobLog, Output};
 use crate::progress::Progress;
 use crate::state;
 
@@ -121,48 +121,6 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "unknown".into())
-}
-
-/// What `nix flake metadata` says a flake ref is now.
-#[derive(Debug, PartialEq, Eq)]
-struct Resolved {
-    /// The commit, or for a flake without one (a dirty tree, `path:`) its
-    /// narHash.
-    revision: String,
-    /// Whether `revision` is a commit (what CI checks are attached to).
-    is_commit: bool,
-    /// The locked ref to evaluate, so the build is of exactly `revision`.
-    locked_url: Option<String>,
-}
-
-fn metadata_cmd(flake: &str) -> Cmd {
-    Cmd::new("nix")
-        .args(["--extra-experimental-features", "nix-command flakes"])
-        .args(["flake", "metadata", "--json", flake])
-}
-
-fn parse_metadata(json: &[u8]) -> Result<Resolved, String> {
-    let meta: serde_json::Value =
-        serde_json::from_slice(json).map_err(|e| format!("unreadable metadata: {e}"))?;
-    let locked_url = meta["url"].as_str().map(str::to_owned);
-    let rev = meta["revision"]
-        .as_str()
-        .or_else(|| meta["locked"]["rev"].as_str());
-    if let Some(rev) = rev {
-        return Ok(Resolved {
-            revision: rev.to_owned(),
-            is_commit: true,
-            locked_url,
-        });
-    }
-    match meta["locked"]["narHash"].as_str() {
-        Some(nar_hash) => Ok(Resolved {
-            revision: nar_hash.to_owned(),
-            is_commit: false,
-            locked_url,
-        }),
-        None => Err("the metadata has neither a revision nor a narHash".into()),
-    }
 }
 
 /// This machine, with the agent's state directory passed to every command.
@@ -277,14 +235,8 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
 
     // Which revision?
     printer.line(format!("fetching {flake_ref}"));
-    let out = process::output(&metadata_cmd(flake_ref), Via::Local, &JobLog::new())
-        .await
-        .and_then(|o| o.check())
-        .with_context(|| format!("could not resolve {flake_ref}"))?;
-    let resolved = parse_metadata(&out.stdout)
-        .map_err(anyhow::Error::msg)
-        .with_context(|| format!("could not resolve {flake_ref}"))?;
-    let revision = resolved.revision.as_str();
+    let source = flake::resolve(flake_ref).await?;
+    let revision = source.version();
 
     // Blocked?
     let service = format!("system:{node}");
@@ -304,7 +256,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
 
     // Green CI?
     if let Some(repo) = &args.require_ci {
-        if !resolved.is_commit {
+        if source.revision.is_none() {
             return Err(UsageError::new(format!(
                 "--require-ci needs a commit, but {flake_ref} has none (it is {revision})"
             ))
@@ -337,13 +289,13 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
     }
 
     // Build here.
-    let source = resolved.locked_url.as_deref().unwrap_or(flake_ref);
+    let locked = source.locked.as_str();
     printer.line(format!("evaluating {flake_ref} at {revision}"));
-    let nodes = flake::evaluate(source).await?;
+    let nodes = flake::evaluate(locked).await?;
     let mut selected = flake::select(&nodes, Some(&node), None)?;
     let meta = selected.remove(0);
     printer.line(format!("building {node}"));
-    let built = flake::build(source, std::slice::from_ref(&meta.name))
+    let built = flake::build(locked, std::slice::from_ref(&meta.name))
         .await?
         .remove(0);
 
@@ -359,6 +311,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
             ci_run_url: None,
         },
         ssh: ctx.ssh.clone(),
+        revision: source.revision.clone(),
     };
     let job = Job {
         node: meta.name,
@@ -366,6 +319,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
         toplevel: built.out,
         drv: None,
         built_on: None,
+        expect_revision: None,
     };
     let here = Here {
         inner: LocalHost::new(),
@@ -381,7 +335,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
     let deployment = result.deployment.clone().unwrap_or_default();
     let (outcome, exit) = match &result.outcome {
         Outcome::Deployed { .. } => ("deployed", Exit::SUCCESS),
-        Outcome::Unchanged => ("unchanged", Exit::SUCCESS),
+        Outcome::Unchanged { .. } => ("unchanged", Exit::SUCCESS),
         Outcome::RolledBack { why } => {
             store.block(&service, revision, &deployment, why)?;
             ("failed", Exit::FAILURE)
@@ -411,42 +365,6 @@ fn deploy_actor() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn metadata_argv() {
-        assert_eq!(
-            metadata_cmd("git+file:///srv/fleet").argv(),
-            [
-                "nix",
-                "--extra-experimental-features",
-                "nix-command flakes",
-                "flake",
-                "metadata",
-                "--json",
-                "git+file:///srv/fleet"
-            ]
-        );
-    }
-
-    #[test]
-    fn a_revision_or_else_the_nar_hash() {
-        let git = br#"{"revision":"abc123","locked":{"rev":"abc123","narHash":"sha256-x"},"url":"git+file:///f?rev=abc123"}"#;
-        assert_eq!(
-            parse_metadata(git).unwrap(),
-            Resolved {
-                revision: "abc123".into(),
-                is_commit: true,
-                locked_url: Some("git+file:///f?rev=abc123".into()),
-            }
-        );
-        let dirty = br#"{"locked":{"narHash":"sha256-x","type":"path"}}"#;
-        let resolved = parse_metadata(dirty).unwrap();
-        assert_eq!(
-            (resolved.revision.as_str(), resolved.is_commit),
-            ("sha256-x", false)
-        );
-        assert!(parse_metadata(b"{}").is_err());
-    }
 
     #[test]
     fn pauses_expire() {

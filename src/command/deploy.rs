@@ -1,6 +1,7 @@
 //! `berth deploy [FLAKE[#NODE]]`: evaluate, build, copy, activate with
 //! magic rollback, check health, confirm — one host or a fleet.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use crate::cli::Context;
 use crate::deploy::{self, Job, Options, Outcome, Report};
 use crate::diagnostics::Exit;
 use crate::env;
-use crate::flake::{self, NodeMeta};
+use crate::flake::{self, FlakeRef, NodeMeta, Selector};
 
 use super::nodes;
 use crate::host::{tailscale, Destination, Host, SshHost};
@@ -51,6 +52,10 @@ pub struct Args {
     /// The commit `--ci-gate` waits for [default: GITHUB_SHA]
     #[arg(long, value_name = "SHA", requires = "ci_gate")]
     pub ci_sha: Option<String>,
+    /// Leave a node alone (exit 0) when its host already runs this flake revision or a newer
+    /// one that contains it (needs a clean git checkout of the flake)
+    #[arg(long)]
+    pub skip_superseded: bool,
     /// Why, recorded in each host's history
     #[arg(long)]
     pub reason: Option<String>,
@@ -68,23 +73,68 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
             return Ok(exit);
         }
     }
-    let (target, mut nodes) = nodes::select(ctx, &args.nodes).await?;
+    let mut target = FlakeRef::parse(&args.nodes.target)?;
+    let selector = args.nodes.on.as_deref().map(Selector::parse).transpose()?;
+    let source = flake::resolve(&target.flake).await?;
+    // Before evaluating: a deploy that cannot be compared stops here.
+    let superseding = if args.skip_superseded {
+        Some(source.local_commit()?)
+    } else {
+        None
+    };
+    match &source.revision {
+        Some(revision) => printer.line(format!("evaluating {} at {revision}", target.flake)),
+        None => printer.line(format!("evaluating {} (no commit)", target.flake)),
+    }
+    // Evaluate and build exactly the revision that is recorded.
+    target.flake = source.locked.clone();
+    let mut nodes = nodes::select_in(&target, selector.as_ref()).await?;
     // Before building: an offline or unknown Tailscale peer fails fast.
     tailscale::resolve_nodes(&mut nodes, printer).await?;
-    let names: Vec<_> = nodes.iter().map(|n| n.name.clone()).collect();
-    let names_text = names
+    // Who to tell about each node, whether it is deployed or not.
+    let notify_urls: HashMap<String, Vec<String>> = nodes
         .iter()
-        .map(|n| n.to_string())
+        .map(|n| {
+            let urls = crate::notify::merge(&args.notify, &n.settings.notify);
+            (n.name.to_string(), urls)
+        })
+        .collect();
+    let options = Arc::new(Options {
+        goal: args.goal,
+        confirm_timeout: args.confirm_timeout.map(Duration::from_secs),
+        magic_rollback: !args.no_magic_rollback,
+        agent: ctx.agent.clone(),
+        audit: audit(args.reason),
+        ssh: ctx.ssh.clone(),
+        revision: source.revision.clone(),
+    });
+
+    // --skip-superseded: ask the hosts first, and build only for the rest.
+    let mut checked = Vec::new();
+    let mut expected = HashMap::new();
+    if let Some((this, repository)) = superseding {
+        let all = std::mem::take(&mut nodes);
+        let found =
+            deploy::check_superseded(all, this, repository, &options, args.parallel, printer).await;
+        checked = found.reports;
+        for (node, expect) in found.deploy {
+            expected.insert(node.name.clone(), expect);
+            nodes.push(node);
+        }
+    }
+    let names_text = nodes
+        .iter()
+        .map(|n| n.name.to_string())
         .collect::<Vec<_>>()
         .join(", ");
 
     let mut jobs = Vec::new();
     let nodes = match &args.build_host {
-        Some(build_host) => {
+        Some(build_host) if !nodes.is_empty() => {
             jobs = build_on(ctx, build_host, &target.flake, nodes).await?;
             Vec::new()
         }
-        None => nodes,
+        _ => nodes,
     };
     let (on_target, here): (Vec<_>, Vec<_>) = nodes
         .into_iter()
@@ -107,6 +157,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
                 toplevel: built.out,
                 drv: None,
                 built_on: None,
+                expect_revision: None,
             });
         }
     }
@@ -120,8 +171,12 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
                 toplevel: drv.out,
                 drv: Some(drv.drv),
                 built_on: None,
+                expect_revision: None,
             });
         }
+    }
+    for job in &mut jobs {
+        job.expect_revision = expected.remove(&job.node).flatten();
     }
     jobs.sort_by(|a, b| a.node.as_ref().cmp(b.node.as_ref()));
 
@@ -144,40 +199,37 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
                 args.goal.as_str()
             ));
         }
+        let mut exit = Exit::SUCCESS;
+        for report in &checked {
+            printer.line(format!("{}: {}", report.node, report.outcome.describe()));
+            exit = exit.max(exit_of(&report.outcome));
+        }
         printer.line("dry run: nothing was changed");
-        return Ok(Exit::SUCCESS);
+        return Ok(exit);
     }
 
-    let options = Arc::new(Options {
-        goal: args.goal,
-        confirm_timeout: args.confirm_timeout.map(Duration::from_secs),
-        magic_rollback: !args.no_magic_rollback,
-        agent: ctx.agent.clone(),
-        audit: audit(args.reason),
-        ssh: ctx.ssh.clone(),
-    });
-    // Who to tell, and what each node was given, before the jobs are spent.
-    let notify: Vec<(String, Vec<String>, String)> = jobs
+    // What each node was given, before the jobs are spent.
+    let toplevels: HashMap<String, String> = jobs
         .iter()
-        .map(|job| {
-            let urls = crate::notify::merge(&args.notify, &job.settings.notify);
-            (job.node.to_string(), urls, job.toplevel.to_string())
-        })
+        .map(|job| (job.node.to_string(), job.toplevel.to_string()))
         .collect();
     let ci_run_url = options.audit.ci_run_url.clone();
-    printer.line(format!("deploying {names_text}"));
-    let fleet = deploy::deploy_all(jobs, options, args.parallel, args.canary, printer);
-    let reports = tokio::select! {
-        reports = fleet => reports,
-        _ = tokio::signal::ctrl_c() => {
-            printer.warn(
-                "interrupted: a host that was activating rolls back by itself unless it was confirmed",
-            );
-            return Ok(Exit::INTERRUPTED);
+    let mut reports = checked;
+    if !jobs.is_empty() {
+        printer.line(format!("deploying {names_text}"));
+        let fleet = deploy::deploy_all(jobs, options, args.parallel, args.canary, printer);
+        tokio::select! {
+            deployed = fleet => reports.extend(deployed),
+            _ = tokio::signal::ctrl_c() => {
+                printer.warn(
+                    "interrupted: a host that was activating rolls back by itself unless it was confirmed",
+                );
+                return Ok(Exit::INTERRUPTED);
+            }
         }
-    };
+    }
     let exit = summarize(&reports, printer);
-    notify_hosts(&reports, &notify, ci_run_url, printer).await;
+    notify_hosts(&reports, &notify_urls, &toplevels, ci_run_url, printer).await;
     Ok(exit)
 }
 
@@ -185,19 +237,17 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
 /// `--notify` URLs and the node's own; a failed one is only reported.
 async fn notify_hosts(
     reports: &[Report],
-    notify: &[(String, Vec<String>, String)],
+    urls: &HashMap<String, Vec<String>>,
+    toplevels: &HashMap<String, String>,
     ci_run_url: Option<String>,
     printer: Printer,
 ) {
     for report in reports {
-        let Some((_, urls, toplevel)) = notify.iter().find(|(node, ..)| *node == report.node)
-        else {
+        let Some(urls) = urls.get(&report.node).filter(|urls| !urls.is_empty()) else {
             continue;
         };
-        if urls.is_empty() {
-            continue;
-        }
-        let note = crate::notify::of_system(report, Some(toplevel.clone()), ci_run_url.clone());
+        let to = toplevels.get(&report.node).cloned();
+        let note = crate::notify::of_system(report, to, ci_run_url.clone());
         let results = crate::notify::send(urls, &note).await;
         crate::notify::show(printer, &report.node, &results);
     }
@@ -230,6 +280,7 @@ async fn build_on(
             toplevel: built.out,
             drv: None,
             built_on: Some(store.clone()),
+            expect_revision: None,
         })
         .collect())
 }
@@ -282,15 +333,20 @@ fn summarize(reports: &[Report], printer: Printer) -> Exit {
         for line in &report.log {
             printer.line(format!("      | {line}"));
         }
-        exit = exit.max(match report.outcome {
-            Outcome::Deployed { .. } | Outcome::Unchanged => Exit::SUCCESS,
-            Outcome::NeedsAttention { .. } => Exit::ATTENTION,
-            _ => Exit::FAILURE,
-        });
+        exit = exit.max(exit_of(&report.outcome));
     }
     printer.event(
         "summary",
         &serde_json::json!({ "hosts": reports.len(), "ok": ok, "failed": reports.len() - ok }),
     );
     exit
+}
+
+/// 0 deployed or unchanged, 3 needs attention, else 1.
+fn exit_of(outcome: &Outcome) -> Exit {
+    match outcome {
+        Outcome::Deployed { .. } | Outcome::Unchanged { .. } => Exit::SUCCESS,
+        Outcome::NeedsAttention { .. } => Exit::ATTENTION,
+        _ => Exit::FAILURE,
+    }
 }

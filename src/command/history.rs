@@ -54,6 +54,9 @@ pub fn line(d: &Deployment) -> String {
         d.actor,
         d.id
     );
+    if let Some(revision) = &d.revision {
+        text.push_str(&format!("  at {}", short(revision)));
+    }
     if let Some(phase) = &d.failure_phase {
         text.push_str(&format!("  failed at {phase}"));
     }
@@ -61,4 +64,9 @@ pub fn line(d: &Deployment) -> String {
         text.push_str(&format!("  \"{reason}\""));
     }
     text
+}
+
+/// The first 12 digits of a commit, as people read it.
+pub fn short(revision: &str) -> &str {
+    revision.get(..12).unwrap_or(revision)
 }

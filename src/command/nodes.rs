@@ -27,9 +27,18 @@ pub async fn select(ctx: &Context, args: &NodesArgs) -> anyhow::Result<(FlakeRef
     let target = FlakeRef::parse(&args.target)?;
     let selector = args.on.as_deref().map(Selector::parse).transpose()?;
     ctx.printer.line(format!("evaluating {}", target.flake));
-    let nodes = flake::evaluate(&target.flake).await?;
-    let nodes = flake::select(&nodes, target.node.as_ref(), selector.as_ref())?;
+    let nodes = select_in(&target, selector.as_ref()).await?;
     Ok((target, nodes))
+}
+
+/// The nodes of `target` (whose flake may be a locked reference) that its
+/// `#NODE` and `selector` name, from one evaluation.
+pub async fn select_in(
+    target: &FlakeRef,
+    selector: Option<&Selector>,
+) -> anyhow::Result<Vec<NodeMeta>> {
+    let nodes = flake::evaluate(&target.flake).await?;
+    Ok(flake::select(&nodes, target.node.as_ref(), selector)?)
 }
 
 /// Exactly one node, named with `FLAKE#NODE`.

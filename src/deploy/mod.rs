@@ -4,6 +4,9 @@
 //! hosts run with bounded parallelism, canaries first.
 
 pub mod health;
+mod supersede;
+
+pub use supersede::{check_superseded, Checked};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,9 +14,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::agent::call::{self, Audit};
-use crate::agent::system::Goal;
+use crate::agent::system::{Activation, Goal};
 use crate::agent::{self, Outcome as AgentOutcome};
-use crate::flake::{DeploymentSettings, NodeName};
+use crate::flake::{DeploymentSettings, NodeName, Revision};
 use crate::host::{Destination, Host, SshHost, SshSettings};
 use crate::nix::{self, StorePath};
 use crate::output::Printer;
@@ -21,6 +24,8 @@ use crate::process::CommandError;
 use crate::progress::{HostProgress, Progress};
 use crate::state::{self, Deployment, Status};
 
+/// Why a host that already runs the system is left alone.
+const ALREADY_RUNNING: &str = "already running this system";
 /// How many log lines a failed host shows.
 const LOG_TAIL: usize = 12;
 /// How long past the confirm timeout the deployer waits for a host that
@@ -38,6 +43,9 @@ pub struct Job {
     /// With `--build-host`: the store (`ssh-ng://…`) the system was built
     /// in, copied from there straight to the host.
     pub built_on: Option<String>,
+    /// With `--skip-superseded`: the revision the host ran when it was
+    /// checked; its agent refuses to activate if that changed since.
+    pub expect_revision: Option<Revision>,
 }
 
 impl Job {
@@ -63,6 +71,9 @@ pub struct Options {
     pub agent: agent::Program,
     pub audit: Audit,
     pub ssh: SshSettings,
+    /// The flake revision the systems were built from, recorded on each
+    /// host; none for a flake without a commit.
+    pub revision: Option<Revision>,
 }
 
 /// How one host's deploy ended.
@@ -72,8 +83,11 @@ pub enum Outcome {
     Deployed {
         generation: Option<u64>,
     },
-    /// The host already runs this; nothing was copied or activated.
-    Unchanged,
+    /// Nothing was copied or activated: the host already runs this system,
+    /// or (`--skip-superseded`) a revision that contains this one.
+    Unchanged {
+        why: String,
+    },
     /// It failed and the host is back where it was.
     RolledBack {
         why: String,
@@ -94,7 +108,7 @@ pub enum Outcome {
 
 impl Outcome {
     pub fn ok(&self) -> bool {
-        matches!(self, Outcome::Deployed { .. } | Outcome::Unchanged)
+        matches!(self, Outcome::Deployed { .. } | Outcome::Unchanged { .. })
     }
 
     pub fn describe(&self) -> String {
@@ -103,7 +117,7 @@ impl Outcome {
                 generation: Some(g),
             } => format!("deployed (generation {g})"),
             Outcome::Deployed { generation: None } => "deployed".into(),
-            Outcome::Unchanged => "unchanged: already running this system".into(),
+            Outcome::Unchanged { why } => format!("unchanged: {why}"),
             Outcome::RolledBack { why } => format!("rolled back: {why}"),
             Outcome::Failed { why } => format!("failed, nothing changed: {why}"),
             Outcome::NeedsAttention { why } => format!("NEEDS ATTENTION: {why}"),
@@ -288,6 +302,61 @@ pub async fn deploy_here(
     report
 }
 
+/// A node's host, reached over SSH.
+struct Reached {
+    host: SshHost,
+    /// The deployer's SSH settings plus the node's `sshOptions`: for fresh
+    /// connections and `nix copy`.
+    ssh: SshSettings,
+    /// Holds the node's ssh_config, if it has sshOptions, while it is used.
+    _scratch: tempfile::TempDir,
+}
+
+/// Connects to `destination` with the node's `sshOptions`; the error says
+/// why, with a hint when there is one.
+async fn reach(
+    destination: &Destination,
+    node: &str,
+    settings: &DeploymentSettings,
+    ssh: &SshSettings,
+) -> Result<Reached, String> {
+    let scratch = tempfile::tempdir()
+        .map_err(|err| format!("could not make a temporary directory: {err}"))?;
+    let ssh = ssh
+        .with_options(&settings.ssh_options, scratch.path())
+        .map_err(|err| format!("node {node}: {err}"))?;
+    let host = SshHost::connect(destination, &ssh).await.map_err(|err| {
+        let mut why = format!("{err}: {}", crate::diagnostics::causes(&err));
+        if let Some(hint) = err.hint() {
+            why.push_str(&format!(" (hint: {hint})"));
+        }
+        why
+    })?;
+    Ok(Reached {
+        host,
+        ssh,
+        _scratch: scratch,
+    })
+}
+
+/// The agent's `status` of `node` on `host` (none if it printed none).
+async fn agent_status(
+    host: &dyn Host,
+    agent: &str,
+    node: &str,
+) -> Result<Option<serde_json::Value>, String> {
+    match host.run(&call::status(agent, node)).await {
+        Ok(out) => Ok(agent::find_events(&out.stdout, agent::EVENT_STATUS)
+            .into_iter()
+            .next()),
+        Err(err) => Err(format!(
+            "the berth agent on the host did not answer: {err} (hint: import berth's \
+             NixOS module on the host, run berth from the Nix store so it copies \
+             itself, or pass --agent PATH)"
+        )),
+    }
+}
+
 /// The state of one host's deploy while it runs.
 struct HostRun<'a> {
     job: &'a Job,
@@ -320,42 +389,24 @@ impl HostRun<'_> {
             Ok(d) => d,
             Err(why) => return Outcome::Failed { why },
         };
-        // Holds the node's ssh_config, if it has sshOptions, while it is used.
-        let scratch = match tempfile::tempdir() {
-            Ok(dir) => dir,
-            Err(err) => {
-                return Outcome::Failed {
-                    why: format!("could not make a temporary directory: {err}"),
-                }
-            }
-        };
-        self.ssh = match self
-            .options
-            .ssh
-            .with_options(&self.job.settings.ssh_options, scratch.path())
-        {
-            Ok(ssh) => ssh,
-            Err(err) => {
-                return Outcome::Failed {
-                    why: format!("node {}: {err}", self.job.node),
-                }
-            }
-        };
         self.phase("connect", &format!("connecting to {destination}"));
-        let host = match SshHost::connect(&destination, &self.ssh).await {
-            Ok(host) => host,
-            Err(err) => {
-                let mut why = format!("{err}: {}", crate::diagnostics::causes(&err));
-                if let Some(hint) = err.hint() {
-                    why.push_str(&format!(" (hint: {hint})"));
-                }
-                return Outcome::Failed { why };
-            }
+        let reached = match reach(
+            &destination,
+            self.job.node.as_ref(),
+            &self.job.settings,
+            &self.options.ssh,
+        )
+        .await
+        {
+            Ok(reached) => reached,
+            Err(why) => return Outcome::Failed { why },
         };
+        self.ssh = reached.ssh.clone();
+        let host = &reached.host;
         let store_uri = host.store_uri();
-        let outcome = self.on_host(&host, Some(&destination), &store_uri).await;
+        let outcome = self.on_host(host, Some(&destination), &store_uri).await;
         self.log = host.log().tail(LOG_TAIL * 4);
-        let _ = host.close().await;
+        let _ = reached.host.close().await;
         outcome
     }
 
@@ -377,25 +428,16 @@ impl HostRun<'_> {
         }
 
         // The cheap check: is this already what the host runs?
-        match host.run(&call::status(agent, node)).await {
-            Ok(out) => {
-                let status = agent::find_events(&out.stdout, agent::EVENT_STATUS);
-                if let Some(status) = status.first() {
-                    if already_running(status, &job.toplevel, self.options.goal) {
-                        self.phase("check", "already running this system: nothing to do");
-                        return Outcome::Unchanged;
-                    }
-                }
+        match agent_status(host, agent, node).await {
+            Ok(Some(status)) if already_running(&status, &job.toplevel, self.options.goal) => {
+                self.phase("check", "already running this system: nothing to do");
+                self.record_revision(host, &status).await;
+                return Outcome::Unchanged {
+                    why: ALREADY_RUNNING.into(),
+                };
             }
-            Err(err) => {
-                return Outcome::Failed {
-                    why: format!(
-                        "the berth agent on the host did not answer: {err} (hint: import berth's \
-                         NixOS module on the host, run berth from the Nix store so it copies \
-                         itself, or pass --agent PATH)"
-                    ),
-                }
-            }
+            Ok(_) => {}
+            Err(why) => return Outcome::Failed { why },
         }
 
         if let Some(drv) = &job.drv {
@@ -447,15 +489,22 @@ impl HostRun<'_> {
                 self.options.goal.as_str()
             ),
         );
+        let audit = &self.options.audit;
         let activate = call::activate(
             agent,
-            &id,
-            node,
-            &job.toplevel,
-            self.options.goal,
-            timeout,
-            magic,
-            &self.options.audit,
+            &Activation {
+                id: id.clone(),
+                node: node.to_owned(),
+                path: job.toplevel.clone(),
+                goal: self.options.goal,
+                confirm_timeout: timeout,
+                magic_rollback: magic,
+                actor: audit.actor.clone(),
+                reason: audit.reason.clone(),
+                ci_run_url: audit.ci_run_url.clone(),
+                revision: self.options.revision.clone(),
+                expect_revision: job.expect_revision.clone(),
+            },
         );
         let result = match host.output(&activate).await {
             Ok(out) => match agent::find_result(&out.stdout) {
@@ -506,7 +555,11 @@ impl HostRun<'_> {
                     why: result.message,
                 }
             }
-            AgentOutcome::Unchanged => return Outcome::Unchanged,
+            AgentOutcome::Unchanged => {
+                return Outcome::Unchanged {
+                    why: result.message,
+                }
+            }
         }
         if !self.options.goal.activates() {
             return Outcome::Deployed { generation };
@@ -556,6 +609,48 @@ impl HostRun<'_> {
                     }
                 }
             }
+        }
+    }
+
+    /// The host already runs this system: records this deploy's revision
+    /// with it when the host has another one recorded (a newer commit that
+    /// changed nothing for this node), so that `--skip-superseded` later
+    /// knows the host is at that commit. Only for a running system (not
+    /// `boot`). A failure is only reported: the host is as it should be.
+    async fn record_revision(&self, host: &dyn Host, status: &serde_json::Value) {
+        let Some(revision) = &self.options.revision else {
+            return;
+        };
+        if !self.options.goal.activates() || status["revision"].as_str() == Some(revision.as_str())
+        {
+            return;
+        }
+        let job = self.job;
+        let cmd = call::record(
+            &self.options.agent.program,
+            &state::new_id(),
+            job.node.as_ref(),
+            &job.toplevel,
+            revision,
+            &self.options.audit,
+        );
+        let recorded = match host.output(&cmd).await {
+            Ok(out) => match agent::find_result(&out.stdout) {
+                Some(r) if r.outcome == AgentOutcome::Confirmed => Ok(r.message),
+                Some(r) => Err(r.message),
+                None => Err(out
+                    .check()
+                    .err()
+                    .map_or("the agent gave no result".into(), |e| e.to_string())),
+            },
+            Err(err) => Err(err.to_string()),
+        };
+        match recorded {
+            Ok(message) => self.phase("check", &message),
+            Err(why) => self.phase(
+                "check",
+                &format!("could not record revision {}: {why}", revision.short()),
+            ),
         }
     }
 
@@ -751,7 +846,7 @@ mod tests {
         assert!(Outcome::NeedsAttention { why: "x".into() }
             .describe()
             .starts_with("NEEDS ATTENTION"));
-        assert!(Outcome::Unchanged.ok());
+        assert!(Outcome::Unchanged { why: "x".into() }.ok());
         assert!(!Outcome::Skipped { why: "x".into() }.ok());
     }
 }

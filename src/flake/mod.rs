@@ -5,6 +5,7 @@
 
 mod eval;
 mod node;
+mod revision;
 mod selector;
 mod settings;
 
@@ -13,6 +14,7 @@ pub use eval::{
     parse_realise, realise_on, unique_drvs, Built,
 };
 pub use node::{FlakeRef, NodeName};
+pub use revision::{metadata_cmd, parse_metadata, relation, resolve, Relation, Revision, Source};
 pub use selector::{select, Selector};
 pub use settings::{CommandCheck, DeploymentSettings, HealthChecks, HttpCheck, Tailscale};
 
@@ -85,6 +87,26 @@ pub enum FlakeError {
     },
     #[error("`{command}` printed what berth cannot read: {why}")]
     Unreadable { command: &'static str, why: String },
+    #[error("could not read the metadata of `{flake}`")]
+    Metadata {
+        flake: String,
+        #[source]
+        source: Box<CommandError>,
+    },
+    #[error("`{text}` is not a full git commit id (40 or 64 hex digits)")]
+    InvalidRevision { text: String },
+    #[error("`{flake}` has no commit to compare: {why}")]
+    NoCommit { flake: String, why: String },
+    #[error(
+        "`{flake}` is not a git repository on this machine, so berth cannot compare its commits"
+    )]
+    NotLocal { flake: String },
+    #[error("could not compare commits in the git repository {}", .repository.display())]
+    Git {
+        repository: std::path::PathBuf,
+        #[source]
+        source: Box<CommandError>,
+    },
 }
 
 impl FlakeError {
@@ -116,9 +138,21 @@ impl FlakeError {
             FlakeError::InvalidSettings { node, path, .. } => Some(format!(
                 "fix berth.deployment{path} in the configuration of node {node}"
             )),
-            FlakeError::Eval { flake, source } | FlakeError::Instantiate { flake, source, .. } => {
-                eval_hint(flake, source.as_ref())
-            }
+            FlakeError::Eval { flake, source }
+            | FlakeError::Instantiate { flake, source, .. }
+            | FlakeError::Metadata { flake, source } => eval_hint(flake, source.as_ref()),
+            FlakeError::NoCommit { .. } => Some(
+                "deploy from a clean git checkout: commit (or stash) the changes first, or deploy without --skip-superseded"
+                    .into(),
+            ),
+            FlakeError::NotLocal { .. } => Some(
+                "run berth in a checkout of the flake's repository (`berth deploy .#NODE`), or deploy without --skip-superseded"
+                    .into(),
+            ),
+            FlakeError::Git { source, .. } => match source.as_ref() {
+                CommandError::Spawn { .. } => Some("install git and make sure it is on PATH".into()),
+                _ => None,
+            },
             FlakeError::Build { source, .. } => match source.as_ref() {
                 CommandError::Spawn { .. } => Some(NO_NIX.into()),
                 CommandError::Failed { .. } => Some(
@@ -129,7 +163,8 @@ impl FlakeError {
             },
             FlakeError::InvalidNodeName { .. }
             | FlakeError::UnknownNode { .. }
-            | FlakeError::Unreadable { .. } => None,
+            | FlakeError::Unreadable { .. }
+            | FlakeError::InvalidRevision { .. } => None,
         }
     }
 
@@ -140,7 +175,7 @@ impl FlakeError {
         // nothing touched); a build that fails is a failure (exit 1).
         !matches!(
             self,
-            FlakeError::Build { .. } | FlakeError::Unreadable { .. }
+            FlakeError::Build { .. } | FlakeError::Unreadable { .. } | FlakeError::Git { .. }
         )
     }
 }

@@ -192,6 +192,9 @@ pub struct NewDeployment {
     pub actor: String,
     pub reason: Option<String>,
     pub ci_run_url: Option<String>,
+    /// The flake revision (git commit) a system was built from, when it
+    /// had one.
+    pub revision: Option<String>,
 }
 
 /// A recorded deployment. Deserialize too: the deployer reads the agent's
@@ -221,6 +224,10 @@ pub struct Deployment {
     pub agent_pid: Option<u32>,
     /// Unix seconds: when a pending deployment rolls back unless confirmed.
     pub confirm_deadline: Option<i64>,
+    /// The flake revision (git commit) a system was built from; absent in
+    /// what an older agent wrote.
+    #[serde(default)]
+    pub revision: Option<String>,
 }
 
 /// One line of a deployment's story.

@@ -77,6 +77,14 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE locks ADD COLUMN pid_start INTEGER;
     ALTER TABLE locks ADD COLUMN held INTEGER NOT NULL DEFAULT 0 CHECK (held IN (0, 1));
     ",
+    // 3: the flake revision (git commit) a system deployment was built from,
+    // so that a deploy can tell whether the host already runs a newer one.
+    // NULL where there was none (a dirty tree, a `path:` flake), for app
+    // deployments (their commit is `to_path`), and for every row written
+    // before.
+    "
+    ALTER TABLE deployments ADD COLUMN revision TEXT;
+    ",
 ];
 
 /// The schema version this berth writes.
@@ -179,5 +187,57 @@ mod tests {
         insert("system", "confirmed").unwrap();
         assert!(insert("container", "confirmed").is_err());
         assert!(insert("system", "done").is_err());
+    }
+
+    /// A database as berth left it at `version`: the first migrations only.
+    fn at_version(version: usize) -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        for sql in &MIGRATIONS[..version] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", version as i64)
+            .unwrap();
+        conn
+    }
+
+    #[test]
+    fn version_3_adds_a_revision_to_deployments_and_keeps_the_old_ones() {
+        let mut conn = at_version(2);
+        conn.execute(
+            "INSERT INTO deployments (id, kind, target, to_path, goal, actor, started, status)
+             VALUES ('old', 'system', 'web1', '/nix/store/x', 'switch', 'a@b', 0, 'confirmed')",
+            (),
+        )
+        .unwrap();
+        assert!(
+            conn.execute("UPDATE deployments SET revision = 'r'", ())
+                .is_err(),
+            "version 2 already had a revision column"
+        );
+        migrate(&mut conn, Path::new(":memory:")).unwrap();
+        assert_eq!(user_version(&conn), SCHEMA_VERSION);
+        let old: (String, Option<String>) = conn
+            .query_row(
+                "SELECT status, revision FROM deployments WHERE id = 'old'",
+                (),
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(old, ("confirmed".to_owned(), None));
+        let rev = "0123456789abcdef0123456789abcdef01234567";
+        conn.execute(
+            "INSERT INTO deployments (id, kind, target, to_path, goal, actor, started, status, revision)
+             VALUES ('new', 'system', 'web1', '/nix/store/y', 'switch', 'a@b', 1, 'confirmed', ?1)",
+            [rev],
+        )
+        .unwrap();
+        let stored: String = conn
+            .query_row(
+                "SELECT revision FROM deployments WHERE id = 'new'",
+                (),
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(stored, rev);
     }
 }

@@ -89,8 +89,8 @@ impl Store {
         let deployment = tx
             .query_row(
                 "INSERT INTO deployments (id, kind, target, from_path, from_generation, to_path,
-                     goal, actor, reason, ci_run_url, started, status)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                     goal, actor, reason, ci_run_url, started, status, revision)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
                  RETURNING *",
                 (
                     &new.id,
@@ -105,6 +105,7 @@ impl Store {
                     &new.ci_run_url,
                     now(),
                     Status::Activating,
+                    &new.revision,
                 ),
                 deployment,
             )
@@ -260,6 +261,28 @@ impl Store {
             )))
     }
 
+    /// The revision recorded for the system `path` of `target`: that of the
+    /// newest confirmed deployment to it that has one. A rollback to an
+    /// older generation finds the revision it was first deployed with.
+    pub fn revision_of(
+        &self,
+        kind: Kind,
+        target: &str,
+        path: &str,
+    ) -> Result<Option<String>, StateError> {
+        self.conn
+            .query_row(
+                "SELECT revision FROM deployments
+                 WHERE kind = ?1 AND target = ?2 AND to_path = ?3
+                     AND status = 'confirmed' AND revision IS NOT NULL
+                 ORDER BY started DESC, rowid DESC LIMIT 1",
+                (kind, target, path),
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(sql_err(format!("read the revision of {target}'s {path}")))
+    }
+
     /// A deployment's events, oldest first.
     pub fn events(&self, id: &str) -> Result<Vec<Event>, StateError> {
         // An unknown id is an error, not an empty story.
@@ -389,6 +412,7 @@ fn deployment(row: &Row<'_>) -> rusqlite::Result<Deployment> {
         failure_phase: row.get("failure_phase")?,
         agent_pid: row.get("agent_pid")?,
         confirm_deadline: row.get("confirm_deadline")?,
+        revision: row.get("revision")?,
     })
 }
 
@@ -432,6 +456,7 @@ mod tests {
             actor: "alice@laptop".to_owned(),
             reason: Some("bump kernel".to_owned()),
             ci_run_url: None,
+            revision: None,
         }
     }
 
@@ -677,6 +702,51 @@ mod tests {
     }
 
     #[test]
+    fn the_revision_of_a_system_comes_from_its_newest_confirmed_deployment() {
+        let mut store = Store::open_in_memory().unwrap();
+        let (a, b) = ("/nix/store/aaaa-system", "/nix/store/bbbb-system");
+        assert_eq!(store.revision_of(Kind::System, "web1", a).unwrap(), None);
+        let steps = [
+            ("1", "web1", a, Some("r1"), Status::Confirmed),
+            ("2", "web1", b, Some("r2"), Status::Confirmed),
+            // Rolled back, a rollback to `a` recorded with no revision, and
+            // another node: none of them count.
+            ("3", "web1", a, Some("r3"), Status::RolledBack),
+            ("4", "web1", a, None, Status::Confirmed),
+            ("5", "web2", a, Some("r5"), Status::Confirmed),
+        ];
+        for (i, (id, target, path, revision, status)) in steps.into_iter().enumerate() {
+            let d = store
+                .begin(&NewDeployment {
+                    to_path: path.to_owned(),
+                    revision: revision.map(str::to_owned),
+                    ..system(id, target)
+                })
+                .unwrap();
+            assert_eq!(d.revision.as_deref(), revision);
+            store.set_status(id, status, None).unwrap();
+            backdate(&store, id, 1000 + i as i64);
+        }
+        let of =
+            |store: &Store, target, path| store.revision_of(Kind::System, target, path).unwrap();
+        assert_eq!(of(&store, "web1", a).as_deref(), Some("r1"));
+        assert_eq!(of(&store, "web1", b).as_deref(), Some("r2"));
+        assert_eq!(of(&store, "web2", a).as_deref(), Some("r5"));
+        assert_eq!(of(&store, "web1", "/nix/store/cccc-system"), None);
+        // The same system deployed again from a newer commit: the newer one.
+        store
+            .begin(&NewDeployment {
+                to_path: a.to_owned(),
+                revision: Some("r6".into()),
+                ..system("6", "web1")
+            })
+            .unwrap();
+        store.set_status("6", Status::Confirmed, None).unwrap();
+        backdate(&store, "6", 2000);
+        assert_eq!(of(&store, "web1", a).as_deref(), Some("r6"));
+    }
+
+    #[test]
     fn events_come_back_oldest_first() {
         let mut store = Store::open_in_memory().unwrap();
         store.begin(&system("d1", "web1")).unwrap();
@@ -793,7 +863,7 @@ mod tests {
                 err,
                 StateError::NewerSchema {
                     found: 7,
-                    known: 2,
+                    known: 3,
                     ..
                 }
             ),
@@ -801,7 +871,7 @@ mod tests {
         );
         let message = err.to_string();
         assert!(message.contains("schema version 7"), "{message}");
-        assert!(message.contains("versions up to 2"), "{message}");
+        assert!(message.contains("versions up to 3"), "{message}");
         assert!(message.contains("state.db"), "{message}");
     }
 
