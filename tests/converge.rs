@@ -380,6 +380,23 @@ fn converge_follows_a_git_flake_on_a_lab_host() {
         assert!(last["actor"].as_str().unwrap().starts_with("converge@"));
         drop(server);
 
+        // Once deployed, the next runs neither ask GitHub nor build: the
+        // host already runs this commit (even were its checks red now).
+        let server = github(
+            &lab,
+            &sha,
+            vec![fixed.run(901, "build", "completed", Some("failure"))],
+        );
+        let (code, event, stderr) = gated(&server, 30).await;
+        assert_eq!(
+            (code, event["outcome"].as_str()),
+            (Some(0), Some("unchanged")),
+            "{stderr}"
+        );
+        assert!(server.targets().is_empty(), "{:?}", server.targets());
+        assert!(!stderr.contains("building"), "{stderr}");
+        drop(server);
+
         ssh.close().await.unwrap();
         drop(lab);
     });

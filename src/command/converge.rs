@@ -254,6 +254,23 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
         return Ok(Exit::SUCCESS);
     }
 
+    // Already there? Then there is no CI to ask and nothing to build: the
+    // host runs the system a deploy of this commit recorded.
+    if let Some(commit) = &source.revision {
+        let agent = crate::agent::system::Agent::open(
+            &args.state_dir,
+            Path::new(crate::nix::SYSTEM_PROFILE),
+        )?;
+        if agent.status(node.as_ref())?.revision.as_ref() == Some(commit) {
+            report(
+                "unchanged",
+                Some(revision),
+                &format!("{node} already runs {revision}"),
+            );
+            return Ok(Exit::SUCCESS);
+        }
+    }
+
     // Green CI?
     if let Some(repo) = &args.require_ci {
         if source.revision.is_none() {
