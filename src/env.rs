@@ -40,5 +40,5 @@ pub const GITHUB_TOKEN: &str = "GITHUB_TOKEN";
 pub const GITHUB_API_URL: &str = "GITHUB_API_URL";
 
 /// GitHub Actions: the commit the workflow runs for; `berth deploy
-/// --ci-gate` gates on it when `--ci-sha` is not given.
+/// --ci-gate` gates on it when neither `--ci-sha` nor the flake names one.
 pub const GITHUB_SHA: &str = "GITHUB_SHA";

@@ -372,19 +372,47 @@ fn gated_deploys_need_an_exact_commit() {
     ]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("not --ref or --tag"), "{stderr}");
-    let (code, _, stderr) = gated(&["deploy", "--ci-gate", REPO]);
+
+    // A system deploy gates on the flake's own commit, before evaluating
+    // it (this flake has no nixosConfigurations to evaluate).
+    let flake = tempfile::tempdir().unwrap();
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .arg("-C")
+            .arg(flake.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    std::fs::write(flake.path().join("flake.nix"), "{ outputs = _: { }; }\n").unwrap();
+    git(&["init", "-q"]);
+    git(&["add", "flake.nix"]);
+    git(&["commit", "-q", "-m", "fleet"]);
+    let head = git(&["rev-parse", "HEAD"]);
+    let target = format!("{}#web", flake.path().display());
+    let (code, _, stderr) = gated(&["deploy", &target, "--ci-gate", REPO]);
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("hint: give `--ci-sha SHA`"), "{stderr}");
-    // Checked before anything else: no flake is evaluated.
-    let (code, _, stderr) = gated(&[
-        "deploy",
-        "/nonexistent#web",
-        "--ci-gate",
-        REPO,
-        "--ci-sha",
-        SHA,
-    ]);
+    assert!(stderr.contains(&format!("no commit {head}")), "{stderr}");
+    assert!(
+        server.targets().iter().any(|t| t.contains(&head)),
+        "{:?}",
+        server.targets()
+    );
+    // --ci-sha wins; the red checks stop the deploy before evaluation.
+    let (code, _, stderr) = gated(&["deploy", &target, "--ci-gate", REPO, "--ci-sha", SHA]);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("nothing was deployed"), "{stderr}");
-    assert!(server.targets().iter().all(|t| t.contains(SHA)));
+    // A dirty tree has no commit: say what to do.
+    std::fs::write(
+        flake.path().join("flake.nix"),
+        "{ outputs = _: { x = 1; }; }\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = gated(&["deploy", &target, "--ci-gate", REPO]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("the flake has none"), "{stderr}");
+    assert!(stderr.contains("--ci-sha SHA"), "{stderr}");
 }

@@ -79,19 +79,24 @@ pub async fn before_deploy(ctx: &Context, repo: &str, sha: &Sha) -> anyhow::Resu
     Ok(Some(exit(outcome.outcome)))
 }
 
-/// The commit a system deploy gates on: `--ci-sha`, else `GITHUB_SHA`.
-pub fn system_sha(ci_sha: Option<&str>) -> Result<Sha, UsageError> {
-    let from_env = std::env::var(crate::env::GITHUB_SHA)
-        .ok()
-        .filter(|v| !v.is_empty());
-    match ci_sha.map(str::to_owned).or(from_env) {
-        Some(sha) => Sha::parse(&sha),
-        None => Err(
-            UsageError::new("--ci-gate needs the commit whose checks to wait for").hint(format!(
-                "give `--ci-sha SHA`, or run in GitHub Actions, which sets {}",
-                crate::env::GITHUB_SHA
-            )),
-        ),
+/// The commit a system deploy gates on: `--ci-sha`, else the flake's own
+/// commit (what is deployed), else `github_sha` (`GITHUB_SHA`, for a flake
+/// whose tree the job changed).
+pub fn system_sha(
+    ci_sha: Option<&str>,
+    flake_commit: Option<&str>,
+    github_sha: Option<String>,
+) -> Result<Sha, UsageError> {
+    let github_sha = github_sha.filter(|v| !v.is_empty());
+    match ci_sha.or(flake_commit).or(github_sha.as_deref()) {
+        Some(sha) => Sha::parse(sha),
+        None => Err(UsageError::new(
+            "--ci-gate needs the commit whose checks to wait for, and the flake has none (a dirty tree, or not git)",
+        )
+        .hint(format!(
+            "commit the changes, give `--ci-sha SHA`, or run in GitHub Actions, which sets {}",
+            crate::env::GITHUB_SHA
+        ))),
     }
 }
 
@@ -166,7 +171,25 @@ mod tests {
 
     #[test]
     fn system_deploys_gate_on_ci_sha() {
-        assert_eq!(system_sha(Some("ABCDEF1")).unwrap().to_string(), "abcdef1");
-        assert!(system_sha(Some("main")).is_err());
+        let flake = "1111111111111111111111111111111111111111";
+        let env = || Some("2222222222222222222222222222222222222222".to_owned());
+        assert_eq!(
+            system_sha(Some("ABCDEF1"), Some(flake), env())
+                .unwrap()
+                .to_string(),
+            "abcdef1"
+        );
+        assert!(system_sha(Some("main"), None, None).is_err());
+        // The flake's own commit before the job's.
+        assert_eq!(
+            system_sha(None, Some(flake), env()).unwrap().to_string(),
+            flake
+        );
+        assert_eq!(
+            system_sha(None, None, env()).unwrap().to_string(),
+            env().unwrap()
+        );
+        let err = system_sha(None, None, Some(String::new())).unwrap_err();
+        assert!(err.to_string().contains("the flake has none"), "{err}");
     }
 }

@@ -45,11 +45,11 @@ pub struct Args {
     /// Evaluate and build, show what would be deployed where, change nothing
     #[arg(long)]
     pub dry_run: bool,
-    /// First wait for the GitHub checks of the commit (`--ci-sha`, or GITHUB_SHA) in this
-    /// repository to pass, as `berth ci-gate` does; deploy nothing if they fail
+    /// First wait for the GitHub checks of the flake's commit in this repository to pass, as
+    /// `berth ci-gate` does; deploy nothing if they fail
     #[arg(long, value_name = "OWNER/NAME")]
     pub ci_gate: Option<String>,
-    /// The commit `--ci-gate` waits for [default: GITHUB_SHA]
+    /// The commit `--ci-gate` waits for [default: the flake's commit, else GITHUB_SHA]
     #[arg(long, value_name = "SHA", requires = "ci_gate")]
     pub ci_sha: Option<String>,
     /// Leave a node alone (exit 0) when its host already runs this flake revision or a newer
@@ -67,15 +67,20 @@ pub struct Args {
 
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
     let printer = ctx.printer;
+    let mut target = FlakeRef::parse(&args.nodes.target)?;
+    let selector = args.nodes.on.as_deref().map(Selector::parse).transpose()?;
+    let source = flake::resolve(&target.flake).await?;
+    // Before anything is evaluated or built.
     if let Some(repo) = &args.ci_gate {
-        let sha = super::ci_gate::system_sha(args.ci_sha.as_deref())?;
+        let sha = super::ci_gate::system_sha(
+            args.ci_sha.as_deref(),
+            source.revision.as_ref().map(|r| r.as_str()),
+            std::env::var(crate::env::GITHUB_SHA).ok(),
+        )?;
         if let Some(exit) = super::ci_gate::before_deploy(ctx, repo, &sha).await? {
             return Ok(exit);
         }
     }
-    let mut target = FlakeRef::parse(&args.nodes.target)?;
-    let selector = args.nodes.on.as_deref().map(Selector::parse).transpose()?;
-    let source = flake::resolve(&target.flake).await?;
     // Before evaluating: a deploy that cannot be compared stops here.
     let superseding = if args.skip_superseded {
         Some(source.local_commit()?)
