@@ -4,6 +4,8 @@
 //! to that unit, its code in a git repository on the host.
 //! Needs root and the lab's packages (scripts/install-deps).
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -14,37 +16,12 @@ use std::time::{Duration, Instant};
 use berth::host::{Host, SshHost};
 use berth::lab::{HostKind, LabGuard};
 use berth::process::Cmd;
+use common::Run;
 
 const BIN: &str = env!("CARGO_BIN_EXE_berth");
 const SERVICE: &str = "notes";
 const DIR: &str = "/var/lib/notes";
 const PORT: u16 = 8090;
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn events(&self, name: &str) -> Vec<serde_json::Value> {
-        self.stdout
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|e| e["event"] == name)
-            .collect()
-    }
-
-    fn result(&self) -> serde_json::Value {
-        self.events("result")
-            .pop()
-            .unwrap_or_else(|| panic!("no result event in:\n{}\n{}", self.stdout, self.stderr))
-    }
-
-    fn outcome(&self) -> String {
-        self.result()["outcome"].as_str().unwrap().to_owned()
-    }
-}
 
 /// The test's view of the lab host: root over one SSH connection, and
 /// berth run as the deployer.
@@ -56,26 +33,17 @@ struct World {
 
 impl World {
     fn berth_cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = common::berth();
         cmd.args(args)
             .args(["--agent", BIN, "--json"])
             .env("BERTH_SSH_CONFIG", self.lab.ssh_config())
-            .env("NO_COLOR", "1")
             .env("USER", "tester")
-            .env_remove("RUST_LOG")
             .env_remove("GITHUB_REPOSITORY");
         cmd
     }
 
     fn berth(&self, args: &[&str]) -> Run {
-        let out = self.berth_cmd(args).output().unwrap();
-        let run = Run {
-            code: out.status.code().expect("berth was killed"),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        };
-        eprintln!("$ berth {}\n{}", args.join(" "), run.stderr);
-        run
+        Run::of(&mut self.berth_cmd(args))
     }
 
     fn deploy(&self, rev: &str, extra: &[&str]) -> Run {

@@ -3,6 +3,8 @@
 //! a toplevel whose activation serves /health and can misbehave on purpose).
 //! Needs root and the lab's packages (scripts/install-deps).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,6 +12,7 @@ use std::process::Command;
 use berth::host::Host;
 use berth::lab::{HostKind, Lab, LabGuard};
 use berth::process::Cmd;
+use common::Run;
 
 const BIN: &str = env!("CARGO_BIN_EXE_berth");
 
@@ -71,37 +74,12 @@ impl Drop for Fleet {
     }
 }
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn events(&self, name: &str) -> Vec<serde_json::Value> {
-        self.stdout
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|e| e["event"] == name)
-            .collect()
-    }
-}
-
 fn berth(ssh_config: &Path, args: &[&str]) -> Run {
-    let out = Command::new(BIN)
-        .args(args)
-        .env("BERTH_SSH_CONFIG", ssh_config)
-        .env("NO_COLOR", "1")
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    let run = Run {
-        code: out.status.code().expect("berth was killed"),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    eprintln!("$ berth {}\n{}", args.join(" "), run.stderr);
-    run
+    Run::of(
+        common::berth()
+            .args(args)
+            .env("BERTH_SSH_CONFIG", ssh_config),
+    )
 }
 
 /// `berth deploy … --agent <this build>`: the lab's hosts see the machine's

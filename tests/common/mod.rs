@@ -38,18 +38,60 @@ pub fn berth() -> Command {
     cmd
 }
 
+/// One finished berth run.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// Runs `cmd`, showing its command line and stderr in the test's log.
+    pub fn of(cmd: &mut Command) -> Run {
+        let Output {
+            status,
+            stdout,
+            stderr,
+        } = cmd.output().unwrap();
+        let run = Run {
+            code: status.code().expect("berth was killed by a signal"),
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        };
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy()).collect();
+        eprintln!("$ berth {}\n{}", args.join(" "), run.stderr);
+        run
+    }
+
+    /// The JSON events on stdout named `name`.
+    pub fn events(&self, name: &str) -> Vec<Value> {
+        self.stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|e| e["event"] == name)
+            .collect()
+    }
+
+    /// The last `result` event.
+    pub fn result(&self) -> Value {
+        self.events("result")
+            .pop()
+            .unwrap_or_else(|| panic!("no result event in:\n{}\n{}", self.stdout, self.stderr))
+    }
+
+    pub fn outcome(&self) -> String {
+        self.result()["outcome"].as_str().unwrap().to_owned()
+    }
+}
+
 /// Runs `cmd`: its exit code, stdout and stderr.
 pub fn run(cmd: &mut Command) -> (i32, String, String) {
-    let Output {
-        status,
+    let Run {
+        code,
         stdout,
         stderr,
-    } = cmd.output().unwrap();
-    (
-        status.code().expect("berth was killed by a signal"),
-        String::from_utf8(stdout).unwrap(),
-        String::from_utf8(stderr).unwrap(),
-    )
+    } = Run::of(cmd);
+    (code, stdout, stderr)
 }
 
 /// Every line of `stdout`, as JSON.
