@@ -39,6 +39,12 @@ pub enum Style {
 }
 
 /// `text` in `style` if `color`, else as it is.
+/// A commit's name as people read it (and as an app's health answer must
+/// carry it): its first 12 characters, or all of a shorter name.
+pub fn short_commit(name: &str) -> &str {
+    name.get(..12).unwrap_or(name)
+}
+
 pub fn paint(text: &str, style: Style, color: bool) -> String {
     if !color {
         return text.to_owned();

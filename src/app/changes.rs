@@ -131,7 +131,7 @@ impl Changes {
 
     /// A line for people.
     pub fn describe(&self) -> String {
-        let short = |r: &str| r.chars().take(12).collect::<String>();
+        let short = crate::output::short_commit;
         let Some(from) = &self.from else {
             return format!(
                 "{} runs nothing yet: {} is all new",

@@ -281,7 +281,7 @@ impl AppAgent {
             settle: Duration::from_secs(h.settle),
             expect: revision
                 .filter(|_| h.expect_revision)
-                .map(|r| r[..r.len().min(12)].to_owned()),
+                .map(|r| crate::output::short_commit(r).to_owned()),
         }
     }
 
@@ -427,7 +427,7 @@ impl AppAgent {
         let from = release::current_revision(&self.layout.current());
         // What it changes only informs the plan.
         let changes = match &from {
-            Some(from) => self.changes(from, &sha).await.ok(),
+            Some(from) => self.changes(Some(from), &sha).await.ok(),
             None => None,
         };
         Ok(Plan {
@@ -484,7 +484,7 @@ impl AppAgent {
             }
         }
         let changes = match &from {
-            Some(from) => match self.changes(from, &sha).await {
+            Some(from) => match self.changes(Some(from), &sha).await {
                 Ok(c) => Some(c),
                 Err(e) if req.skip_untouched => return Err(e),
                 // What changed only shapes the notification: deploy anyway.
@@ -557,22 +557,20 @@ impl AppAgent {
             Some(rev) => Some(repo.resolve(&Wanted::Rev(rev.to_owned())).await?),
             None => release::current_revision(&self.layout.current()),
         };
-        match from {
-            Some(from) => self.changes(&from, &to).await,
-            None => {
-                let [paths, quiet] = self.filters()?;
-                Ok(Changes::of(self.service(), None, &to, &[], &paths, &quiet))
-            }
-        }
+        self.changes(from.as_deref(), &to).await
     }
 
-    /// What going from commit `from` to `to` changes for the service.
-    async fn changes(&self, from: &str, to: &str) -> Result<Changes, AppError> {
-        let files = self.repo()?.changed_files(from, to).await?;
+    /// What going from commit `from` (`None`: nothing deployed yet) to `to`
+    /// changes for the service.
+    async fn changes(&self, from: Option<&str>, to: &str) -> Result<Changes, AppError> {
+        let files = match from {
+            Some(from) => self.repo()?.changed_files(from, to).await?,
+            None => Vec::new(),
+        };
         let [paths, quiet] = self.filters()?;
         Ok(Changes::of(
             self.service(),
-            Some(from),
+            from,
             to,
             &files,
             &paths,

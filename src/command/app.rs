@@ -587,12 +587,12 @@ async fn history(ctx: &Context, args: HistoryArgs) -> anyhow::Result<Exit> {
 
 /// One app deploy in a line: when, from → to, how it ended, who, the CI run.
 pub fn line(d: &Deployment) -> String {
-    let short = |r: &str| r.chars().take(12).collect::<String>();
+    let short = crate::output::short_commit;
     let mut text = format!(
         "{}  {:<15} {} -> {}  {:<12} by {}  ({})",
         state::utc_time(d.started),
         d.status.as_str(),
-        d.from_path.as_deref().map_or("-".into(), short),
+        d.from_path.as_deref().map_or("-", short),
         short(&d.to_path),
         d.goal,
         d.actor,

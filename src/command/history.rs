@@ -4,6 +4,7 @@
 use crate::agent::{call, EVENT_DEPLOYMENT};
 use crate::cli::Context;
 use crate::diagnostics::Exit;
+use crate::output::short_commit;
 use crate::state::Deployment;
 
 use super::nodes;
@@ -55,7 +56,7 @@ pub fn line(d: &Deployment) -> String {
         d.id
     );
     if let Some(revision) = &d.revision {
-        text.push_str(&format!("  at {}", short(revision)));
+        text.push_str(&format!("  at {}", short_commit(revision)));
     }
     if let Some(phase) = &d.failure_phase {
         text.push_str(&format!("  failed at {phase}"));
@@ -64,9 +65,4 @@ pub fn line(d: &Deployment) -> String {
         text.push_str(&format!("  \"{reason}\""));
     }
     text
-}
-
-/// The first 12 digits of a commit, as people read it.
-pub fn short(revision: &str) -> &str {
-    revision.get(..12).unwrap_or(revision)
 }

@@ -42,9 +42,9 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
                     .as_u64()
                     .map_or("none".into(), |g| g.to_string());
                 let path = status["profile"]["path"].as_str().unwrap_or("-");
-                let revision = status["revision"]
-                    .as_str()
-                    .map_or(String::new(), |r| format!(" at {}", history::short(r)));
+                let revision = status["revision"].as_str().map_or(String::new(), |r| {
+                    format!(" at {}", crate::output::short_commit(r))
+                });
                 ctx.printer.line(format!(
                     "{}: generation {generation} {path}{revision}",
                     ctx.printer.bold(&name)

@@ -30,7 +30,7 @@ impl Revision {
 
     /// The first 12 digits, for people.
     pub fn short(&self) -> &str {
-        &self.0[..12]
+        crate::output::short_commit(&self.0)
     }
 }
 
