@@ -20,3 +20,5 @@ pub mod output;
 pub mod process;
 pub mod progress;
 pub mod state;
+#[cfg(test)]
+mod testing;

@@ -376,17 +376,7 @@ fn gated_deploys_need_an_exact_commit() {
     // A system deploy gates on the flake's own commit, before evaluating
     // it (this flake has no nixosConfigurations to evaluate).
     let flake = tempfile::tempdir().unwrap();
-    let git = |args: &[&str]| {
-        let out = Command::new("git")
-            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
-            .arg("-C")
-            .arg(flake.path())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "git {args:?}: {out:?}");
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    };
+    let git = |args: &[&str]| common::git(flake.path(), args);
     std::fs::write(flake.path().join("flake.nix"), "{ outputs = _: { }; }\n").unwrap();
     git(&["init", "-q"]);
     git(&["add", "flake.nix"]);

@@ -16,27 +16,12 @@ use berth::lab::{HostKind, Lab, LabGuard};
 use berth::process::Cmd;
 use serde_json::Value;
 
-use common::{Commit, Server};
+use common::{git, Commit, Server};
 
 const BIN: &str = env!("CARGO_BIN_EXE_berth");
 /// The repository whose checks `--require-ci` waits for.
 const CI_REPO: &str = "berth-deploy/fleet";
 const CI_TOKEN: &str = "ghp_lab";
-
-fn git(dir: &Path, args: &[&str]) {
-    let status = Command::new("git")
-        .args([
-            "-c",
-            "user.name=test",
-            "-c",
-            "user.email=test@example.invalid",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .status()
-        .unwrap();
-    assert!(status.success(), "git {args:?}");
-}
 
 fn commit(dir: &Path, spec: &serde_json::Value) {
     std::fs::write(
@@ -49,13 +34,7 @@ fn commit(dir: &Path, spec: &serde_json::Value) {
 }
 
 fn head(dir: &Path) -> String {
-    let out = Command::new("git")
-        .args(["rev-parse", "HEAD"])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "git rev-parse HEAD");
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    git(dir, &["rev-parse", "HEAD"])
 }
 
 /// GitHub as far as `sha` of [`CI_REPO`] goes, on the machine's end of h1's

@@ -7,12 +7,11 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use berth::host::Host;
 use berth::lab::{HostKind, Lab, LabGuard};
 use berth::process::Cmd;
-use common::Run;
+use common::{git, Run};
 
 const BIN: &str = env!("CARGO_BIN_EXE_berth");
 
@@ -569,23 +568,6 @@ fn system_deploys_on_lab_hosts() {
         drop(fleet);
         lab.down().await.expect("lab down");
     });
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args([
-            "-c",
-            "user.name=test",
-            "-c",
-            "user.email=test@example.invalid",
-        ])
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "git {args:?}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 /// Commits everything in `dir` and returns the commit.

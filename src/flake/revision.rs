@@ -263,6 +263,7 @@ mod tests {
     //! The tests named `git_*` run the real git on throwaway repositories.
 
     use super::*;
+    use crate::testing::git;
 
     const A: &str = "0123456789abcdef0123456789abcdef01234567";
 
@@ -397,23 +398,11 @@ mod tests {
         assert!(parse_metadata(".", b"not json").is_err());
     }
 
-    fn run_git(dir: &Path, args: &[&str]) -> String {
-        let out = std::process::Command::new("git")
-            .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
-            .arg("-C")
-            .arg(dir)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "git {args:?}: {out:?}");
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    }
-
     fn commit(dir: &Path, text: &str) -> Revision {
         std::fs::write(dir.join("file"), text).unwrap();
-        run_git(dir, &["add", "file"]);
-        run_git(dir, &["commit", "-q", "-m", text]);
-        Revision::new(run_git(dir, &["rev-parse", "HEAD"])).unwrap()
+        git(dir, &["add", "file"]);
+        git(dir, &["commit", "-q", "-m", text]);
+        Revision::new(git(dir, &["rev-parse", "HEAD"])).unwrap()
     }
 
     #[tokio::test]
@@ -421,13 +410,13 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let repo = tmp.path().join("repo");
         std::fs::create_dir(&repo).unwrap();
-        run_git(&repo, &["init", "-q", "-b", "main"]);
+        git(&repo, &["init", "-q", "-b", "main"]);
         let one = commit(&repo, "one");
         let two = commit(&repo, "two");
-        run_git(&repo, &["checkout", "-q", "-b", "side", one.as_str()]);
+        git(&repo, &["checkout", "-q", "-b", "side", one.as_str()]);
         let side = commit(&repo, "side");
         let three = {
-            run_git(&repo, &["checkout", "-q", "main"]);
+            git(&repo, &["checkout", "-q", "main"]);
             commit(&repo, "three")
         };
         let elsewhere = Revision::new("e".repeat(40)).unwrap();
@@ -445,16 +434,16 @@ mod tests {
         // A shallow clone of `one` that later fetched `three` shallowly:
         // `three`'s history is cut, so that it does not show `one` says
         // nothing; nor does the absence of `two`.
-        run_git(&repo, &["tag", "first", one.as_str()]);
+        git(&repo, &["tag", "first", one.as_str()]);
         let shallow = tmp.path().join("shallow");
         let url = format!("file://{}", repo.display());
-        run_git(
+        git(
             tmp.path(),
             &[
                 "clone", "-q", "--depth", "1", "--branch", "first", &url, "shallow",
             ],
         );
-        run_git(&shallow, &["fetch", "-q", "--depth", "1", "origin", "main"]);
+        git(&shallow, &["fetch", "-q", "--depth", "1", "origin", "main"]);
         let rel_shallow = |this: &Revision, other: &Revision| {
             let shallow = shallow.clone();
             let (this, other) = (this.clone(), other.clone());

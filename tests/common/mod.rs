@@ -94,6 +94,25 @@ pub fn run(cmd: &mut Command) -> (i32, String, String) {
     (code, stdout, stderr)
 }
 
+/// Runs git in `dir` with a fixed identity; returns what it printed,
+/// trimmed, and panics when it fails.
+pub fn git(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=test",
+            "-c",
+            "user.email=test@example.invalid",
+        ])
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 /// Every line of `stdout`, as JSON.
 pub fn events(stdout: &str) -> Vec<Value> {
     stdout
