@@ -98,6 +98,11 @@ impl LabError {
                 Some("run `berth lab down` first, or pick another `--lab-dir`".into())
             }
             LabError::NotUp(_) => Some("start one with `berth lab up`".into()),
+            LabError::NotReady { log, .. }
+                if log.iter().any(|l| l.contains("mount point does not exist")) =>
+            {
+                Some("a directory the lab binds over (such as /nix) is missing on this machine: create it (`mkdir -p /nix`) or run scripts/install-deps, then `berth lab down` and up again".into())
+            }
             LabError::Teardown { .. } => Some(
                 "fix what is listed, then run `berth lab down` again: it only removes what the lab recorded".into(),
             ),
@@ -333,7 +338,10 @@ impl Lab {
                 write(&config, &text, 0o600)?;
                 // sshd's privilege separation directory, as Debian's unit makes it.
                 mkdir(Path::new("/run/sshd"))?;
-                // The mount point of the host's own agent state (empty on the machine).
+                // The mount points of the host's own store and agent state:
+                // Debian's nix-bin makes `/nix` only when a nix command first
+                // runs, and the machine's berth state may never have existed.
+                mkdir(Path::new("/nix"))?;
                 mkdir(Path::new(AGENT_STATE_DIR))?;
                 mkdir(&host.state_dir())?;
                 let sshd = process::find_program("sshd").expect("checked in prerequisites");
@@ -854,6 +862,24 @@ fn write(path: &Path, text: &str, mode: u32) -> Result<(), LabError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_mount_point_is_named_with_its_fix() {
+        let err = LabError::NotReady {
+            host: "h1".into(),
+            why: "its process exited".into(),
+            log: vec!["mount: /nix: mount point does not exist.".into()],
+        };
+        let hint = err.hint().expect("a hint");
+        assert!(hint.contains("mkdir -p /nix"), "{hint}");
+        assert!(hint.contains("scripts/install-deps"), "{hint}");
+        let other = LabError::NotReady {
+            host: "h1".into(),
+            why: "its process exited".into(),
+            log: vec!["sshd: bad config".into()],
+        };
+        assert_eq!(other.hint(), None);
+    }
 
     #[test]
     fn mount_paths_are_unescaped() {
