@@ -13,6 +13,7 @@
           inherit name;
           inherit (spec) version;
           behaviour = spec.behaviour or "healthy";
+          delay = spec.delay or 0;
         };
         berth.deployment = {
           targetHost = spec.host;

@@ -16,6 +16,10 @@ case "$goal" in
     ;;
 esac
 
+# Nix substitutes @delay@ when it builds the system: not a constant.
+# shellcheck disable=SC2050
+if [ "@delay@" != 0 ]; then sleep "@delay@"; fi
+
 # The host's own /nix (each lab host has a private one).
 state=/nix/var/berth-example
 www=$state/www
@@ -75,6 +79,11 @@ case "@behaviour@" in
       name=$(basename "$dev")
       [ "$name" = lo ] || ip link set "$name" down
     done
+    ;;
+  hang)
+    echo ok >"$www/health"
+    echo "switching to @name@ @version@ hangs" >&2
+    sleep 2147483647
     ;;
 esac
 echo "switched to @name@ @version@ (@behaviour@)"

@@ -8,10 +8,13 @@
 #   failed-unit   a unit fails, but switch-to-configuration exits 0
 #   kill-sshd     stops the host's sshd after switching
 #   link-down     takes the host's network links down after switching
+#   hang          never returns (a switch that hangs)
+# and `delay` seconds pass before it switches, so a fault can land mid-way.
 {
   name,
   version,
   behaviour ? "healthy",
+  delay ? 0,
   system ? "x86_64-linux",
 }:
 builtins.derivation {
@@ -21,8 +24,8 @@ builtins.derivation {
   PATH = "/usr/bin:/bin";
   script =
     builtins.replaceStrings
-    ["@name@" "@version@" "@behaviour@"]
-    [name version behaviour]
+    ["@name@" "@version@" "@behaviour@" "@delay@"]
+    [name version behaviour (toString delay)]
     (builtins.readFile ./switch-to-configuration.sh);
   args = [
     "-c"
