@@ -265,6 +265,37 @@ fn system_deploys_on_lab_hosts() {
         );
         assert_eq!(generation(&lab, "h4").await.0, "system-1-link");
 
+        // A switch that hangs: stopped at its deadline (with what it
+        // started), and the host rolled back to the recorded generation.
+        fleet.update(
+            "web4",
+            serde_json::json!({ "version": v(2), "behaviour": "hang" }),
+        );
+        let run = deploy(&lab, &[&fleet.node("web4"), "--activation-timeout", "3"]);
+        assert_eq!(run.code, 1, "{}", run.stderr);
+        assert!(
+            run.stderr.contains("did not finish within 3s: stopped it"),
+            "{}",
+            run.stderr
+        );
+        assert!(
+            run.stderr.contains("web4 (h4): rolled back:") && run.stderr.contains("back on generation 1"),
+            "{}",
+            run.stderr
+        );
+        assert_eq!(generation(&lab, "h4").await.0, "system-1-link");
+        let ssh = lab.connect("h4").await.unwrap();
+        let hung = ssh
+            .run(&Cmd::new("sh").args([
+                "-c",
+                r#"for p in $(pgrep -f '^sleep 2147483647'); do [ "$(readlink /proc/$p/ns/net)" = "$(readlink /proc/self/ns/net)" ] && echo "$p"; done; true"#,
+            ]))
+            .await
+            .unwrap()
+            .stdout_str();
+        ssh.close().await.unwrap();
+        assert_eq!(hung.trim(), "", "the hung switch outlived its deadline");
+
         // An activation that takes the host's network down: the host rolls
         // itself back when no confirmation comes, and berth says so.
         fleet.update(

@@ -628,6 +628,12 @@ in {
       example = 90;
       description = "Seconds the deployer has to confirm a new generation before the host rolls back to the previous one.";
     };
+    activationTimeout = option {
+      type = t.unsigned;
+      default = 600;
+      example = 1800;
+      description = "Seconds `switch-to-configuration` may run on the host. Past it the agent stops it (its whole process group) and rolls back to the recorded generation, so a switch that hangs does not hold the host. `berth deploy --activation-timeout` overrides it.";
+    };
     magicRollback = option {
       type = t.bool;
       default = true;

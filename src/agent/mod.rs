@@ -115,6 +115,10 @@ pub mod call {
                 "--confirm-timeout",
                 &a.confirm_timeout.as_secs().to_string(),
             ])
+            .args([
+                "--activation-timeout",
+                &a.activation_timeout.as_secs().to_string(),
+            ])
             .args(["--actor", &a.actor]);
         if !a.magic_rollback {
             cmd = cmd.arg("--no-magic-rollback");
@@ -209,6 +213,7 @@ pub mod call {
                 path: path.clone(),
                 goal: Goal::Switch,
                 confirm_timeout: Duration::from_secs(30),
+                activation_timeout: Duration::from_secs(600),
                 magic_rollback: false,
                 actor: "alice@laptop".into(),
                 reason: Some("kernel update".into()),
@@ -230,6 +235,8 @@ pub mod call {
                 "switch",
                 "--confirm-timeout",
                 "30",
+                "--activation-timeout",
+                "600",
                 "--actor",
                 "alice@laptop",
                 "--no-magic-rollback",

@@ -21,6 +21,8 @@ const WATCHDOG_POLL: Duration = Duration::from_millis(200);
 /// The goal of a deployment that found the host already running its
 /// system and only recorded its revision.
 pub const GOAL_UNCHANGED: &str = "unchanged";
+/// How long `switch-to-configuration` may run unless the node says otherwise.
+pub const DEFAULT_ACTIVATION_TIMEOUT: Duration = Duration::from_secs(600);
 /// `switch-to-configuration` exits 4 when units failed: that is a failure.
 const FAILED_UNITS: i32 = 4;
 
@@ -93,6 +95,9 @@ pub struct Activation {
     pub path: StorePath,
     pub goal: Goal,
     pub confirm_timeout: Duration,
+    /// How long `switch-to-configuration` may run: past it the agent stops
+    /// it and rolls back to the recorded generation.
+    pub activation_timeout: Duration,
     pub magic_rollback: bool,
     pub actor: String,
     pub reason: Option<String>,
@@ -130,6 +135,9 @@ pub struct Agent {
     /// Whether this activation has changed the profile or the running
     /// system yet (an error before that needs no rollback).
     touched: bool,
+    /// How long a `switch-to-configuration` may run, the activation's or
+    /// a rollback's.
+    activation_timeout: Duration,
 }
 
 impl Agent {
@@ -141,6 +149,7 @@ impl Agent {
             printer: Printer::new(true, false),
             log: JobLog::new(),
             touched: false,
+            activation_timeout: DEFAULT_ACTIVATION_TIMEOUT,
         })
     }
 
@@ -304,8 +313,16 @@ impl Agent {
         } else {
             Vec::new()
         };
-        let switch = profile::switch_to_configuration(a.path.as_ref(), a.goal.as_str());
-        let out = process::output(&switch, Via::Local, &self.log).await?;
+        let switch = profile::switch_to_configuration(a.path.as_ref(), a.goal.as_str())
+            .timeout(a.activation_timeout);
+        self.activation_timeout = a.activation_timeout;
+        let out = match process::output(&switch, Via::Local, &self.log).await {
+            Ok(out) => out,
+            Err(err @ CommandError::TimedOut { .. }) => {
+                return self.fail(&id, "activate", &err.to_string()).await
+            }
+            Err(err) => return Err(err.into()),
+        };
         if !out.status.success() {
             let why = if out.status.code() == Some(FAILED_UNITS) {
                 "switch-to-configuration reported failed units (exit 4)".to_owned()
@@ -479,8 +496,12 @@ impl Agent {
         };
         self.run(&profile::switch_generation(&self.profile, generation))
             .await?;
-        self.run(&profile::switch_to_configuration(Path::new(path), "switch"))
-            .await?;
+        // The generation it goes back to may hang too: not forever.
+        self.run(
+            &profile::switch_to_configuration(Path::new(path), "switch")
+                .timeout(self.activation_timeout),
+        )
+        .await?;
         let mut message = format!("back on generation {generation}");
         if let Some(failed) = d.to_generation.filter(|&f| f != generation) {
             self.run(&profile::delete_generation(&self.profile, failed))

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use std::time::Duration;
 
 use crate::agent::call::Audit;
-use crate::agent::system::{Activation, Agent, Goal};
+use crate::agent::system::{Activation, Agent, Goal, DEFAULT_ACTIVATION_TIMEOUT};
 use crate::agent::{AgentResult, Outcome, EVENT_DEPLOYMENT, EVENT_RESULT, EVENT_STATUS};
 use crate::app::manifest::{self, Manifest, Overrides};
 use crate::app::transaction::{AppAgent, DeployRequest, RollbackRequest, EVENT_CHANGES};
@@ -75,6 +75,9 @@ pub enum Verb {
         goal: Goal,
         #[arg(long, value_name = "SECS", default_value_t = 30)]
         confirm_timeout: u64,
+        /// Seconds switch-to-configuration may run before it is stopped and rolled back
+        #[arg(long, value_name = "SECS", default_value_t = DEFAULT_ACTIVATION_TIMEOUT.as_secs())]
+        activation_timeout: u64,
         #[arg(long)]
         no_magic_rollback: bool,
         #[arg(long)]
@@ -278,6 +281,7 @@ pub async fn run(_ctx: &Context, args: Args) -> anyhow::Result<Exit> {
             path,
             goal,
             confirm_timeout,
+            activation_timeout,
             no_magic_rollback,
             actor,
             reason,
@@ -291,6 +295,7 @@ pub async fn run(_ctx: &Context, args: Args) -> anyhow::Result<Exit> {
                 path: StorePath::new(path)?,
                 goal,
                 confirm_timeout: Duration::from_secs(confirm_timeout),
+                activation_timeout: Duration::from_secs(activation_timeout),
                 magic_rollback: !no_magic_rollback,
                 actor,
                 reason,

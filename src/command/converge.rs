@@ -56,6 +56,10 @@ pub struct Args {
     /// Seconds the host waits for confirmation before rolling back (default: the node's confirmTimeout)
     #[arg(long, value_name = "SECS")]
     pub confirm_timeout: Option<u64>,
+    /// Seconds switch-to-configuration may run before the host stops it and rolls back
+    /// (default: the node's activationTimeout)
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub activation_timeout: Option<u64>,
     /// Pause converging (write the pause sentinel) and exit
     #[arg(long, conflicts_with = "resume")]
     pub pause: bool,
@@ -320,6 +324,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
     let options = Options {
         goal: Goal::Switch,
         confirm_timeout: args.confirm_timeout.map(Duration::from_secs),
+        activation_timeout: args.activation_timeout.map(Duration::from_secs),
         magic_rollback: true,
         agent: ctx.agent.clone(),
         audit: Audit {

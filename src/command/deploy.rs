@@ -39,6 +39,10 @@ pub struct Args {
     /// Seconds a host waits for confirmation before rolling back (default: the node's confirmTimeout)
     #[arg(long, value_name = "SECS")]
     pub confirm_timeout: Option<u64>,
+    /// Seconds switch-to-configuration may run before the host stops it and rolls back
+    /// (default: the node's activationTimeout)
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub activation_timeout: Option<u64>,
     /// Do not arm the watchdog: a bad activation stays
     #[arg(long)]
     pub no_magic_rollback: bool,
@@ -107,6 +111,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
     let options = Arc::new(Options {
         goal: args.goal,
         confirm_timeout: args.confirm_timeout.map(Duration::from_secs),
+        activation_timeout: args.activation_timeout.map(Duration::from_secs),
         magic_rollback: !args.no_magic_rollback,
         agent: ctx.agent.clone(),
         audit: audit(args.reason),

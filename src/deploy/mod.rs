@@ -66,6 +66,8 @@ pub struct Options {
     pub goal: Goal,
     /// Overrides each node's `confirmTimeout`.
     pub confirm_timeout: Option<Duration>,
+    /// Overrides each node's `activationTimeout`.
+    pub activation_timeout: Option<Duration>,
     pub magic_rollback: bool,
     /// The agent on the hosts (`--agent`).
     pub agent: agent::Program,
@@ -384,6 +386,12 @@ impl HostRun<'_> {
             .unwrap_or(Duration::from_secs(self.job.settings.confirm_timeout))
     }
 
+    fn activation_timeout(&self) -> Duration {
+        self.options
+            .activation_timeout
+            .unwrap_or(Duration::from_secs(self.job.settings.activation_timeout))
+    }
+
     async fn run(&mut self) -> Outcome {
         let destination = match self.job.destination() {
             Ok(d) => d,
@@ -498,6 +506,7 @@ impl HostRun<'_> {
                 path: job.toplevel.clone(),
                 goal: self.options.goal,
                 confirm_timeout: timeout,
+                activation_timeout: self.activation_timeout(),
                 magic_rollback: magic,
                 actor: audit.actor.clone(),
                 reason: audit.reason.clone(),
@@ -523,9 +532,10 @@ impl HostRun<'_> {
                     "activate",
                     "the activation cut the SSH connection; waiting for the host",
                 );
-                return self
-                    .await_host(destination, host, &id, timeout + WATCHDOG_GRACE)
-                    .await;
+                // The switch may still run until its own deadline, and
+                // the watchdog waits out the confirmation after it.
+                let limit = self.activation_timeout() + timeout + WATCHDOG_GRACE;
+                return self.await_host(destination, host, &id, limit).await;
             }
             Err(err) => {
                 return Outcome::Failed {

@@ -159,7 +159,7 @@ impl FlakeError {
                     "`nix log /nix/store/…drv` shows the full log of the derivation that failed (named above)"
                         .into(),
                 ),
-                CommandError::Ssh { .. } => None,
+                CommandError::Ssh { .. } | CommandError::TimedOut { .. } => None,
             },
             FlakeError::InvalidNodeName { .. }
             | FlakeError::UnknownNode { .. }
@@ -187,7 +187,7 @@ fn eval_hint(flake: &str, source: &CommandError) -> Option<String> {
     let stderr = match source {
         CommandError::Spawn { .. } => return Some(NO_NIX.into()),
         CommandError::Failed { stderr_tail, .. } => stderr_tail,
-        CommandError::Ssh { .. } => return None,
+        CommandError::Ssh { .. } | CommandError::TimedOut { .. } => return None,
     };
     let has = |s: &str| stderr.contains(s);
     Some(if has("experimental Nix feature") {

@@ -23,6 +23,9 @@ pub struct DeploymentSettings {
     pub ssh_options: Vec<String>,
     /// Seconds the deployer has to confirm before the host rolls back.
     pub confirm_timeout: u64,
+    /// Seconds `switch-to-configuration` may run before the agent stops it
+    /// and rolls back.
+    pub activation_timeout: u64,
     pub magic_rollback: bool,
     pub health_checks: HealthChecks,
     pub tailscale: Tailscale,
@@ -39,6 +42,7 @@ impl Default for DeploymentSettings {
             build_on_target: false,
             ssh_options: Vec::new(),
             confirm_timeout: 30,
+            activation_timeout: 600,
             magic_rollback: true,
             health_checks: HealthChecks::default(),
             tailscale: Tailscale::default(),
@@ -71,6 +75,12 @@ impl DeploymentSettings {
             Ok(settings) => settings,
             Err(err) => return Err(invalid(culprit(&value), err.to_string())),
         };
+        if settings.activation_timeout == 0 {
+            return Err(invalid(
+                ".activationTimeout".into(),
+                "it is 0: a switch needs at least 1 second".into(),
+            ));
+        }
         for (i, check) in settings.health_checks.http.iter().enumerate() {
             if check.url.is_empty() {
                 return Err(invalid(
@@ -315,6 +325,12 @@ mod tests {
 
     #[test]
     fn wrong_types_name_the_node_and_the_key() {
+        let err = read(json!({ "activationTimeout": 0 })).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("berth.deployment.activationTimeout is not valid: it is 0"),
+            "{err}"
+        );
         let err = read(json!({ "tags": ["web"], "confirmTimeout": "soon" })).unwrap_err();
         assert_eq!(
             err.to_string(),

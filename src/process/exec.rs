@@ -10,6 +10,7 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
@@ -17,6 +18,9 @@ use super::spec::{Cmd, StdioMode};
 
 /// How many lines of stderr a failure carries.
 const STDERR_TAIL_LINES: usize = 20;
+/// How long a timed-out command's process group has between SIGTERM and
+/// SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How many lines a job's log keeps for "what happened just before it failed".
 const JOB_LOG_LINES: usize = 200;
 
@@ -149,6 +153,12 @@ pub enum CommandError {
         /// The last lines of its stderr.
         stderr_tail: String,
     },
+    #[error("`{command}`{on} did not finish within {}s: stopped it", .limit.as_secs())]
+    TimedOut {
+        command: String,
+        on: On,
+        limit: Duration,
+    },
     #[error("the SSH connection{on} failed while running `{command}` (or it exited with 255)")]
     Ssh {
         command: String,
@@ -249,22 +259,37 @@ pub async fn output(cmd: &Cmd, via: Via<'_>, log: &JobLog) -> Result<Output, Com
     let command = cmd.to_string();
     let on = On(via.host().map(str::to_owned));
     tracing::debug!(host = via.host(), "running {command}");
+    let timed_out = |limit| CommandError::TimedOut {
+        command: command.clone(),
+        on: on.clone(),
+        limit,
+    };
     let (status, stdout, stderr) = match via {
-        Via::Local => run_local(cmd, log)
-            .await
-            .map_err(|source| CommandError::Spawn {
-                command: command.clone(),
-                on: on.clone(),
-                source,
-            })?,
-        Via::Ssh { session, host } => {
-            run_ssh(cmd, session, host, log)
-                .await
-                .map_err(|source| CommandError::Ssh {
+        Via::Local => match run_local(cmd, log).await {
+            Ok(finished) => finished,
+            Err(Local::TimedOut(limit)) => return Err(timed_out(limit)),
+            Err(Local::Io(source)) => {
+                return Err(CommandError::Spawn {
                     command: command.clone(),
                     on: on.clone(),
                     source,
-                })?
+                })
+            }
+        },
+        Via::Ssh { session, host } => {
+            let run = run_ssh(cmd, session, host, log);
+            let finished = match cmd.get_timeout() {
+                // Dropping the remote command closes its channel.
+                Some(limit) => tokio::time::timeout(limit, run)
+                    .await
+                    .map_err(|_| timed_out(limit))?,
+                None => run.await,
+            };
+            finished.map_err(|source| CommandError::Ssh {
+                command: command.clone(),
+                on: on.clone(),
+                source,
+            })?
         }
     };
     tracing::debug!(host = via.host(), "{command} {status}");
@@ -279,7 +304,13 @@ pub async fn output(cmd: &Cmd, via: Via<'_>, log: &JobLog) -> Result<Output, Com
 
 type Finished = (ExitStatus, Vec<u8>, Vec<u8>);
 
-async fn run_local(cmd: &Cmd, log: &JobLog) -> io::Result<Finished> {
+/// Why a local command has no output.
+enum Local {
+    Io(io::Error),
+    TimedOut(Duration),
+}
+
+async fn run_local(cmd: &Cmd, log: &JobLog) -> Result<Finished, Local> {
     let mut command = tokio::process::Command::new(cmd.program());
     command
         .args(cmd.get_args())
@@ -289,7 +320,7 @@ async fn run_local(cmd: &Cmd, log: &JobLog) -> io::Result<Finished> {
         command.current_dir(cwd);
     }
     if cmd.get_stdio() == StdioMode::Inherit {
-        let status = command.status().await?;
+        let status = command.status().await.map_err(Local::Io)?;
         return Ok((status.into(), Vec::new(), Vec::new()));
     }
     command
@@ -300,14 +331,51 @@ async fn run_local(cmd: &Cmd, log: &JobLog) -> io::Result<Finished> {
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = command.spawn()?;
-    let (_, stdout, stderr) = tokio::try_join!(
-        feed(child.stdin.take(), cmd.get_stdin()),
-        pump(child.stdout.take(), Stream::Stdout, None, log),
-        pump(child.stderr.take(), Stream::Stderr, None, log),
-    )?;
-    let status = child.wait().await?;
-    Ok((status.into(), stdout, stderr))
+    if cmd.get_timeout().is_some() {
+        // Its own group, so that what it started stops with it.
+        command.process_group(0);
+    }
+    let mut child = command.spawn().map_err(Local::Io)?;
+    let pid = child.id();
+    let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+    let finish = async {
+        let (_, stdout, stderr) = tokio::try_join!(
+            feed(stdin, cmd.get_stdin()),
+            pump(stdout, Stream::Stdout, None, log),
+            pump(stderr, Stream::Stderr, None, log),
+        )?;
+        let status = child.wait().await?;
+        Ok::<_, io::Error>((status.into(), stdout, stderr))
+    };
+    let Some(limit) = cmd.get_timeout() else {
+        return finish.await.map_err(Local::Io);
+    };
+    if let Ok(finished) = tokio::time::timeout(limit, finish).await {
+        return finished.map_err(Local::Io);
+    }
+    if let Some(pid) = pid {
+        stop_group(pid).await;
+    }
+    Err(Local::TimedOut(limit))
+}
+
+/// Stops the process group `pgid`: SIGTERM, then SIGKILL to whatever is
+/// left after [`STOP_GRACE`].
+async fn stop_group(pgid: u32) {
+    let signal_group = |signal| {
+        // SAFETY: kill(2) has no memory effects; the group is one this
+        // executor made for a child it started.
+        unsafe { libc::kill(-(pgid as libc::pid_t), signal) == 0 }
+    };
+    if !signal_group(libc::SIGTERM) {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + STOP_GRACE;
+    // Signal 0 only asks whether any member is left.
+    while signal_group(0) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    signal_group(libc::SIGKILL);
 }
 
 async fn run_ssh(
@@ -410,6 +478,49 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async { output(&cmd, Via::Local, &JobLog::new()).await })
+    }
+
+    #[test]
+    fn a_command_past_its_timeout_is_stopped_with_what_it_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let pids = dir.path().join("pids");
+        let script = format!(
+            "sleep 300 & echo $! > {0}; trap '' TERM; sleep 300 & echo $! >> {0}; wait",
+            pids.display()
+        );
+        let started = std::time::Instant::now();
+        let err = run(Cmd::new("sh")
+            .args(["-c", &script])
+            .timeout(Duration::from_millis(500)))
+        .unwrap_err();
+        assert!(matches!(err, CommandError::TimedOut { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .ends_with("did not finish within 0s: stopped it"),
+            "{err}"
+        );
+        // The shell ignores SIGTERM, so it took SIGKILL after the grace.
+        assert!(started.elapsed() < STOP_GRACE + Duration::from_secs(3));
+        for pid in std::fs::read_to_string(&pids).unwrap().split_whitespace() {
+            let pid: u32 = pid.parse().unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(2);
+            while crate::process::alive(pid) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert!(
+                !crate::process::alive(pid),
+                "pid {pid} outlived the timeout"
+            );
+        }
+    }
+
+    #[test]
+    fn a_command_within_its_timeout_finishes_as_usual() {
+        let out = run(Cmd::new("sh")
+            .args(["-c", "echo done"])
+            .timeout(Duration::from_secs(10)))
+        .unwrap();
+        assert_eq!(out.stdout, b"done\n");
     }
 
     #[test]

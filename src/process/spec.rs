@@ -3,6 +3,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use super::quote::quote_line;
 
@@ -25,6 +26,7 @@ pub struct Cmd {
     cwd: Option<PathBuf>,
     stdin: Option<Vec<u8>>,
     stdio: StdioMode,
+    timeout: Option<Duration>,
 }
 
 impl Cmd {
@@ -36,6 +38,7 @@ impl Cmd {
             cwd: None,
             stdin: None,
             stdio: StdioMode::Capture,
+            timeout: None,
         }
     }
 
@@ -74,6 +77,18 @@ impl Cmd {
     pub fn stdio(mut self, mode: StdioMode) -> Self {
         self.stdio = mode;
         self
+    }
+
+    /// How long the command may run on this machine: past it, the
+    /// executor stops its whole process group (SIGTERM, then SIGKILL) and
+    /// returns [`super::CommandError::TimedOut`]. Local commands only.
+    pub fn timeout(mut self, limit: Duration) -> Self {
+        self.timeout = Some(limit);
+        self
+    }
+
+    pub fn get_timeout(&self) -> Option<Duration> {
+        self.timeout
     }
 
     pub fn program(&self) -> &OsStr {

@@ -13,6 +13,7 @@ in [
       buildOnTarget = false;
       sshOptions = [];
       confirmTimeout = 30;
+      activationTimeout = 600;
       magicRollback = true;
       notify = [];
       healthChecks = {
