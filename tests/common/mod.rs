@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod faults;
+pub mod fleet;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
