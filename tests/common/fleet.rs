@@ -61,4 +61,3 @@ impl Drop for Fleet {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
-
