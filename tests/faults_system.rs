@@ -227,8 +227,11 @@ impl World {
             "old" => "rolled-back",
             _ => "in-between",
         };
-        if state == "new" {
-            self.current = new.to_owned();
+        // What the host runs is where the next trial starts from, whatever
+        // this one's verdict.
+        let prefix = format!("nixos-system-{}-", self.node);
+        if let Some((_, version)) = truth.profile.rsplit_once(&prefix) {
+            self.current = version.to_owned();
         }
         let verdict = if problems.is_empty() {
             Ok(())
@@ -236,6 +239,42 @@ impl World {
             Err(problems.join("; "))
         };
         (outcome.to_owned(), verdict)
+    }
+
+    /// What an inconsistent trial leaves to read: the host's last
+    /// deployments and its profile's generations.
+    async fn evidence(&self, run: Option<&Finished>) -> Value {
+        let ssh = self.lab.connect(&self.host).await.expect("reach the host");
+        let history = ssh
+            .output(&Cmd::new(BIN).args(["agent", "history", "--node", &self.node, "--limit", "4"]))
+            .await
+            .unwrap();
+        let links = ssh
+            .output(&Cmd::new("sh").args(["-c", "ls -l /nix/var/nix/profiles/ | grep system"]))
+            .await
+            .unwrap()
+            .stdout_str();
+        ssh.close().await.unwrap();
+        json!({
+            "history": berth::agent::find_events(&history.stdout, "deployment"),
+            "profiles": links.lines().collect::<Vec<_>>(),
+            "stderr": run.map(Finished::stderr_tail),
+        })
+    }
+
+    /// Records a trial, with the host's evidence when it was inconsistent.
+    async fn record(
+        &self,
+        row: &mut Row,
+        outcome: &str,
+        verdict: Result<(), String>,
+        mut detail: Value,
+        run: Option<&Finished>,
+    ) {
+        if verdict.is_err() {
+            detail["evidence"] = self.evidence(run).await;
+        }
+        row.record(outcome, verdict, detail);
     }
 
     /// After a fault: the next deploy must work with no manual step.
@@ -444,11 +483,8 @@ fn link_cut() {
             let run = deploy.finish(Duration::from_secs(180));
             let (truth, _) = w.settle(Duration::from_secs(CONFIRM) + SETTLE_GRACE).await;
             let (outcome, verdict) = w.judge(&truth, &new, Some(&run));
-            row.record(
-                &outcome,
-                verdict,
-                json!({ "offset_ms": offset.as_millis() as u64, "exit": run.code }),
-            );
+            let detail = json!({ "offset_ms": offset.as_millis() as u64, "exit": run.code });
+            w.record(&mut row, &outcome, verdict, detail, Some(&run)).await;
         }
         row.finish();
     });
@@ -483,15 +519,13 @@ fn deployer_and_agent_killed_and_hung_switch() {
             deploy.kill();
             let limit = Duration::from_secs(CONFIRM) + SETTLE_GRACE;
             let (truth, took) = w.settle(limit).await;
-            let (outcome, mut verdict) = w.judge(&truth, &new, None);
-            if verdict.is_ok() {
-                verdict = w.next_deploy_works();
+            let (outcome, verdict) = w.judge(&truth, &new, None);
+            let mut detail = json!({ "offset_ms": offset.as_millis() as u64, "settled_ms": took.as_millis() as u64 });
+            if verdict.is_err() {
+                detail["evidence"] = w.evidence(None).await;
             }
-            row.record(
-                &outcome,
-                verdict,
-                json!({ "offset_ms": offset.as_millis() as u64, "settled_ms": took.as_millis() as u64 }),
-            );
+            let verdict = verdict.and(w.next_deploy_works());
+            row.record(&outcome, verdict, detail);
         }
         row.finish();
 
@@ -530,15 +564,13 @@ fn deployer_and_agent_killed_and_hung_switch() {
             });
             let run = deploy.finish(Duration::from_secs(120));
             let (truth, _) = w.settle(Duration::from_secs(CONFIRM) + SETTLE_GRACE).await;
-            let (outcome, mut verdict) = w.judge(&truth, &new, Some(&run));
-            if verdict.is_ok() {
-                verdict = w.next_deploy_works();
+            let (outcome, verdict) = w.judge(&truth, &new, Some(&run));
+            let mut detail = json!({ "offset_ms": offset.as_millis() as u64, "killed": killed, "exit": run.code });
+            if verdict.is_err() {
+                detail["evidence"] = w.evidence(Some(&run)).await;
             }
-            row.record(
-                &outcome,
-                verdict,
-                json!({ "offset_ms": offset.as_millis() as u64, "killed": killed, "exit": run.code }),
-            );
+            let verdict = verdict.and(w.next_deploy_works());
+            row.record(&outcome, verdict, detail);
         }
         row.finish();
 
@@ -562,7 +594,7 @@ fn deployer_and_agent_killed_and_hung_switch() {
             if verdict.is_ok() && !run.stderr.contains("did not finish within 3s") {
                 verdict = Err(format!("berth did not say the switch hung: {}", run.stderr_tail()));
             }
-            row.record(&outcome, verdict, json!({ "exit": run.code }));
+            w.record(&mut row, &outcome, verdict, json!({ "exit": run.code }), Some(&run)).await;
         }
         row.finish();
     });
@@ -586,7 +618,7 @@ fn sshd_stopped_and_reboot() {
             let run = w.deploy(&[]).finish(Duration::from_secs(120));
             let (truth, _) = w.settle(Duration::from_secs(CONFIRM) + SETTLE_GRACE).await;
             let (outcome, verdict) = w.judge(&truth, &new, Some(&run));
-            row.record(&outcome, verdict, json!({ "exit": run.code }));
+            w.record(&mut row, &outcome, verdict, json!({ "exit": run.code }), Some(&run)).await;
         }
         row.finish();
 
@@ -632,7 +664,8 @@ fn sshd_stopped_and_reboot() {
             {
                 verdict = Err(format!("rolled back, but not by the boot check: {}", truth.status["last"]));
             }
-            row.record(&outcome, verdict, json!({ "offset_ms": offset.as_millis() as u64, "exit": run.code }));
+            let detail = json!({ "offset_ms": offset.as_millis() as u64, "exit": run.code });
+            w.record(&mut row, &outcome, verdict, detail, Some(&run)).await;
         }
         row.finish();
     });

@@ -503,10 +503,28 @@ impl Agent {
         )
         .await?;
         let mut message = format!("back on generation {generation}");
-        if let Some(failed) = d.to_generation.filter(|&f| f != generation) {
-            self.run(&profile::delete_generation(&self.profile, failed))
+        // The failed generation: the one recorded, or — when the agent died
+        // between setting the profile and recording it — every newer one
+        // that points at this deployment's system.
+        let list = profile::list(&self.profile).map_err(|source| AgentError::Io {
+            what: format!("list the generations of {}", self.profile.display()),
+            source,
+        })?;
+        let failed: Vec<u64> = list
+            .iter()
+            .filter(|g| {
+                g.number > generation
+                    && (Some(g.number) == d.to_generation || g.path == Path::new(&d.to_path))
+            })
+            .map(|g| g.number)
+            .collect();
+        for number in &failed {
+            self.run(&profile::delete_generation(&self.profile, *number))
                 .await?;
-            message.push_str(&format!("; deleted generation {failed}"));
+        }
+        if !failed.is_empty() {
+            let numbers: Vec<String> = failed.iter().map(u64::to_string).collect();
+            message.push_str(&format!("; deleted generation {}", numbers.join(", ")));
         }
         Ok(message)
     }
