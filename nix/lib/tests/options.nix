@@ -94,6 +94,7 @@ in [
       agent = {
         enable = true;
         stateDir = "/var/lib/berth";
+        trustedPublicKeys = [];
         bootCheck = true;
         converge = {
           enable = false;
@@ -102,6 +103,7 @@ in [
           interval = "15min";
           requireCi = null;
           ciTimeout = 60;
+          signKeyFile = null;
           githubTokenFile = null;
         };
       };
