@@ -425,9 +425,18 @@ impl Agent {
         )
         .await?;
         if !out.status.success() {
-            return Ok(Some(format!(
-                "refusing {path}: it is not signed by a key this host trusts ({names}){} ({hint})",
+            // An untrusted toplevel says no more than this; anything else
+            // (a path that is not valid here) is shown.
+            let untrusted = keys::refused_paths(&String::from_utf8_lossy(&out.stderr))
+                .iter()
+                .any(|r| r.why == "untrusted");
+            let more = if untrusted {
+                String::new()
+            } else {
                 unexplained(&out)
+            };
+            return Ok(Some(format!(
+                "refusing {path}: it is not signed by a key this host trusts ({names}){more} ({hint})"
             )));
         }
         let closure_keys = trust.closure_keys();
@@ -451,6 +460,15 @@ impl Agent {
                 unexplained(&out)
             } else {
                 format!(": {}", shown.join(", "))
+            };
+            // A changed path is repaired, not signed again.
+            let hint = if refused.iter().any(|r| r.why == "modified") {
+                "hint: a modified path was changed in this host's store after it was built or \
+                 copied; repair it (`nix-store --repair-path PATH`, or delete it and deploy \
+                 again) and find out who changed it"
+                    .to_owned()
+            } else {
+                hint
             };
             return Ok(Some(format!(
                 "refusing {path}: paths of its closure lack a valid signature of a key this \
