@@ -133,13 +133,16 @@ pub struct Refused {
 
 /// The paths `nix store verify` refused, from its stderr:
 /// `path '…' is untrusted` and `path '…' was modified! expected hash …`
-/// (the same words in Nix 2.8 and current Nix).
+/// (the same words in Nix 2.8 and current Nix; some versions between
+/// prefix them with `error: `).
 pub fn refused_paths(stderr: &str) -> Vec<Refused> {
     let mut refused: Vec<Refused> = Vec::new();
     for line in stderr.lines() {
-        let Some(rest) = line.trim().strip_prefix("path '") else {
+        // Some versions log it as an error: `error: path '…' is untrusted`.
+        let Some(at) = line.find("path '") else {
             continue;
         };
+        let rest = &line[at + "path '".len()..];
         let Some((path, tail)) = rest.split_once('\'') else {
             continue;
         };
@@ -220,6 +223,7 @@ mod tests {
             path '/nix/store/bbb-top' is untrusted\n\
             path '/nix/store/aaa-dep' was modified! expected hash 'sha256:x', got 'sha256:y'\n\
             path '/nix/store/bbb-top' is untrusted\n\
+            error: path '/nix/store/ccc-lib' is untrusted\n\
             error: 2 paths are untrusted\n";
         assert_eq!(
             refused_paths(stderr),
@@ -231,6 +235,10 @@ mod tests {
                 Refused {
                     path: "/nix/store/aaa-dep".into(),
                     why: "modified"
+                },
+                Refused {
+                    path: "/nix/store/ccc-lib".into(),
+                    why: "untrusted"
                 },
             ]
         );
