@@ -34,6 +34,34 @@ in {
       # Readable by all: app deploys, run as a service's user, read the
       # host's lock there.
       systemd.tmpfiles.rules = ["d ${cfg.stateDir} 0755 root root -"];
+
+      # What the agent reads before it activates a system, also with no
+      # keys: a file that is there but broken refuses every activation,
+      # while no file at all means a host without this module.
+      environment.etc."berth/agent.json".text = builtins.toJSON {
+        inherit (cfg) trustedPublicKeys;
+        nixTrustedPublicKeys = config.nix.settings.trusted-public-keys or [];
+      };
+    })
+
+    (lib.mkIf (cfg.enable && cfg.trustedPublicKeys != []) {
+      assertions =
+        map (key: {
+          assertion = builtins.match "[A-Za-z0-9._-]+:[A-Za-z0-9+/]{43}=" key != null;
+          message = "berth.agent.trustedPublicKeys: \"${key}\" is not a Nix public key; expected NAME:BASE64, the line `berth keys generate` prints";
+        })
+        cfg.trustedPublicKeys
+        ++ [
+          {
+            assertion = cfg.converge.enable -> cfg.converge.signKeyFile != null;
+            message = "berth.agent.converge needs berth.agent.converge.signKeyFile when berth.agent.trustedPublicKeys is set: the system it builds here must be signed by one of those keys (make one with `berth keys generate`)";
+          }
+        ];
+      # The host's Nix accepts the deployers' signatures too.
+      nix.settings = {
+        trusted-public-keys = cfg.trustedPublicKeys;
+        require-sigs = true;
+      };
     })
 
     (lib.mkIf (cfg.enable && cfg.converge.enable) {
@@ -53,15 +81,20 @@ in {
         restartIfChanged = false;
         path = [config.nix.package pkgs.git pkgs.openssh];
         environment.BERTH_STATE_DIR = cfg.stateDir;
-        serviceConfig =
-          {Type = "oneshot";}
-          // lib.optionalAttrs (cfg.converge.githubTokenFile != null) {
-            LoadCredential = "github-token:${cfg.converge.githubTokenFile}";
-          };
+        serviceConfig = {
+          Type = "oneshot";
+          LoadCredential =
+            lib.optional (cfg.converge.githubTokenFile != null) "github-token:${cfg.converge.githubTokenFile}"
+            ++ lib.optional (cfg.converge.signKeyFile != null) "sign-key:${cfg.converge.signKeyFile}";
+        };
         script = ''
           ${lib.optionalString (cfg.converge.githubTokenFile != null) ''
             GITHUB_TOKEN="$(<"$CREDENTIALS_DIRECTORY/github-token")"
             export GITHUB_TOKEN
+          ''}
+          ${lib.optionalString (cfg.converge.signKeyFile != null) ''
+            BERTH_SIGN_KEY="$CREDENTIALS_DIRECTORY/sign-key"
+            export BERTH_SIGN_KEY
           ''}
           exec ${lib.escapeShellArgs ([
               (lib.getExe' cfg.package "berth")

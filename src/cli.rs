@@ -83,6 +83,9 @@ pub enum Command {
     /// Snapshots of a service's data: create, list, restore
     #[command(subcommand)]
     Snapshot(command::snapshot::SnapshotCommand),
+    /// Keys to sign systems with, which hosts can require (`berth.agent.trustedPublicKeys`)
+    #[command(subcommand)]
+    Keys(command::keys::KeysCommand),
     /// Throwaway target hosts on this machine, to try berth and to test it
     #[command(subcommand)]
     Lab(command::lab::LabCommand),
@@ -217,6 +220,7 @@ pub fn main() -> ExitCode {
             | Command::Smoke(_)
             | Command::CiGate(_)
             | Command::Converge(_)
+            | Command::Keys(_)
             | Command::Completions(_)
             | Command::Man(_)
             | Command::Agent(_) => false,
@@ -260,6 +264,7 @@ async fn run(ctx: Context, command: Command) -> anyhow::Result<Exit> {
         Command::App(cmd) => command::app::run(&ctx, cmd).await,
         Command::Lock(cmd) => command::lock::run(&ctx, cmd).await,
         Command::Snapshot(cmd) => command::snapshot::run(&ctx, cmd).await,
+        Command::Keys(cmd) => command::keys::run(&ctx, cmd).await,
         Command::Lab(cmd) => command::lab::run(&ctx, cmd).await,
         Command::Completions(args) => command::completions::run(args),
         Command::Man(args) => command::man::run(args),
@@ -330,6 +335,7 @@ mod doc_tests {
             env::GITHUB_TOKEN,
             env::GITHUB_API_URL,
             env::GITHUB_SHA,
+            env::BERTH_SIGN_KEY,
         ] {
             assert!(doc.contains(&format!("`{var}`")), "docs/cli.md lacks {var}");
         }

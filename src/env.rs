@@ -18,6 +18,10 @@ pub const RUST_LOG: &str = "RUST_LOG";
 /// rides the host's multiplexed connection.
 pub const NIX_SSHOPTS: &str = "NIX_SSHOPTS";
 
+/// The secret key `berth deploy` signs systems with (`--sign-key`), a
+/// file as `berth keys generate` writes it.
+pub const BERTH_SIGN_KEY: &str = "BERTH_SIGN_KEY";
+
 /// The agent's state directory on a host (`--state-dir`), default
 /// `/var/lib/berth`.
 pub const BERTH_STATE_DIR: &str = "BERTH_STATE_DIR";

@@ -699,6 +699,26 @@ in {
       example = "/srv/berth";
       description = "Where the agent keeps the host's state: its SQLite database (system deployments, the host's lock) and `host-lock.json`, the host's lock for the services' users to read.";
     };
+    trustedPublicKeys = option {
+      type = t.listOf t.str;
+      default = [];
+      example = ["deploy-1:ZSvO9i95di17tEs/uxtAnSSd1Wrt9eV0WhPkMChYypc="];
+      description = ''
+        Public keys (`NAME:BASE64`, as `berth keys generate` prints them)
+        one of which must have signed a system before the agent activates
+        it. Non-empty turns the requirement on: `berth agent activate`
+        checks, before it records a generation or switches, that the
+        system itself carries a valid signature of one of these keys
+        (`berth deploy --sign-key`), and that every path of its closure is
+        intact and signed by one of these keys or a key in
+        `nix.settings.trusted-public-keys`, or was built on the host. A
+        system that fails is refused, naming the keys and the paths; the
+        host is left as it was. The keys are also added to
+        `nix.settings.trusted-public-keys`, with `require-sigs`. The host
+        decides: no deploy flag turns the check off. A host that builds
+        its own systems (`converge`) needs `converge.signKeyFile`.
+      '';
+    };
     bootCheck = mkEnable true ''
       Whether a unit at boot rolls back a system deployment that was never
       confirmed.
@@ -746,6 +766,18 @@ in {
         default = 60;
         example = 300;
         description = "Seconds a run waits for the checks of `requireCi` to finish.";
+      };
+      signKeyFile = option {
+        type = t.nullOr t.absolutePath;
+        default = null;
+        example = "/run/secrets/berth-converge.secret";
+        description = ''
+          A secret key (`berth keys generate`) that `berth converge` signs
+          the system it built with before activating it (`--sign-key`).
+          Needed when `trustedPublicKeys` is set, which must then hold its
+          public key: a system built on the host is not signed otherwise.
+          Read by the unit at run time, never copied to the Nix store.
+        '';
       };
       githubTokenFile = option {
         type = t.nullOr t.str;

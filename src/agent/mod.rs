@@ -4,6 +4,7 @@
 //! SSH connection never leaves a host half done. It speaks NDJSON events on
 //! stdout; the deployer reads them.
 
+pub mod config;
 pub mod system;
 
 use serde::{Deserialize, Serialize};

@@ -8,14 +8,18 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::call::Audit;
+use super::config::{self, Signatures};
 use super::{AgentResult, Outcome, EVENT_PHASE};
 use crate::flake::Revision;
+use crate::nix::keys;
 use crate::nix::profile::{self, Generation};
 use crate::nix::{self, StorePath};
 use crate::output::Printer;
 use crate::process::{self, Cmd, CommandError, JobLog, Via};
 use crate::state::{self, Deployment, Kind, NewDeployment, StateError, Status, Store};
 
+/// How many refused paths a refusal names.
+const REFUSED_SHOWN: usize = 5;
 /// How often the watchdog looks at the deployment.
 const WATCHDOG_POLL: Duration = Duration::from_millis(200);
 /// The goal of a deployment that found the host already running its
@@ -130,6 +134,8 @@ pub struct Agent {
     store: Store,
     state_dir: PathBuf,
     profile: PathBuf,
+    /// The host's agent.json: which keys a system must be signed with.
+    config: PathBuf,
     printer: Printer,
     log: JobLog,
     /// Whether this activation has changed the profile or the running
@@ -146,6 +152,7 @@ impl Agent {
             store: Store::open(state_dir)?,
             state_dir: state_dir.to_owned(),
             profile: profile.to_owned(),
+            config: PathBuf::from(config::AGENT_CONFIG),
             printer: Printer::new(true, false),
             log: JobLog::new(),
             touched: false,
@@ -282,6 +289,13 @@ impl Agent {
             "recorded",
             &format!("rollback point: {rollback_point}"),
         );
+        // Before anything changes: a refused system leaves the host as it
+        // was, recorded as failed in phase `verify`.
+        if let Some(why) = self.verify(&id, &a.path).await? {
+            self.phase(&id, "verify", &why);
+            let d = self.store.set_status(&id, Status::Failed, Some("verify"))?;
+            return Ok(AgentResult::of(&d, format!("{why}; nothing was changed")));
+        }
 
         let magic = a.magic_rollback && a.goal.activates();
         if magic {
@@ -380,6 +394,107 @@ impl Agent {
             .transition(&id, &[Status::Activating], Status::Confirmed, None)?
             .unwrap_or(self.store.get(&id)?);
         Ok(AgentResult::of(&d, format!("{} done", a.goal.as_str())))
+    }
+
+    /// Checks `path` against the host's agent.json: `None` when it may be
+    /// activated, else why not. With trusted keys, the system itself must
+    /// be signed by one of them (built on the host is not enough: anyone
+    /// who can start a build could make one), and every path of its
+    /// closure must be intact and signed by one of them or a key the
+    /// host's Nix trusts, or have been built on the host. A config that is
+    /// there but unusable refuses everything.
+    async fn verify(&self, id: &str, path: &StorePath) -> Result<Option<String>, AgentError> {
+        let trust = match config::load(&self.config) {
+            Ok(Signatures::NotRequired) => return Ok(None),
+            Ok(Signatures::Required(trust)) => trust,
+            Err(err) => {
+                let cause = crate::diagnostics::causes(&err);
+                let cause = if cause.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {cause}")
+                };
+                return Ok(Some(format!(
+                    "refusing to activate: {err}{cause}; it says which keys a system must be \
+                     signed with, and the agent will not guess (hint: rebuild the host's \
+                     configuration with berth's NixOS module, which writes it)"
+                )));
+            }
+        };
+        let names = keys::names(&trust.keys);
+        self.phase(
+            id,
+            "verify",
+            &format!("checking the signatures of {path} (trusted keys: {names})"),
+        );
+        let hint = format!(
+            "hint: sign it with `berth deploy --sign-key FILE`, FILE the secret key of {}",
+            if trust.keys.len() == 1 {
+                names.clone()
+            } else {
+                format!("one of {names}")
+            }
+        );
+        let out = process::output(
+            &nix::verify_signed(path, &trust.keys),
+            Via::Local,
+            &self.log,
+        )
+        .await?;
+        if !out.status.success() {
+            // An untrusted toplevel says no more than this; anything else
+            // (a path that is not valid here) is shown.
+            let untrusted = keys::refused_paths(&String::from_utf8_lossy(&out.stderr))
+                .iter()
+                .any(|r| r.why == "untrusted");
+            let more = if untrusted {
+                String::new()
+            } else {
+                unexplained(&out)
+            };
+            return Ok(Some(format!(
+                "refusing {path}: it is not signed by a key this host trusts ({names}){more} ({hint})"
+            )));
+        }
+        let closure_keys = trust.closure_keys();
+        let out = process::output(
+            &nix::verify_closure(path, &closure_keys),
+            Via::Local,
+            &self.log,
+        )
+        .await?;
+        if !out.status.success() {
+            let refused = keys::refused_paths(&String::from_utf8_lossy(&out.stderr));
+            let mut shown: Vec<String> = refused
+                .iter()
+                .take(REFUSED_SHOWN)
+                .map(|r| format!("{} ({})", r.path, r.why))
+                .collect();
+            if refused.len() > REFUSED_SHOWN {
+                shown.push(format!("and {} more", refused.len() - REFUSED_SHOWN));
+            }
+            let what = if shown.is_empty() {
+                unexplained(&out)
+            } else {
+                format!(": {}", shown.join(", "))
+            };
+            // A changed path is repaired, not signed again.
+            let hint = if refused.iter().any(|r| r.why == "modified") {
+                "hint: a modified path was changed in this host's store after it was built or \
+                 copied; repair it (`nix-store --repair-path PATH`, or delete it and deploy \
+                 again) and find out who changed it"
+                    .to_owned()
+            } else {
+                hint
+            };
+            return Ok(Some(format!(
+                "refusing {path}: paths of its closure lack a valid signature of a key this \
+                 host trusts ({}) or were changed after they were signed{what} ({hint})",
+                keys::names(&closure_keys)
+            )));
+        }
+        self.phase(id, "verify", &format!("signed by a trusted key ({names})"));
+        Ok(None)
     }
 
     /// The host already runs `path`, the system `revision` builds (the
@@ -788,6 +903,19 @@ impl Agent {
 
     pub fn history(&self, node: Option<&str>, limit: usize) -> Result<Vec<Deployment>, AgentError> {
         Ok(self.store.history(Kind::System, node, limit)?)
+    }
+}
+
+/// The end of a failed verify's stderr, when it named no path.
+fn unexplained(out: &process::Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty() && !l.trim_start().starts_with("checking "));
+    match last {
+        Some(line) => format!(": {}", line.trim()),
+        None => String::new(),
     }
 }
 

@@ -60,6 +60,11 @@ pub struct Args {
     /// (default: the node's activationTimeout)
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub activation_timeout: Option<u64>,
+    /// Sign the system built here with this secret key before activating it: needed when the
+    /// host requires signatures (`berth.agent.trustedPublicKeys`), since a system built on the
+    /// host is not signed
+    #[arg(long, value_name = "FILE", env = env::BERTH_SIGN_KEY)]
+    pub sign_key: Option<PathBuf>,
     /// Pause converging (write the pause sentinel) and exit
     #[arg(long, conflicts_with = "resume")]
     pub pause: bool,
@@ -201,6 +206,9 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
         return Err(UsageError::new("converge needs --flake and --node").into());
     };
     let node = NodeName::new(node).map_err(|e| UsageError::new(e.to_string()))?;
+    if let Some(key) = &args.sign_key {
+        super::deploy::check_sign_key(key)?;
+    }
     let report = |outcome: &str, revision: Option<&str>, message: &str| {
         printer.line(message);
         printer.event(
@@ -319,6 +327,17 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
     let built = flake::build(locked, std::slice::from_ref(&meta.name))
         .await?
         .remove(0);
+    if let Some(key) = &args.sign_key {
+        printer.line(format!("signing {node} with {}", key.display()));
+        let cmd = crate::nix::sign(key, std::slice::from_ref(&built.out), None);
+        crate::process::output(
+            &cmd,
+            crate::process::Via::Local,
+            &crate::process::JobLog::new(),
+        )
+        .await?
+        .check()?;
+    }
 
     // Deploy through the agent, as a push deploy does.
     let options = Options {
@@ -334,6 +353,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
         },
         ssh: ctx.ssh.clone(),
         revision: source.revision.clone(),
+        sign_key: None,
     };
     let job = Job {
         node: meta.name,

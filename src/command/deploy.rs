@@ -2,6 +2,7 @@
 //! magic rollback, check health, confirm — one host or a fleet.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,13 +10,14 @@ use crate::agent::call::Audit;
 use crate::agent::system::Goal;
 use crate::cli::Context;
 use crate::deploy::{self, Job, Options, Outcome, Report};
-use crate::diagnostics::Exit;
+use crate::diagnostics::{Exit, UsageError};
 use crate::env;
 use crate::flake::{self, FlakeRef, NodeMeta, Selector};
 
 use super::nodes;
 use crate::host::{tailscale, Destination, Host, SshHost};
 use crate::output::Printer;
+use crate::process::{JobLog, Via};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -63,6 +65,11 @@ pub struct Args {
     /// Why, recorded in each host's history
     #[arg(long)]
     pub reason: Option<String>,
+    /// Sign each system and its closure with this secret key (from `berth keys generate`) before
+    /// it is deployed; hosts with `berth.agent.trustedPublicKeys` refuse systems not signed by
+    /// one of their keys
+    #[arg(long, value_name = "FILE", env = env::BERTH_SIGN_KEY)]
+    pub sign_key: Option<PathBuf>,
     /// Tell this webhook how each host's deploy went (Discord, Slack or generic JSON); repeatable,
     /// added to each node's `notify` setting
     #[arg(long, value_name = "URL")]
@@ -73,6 +80,9 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
     let printer = ctx.printer;
     let mut target = FlakeRef::parse(&args.nodes.target)?;
     let selector = args.nodes.on.as_deref().map(Selector::parse).transpose()?;
+    if let Some(key) = &args.sign_key {
+        check_sign_key(key)?;
+    }
     let source = flake::resolve(&target.flake).await?;
     // Before anything is evaluated or built.
     if let Some(repo) = &args.ci_gate {
@@ -117,6 +127,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
         audit: audit(args.reason),
         ssh: ctx.ssh.clone(),
         revision: source.revision.clone(),
+        sign_key: args.sign_key.clone().filter(|_| !args.dry_run),
     });
 
     // --skip-superseded: ask the hosts first, and build only for the rest.
@@ -141,7 +152,14 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
     let mut jobs = Vec::new();
     let nodes = match &args.build_host {
         Some(build_host) if !nodes.is_empty() => {
-            jobs = build_on(ctx, build_host, &target.flake, nodes).await?;
+            jobs = build_on(
+                ctx,
+                build_host,
+                &target.flake,
+                nodes,
+                options.sign_key.as_deref(),
+            )
+            .await?;
             Vec::new()
         }
         _ => nodes,
@@ -223,6 +241,25 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
         .iter()
         .map(|job| (job.node.to_string(), job.toplevel.to_string()))
         .collect();
+    // The systems built here, signed in one nix call before any is copied.
+    if let Some(key) = &options.sign_key {
+        let here: Vec<_> = jobs
+            .iter()
+            .filter(|job| job.drv.is_none() && job.built_on.is_none())
+            .map(|job| job.toplevel.clone())
+            .collect();
+        if !here.is_empty() {
+            printer.line(format!(
+                "signing {} with {}",
+                plural(here.len()),
+                key.display()
+            ));
+            let cmd = crate::nix::sign(key, &here, None);
+            crate::process::output(&cmd, Via::Local, &JobLog::new())
+                .await?
+                .check()?;
+        }
+    }
     let ci_run_url = options.audit.ci_run_url.clone();
     let mut reports = checked;
     if !jobs.is_empty() {
@@ -270,6 +307,7 @@ async fn build_on(
     build_host: &str,
     flake: &str,
     nodes: Vec<NodeMeta>,
+    sign_key: Option<&Path>,
 ) -> anyhow::Result<Vec<Job>> {
     let destination = Destination::parse(build_host)?;
     let names: Vec<_> = nodes.iter().map(|n| n.name.clone()).collect();
@@ -279,6 +317,15 @@ async fn build_on(
     host.copy_derivations(&flake::unique_drvs(&toplevels))
         .await?;
     let built = flake::realise_on(&host, toplevels).await?;
+    if let Some(key) = sign_key {
+        let paths: Vec<_> = built.iter().map(|b| b.out.clone()).collect();
+        ctx.printer.line(format!(
+            "signing {} on {destination} with {}",
+            plural(paths.len()),
+            key.display()
+        ));
+        host.sign_closure(key, &paths).await?;
+    }
     let store = host.store_uri();
     let _ = host.close().await;
     Ok(nodes
@@ -293,6 +340,35 @@ async fn build_on(
             expect_revision: None,
         })
         .collect())
+}
+
+/// "1 system", "3 systems".
+fn plural(n: usize) -> String {
+    if n == 1 {
+        "1 system".into()
+    } else {
+        format!("{n} systems")
+    }
+}
+
+/// `--sign-key` must name a readable Nix secret key, checked before
+/// anything is evaluated or built.
+pub fn check_sign_key(key: &Path) -> Result<(), UsageError> {
+    crate::nix::keys::check_secret_key_file(key)
+        .map(|_| ())
+        .map_err(|err| {
+            let cause = crate::diagnostics::causes(&err);
+            let message = if cause.is_empty() {
+                format!("--sign-key: {err}")
+            } else {
+                format!("--sign-key: {err}: {cause}")
+            };
+            UsageError::new(message).hint(format!(
+                "make a key pair with `berth keys generate --name NAME`, and pass its secret key \
+             file with --sign-key or {}",
+                env::BERTH_SIGN_KEY
+            ))
+        })
 }
 
 /// Who deploys, from where, and the CI run when there is one.

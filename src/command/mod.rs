@@ -7,6 +7,7 @@ pub mod completions;
 pub mod converge;
 pub mod deploy;
 pub mod history;
+pub mod keys;
 pub mod lab;
 pub mod lock;
 pub mod man;

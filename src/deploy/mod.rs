@@ -76,6 +76,10 @@ pub struct Options {
     /// The flake revision the systems were built from, recorded on each
     /// host; none for a flake without a commit.
     pub revision: Option<Revision>,
+    /// The secret key systems are signed with (`--sign-key`). Systems built
+    /// here or on a build host are signed before they are deployed; one
+    /// built on its target is signed there, after the build.
+    pub sign_key: Option<std::path::PathBuf>,
 }
 
 /// How one host's deploy ended.
@@ -461,6 +465,17 @@ impl HostRun<'_> {
                     why: err.to_string(),
                 };
             }
+            if let Some(key) = &self.options.sign_key {
+                self.phase("sign", "signing the system on the host");
+                if let Err(err) = host
+                    .sign_closure(key, std::slice::from_ref(&job.toplevel))
+                    .await
+                {
+                    return Outcome::Failed {
+                        why: format!("could not sign the system on the host: {err}"),
+                    };
+                }
+            }
         } else if let Some(from) = &job.built_on {
             self.phase("copy", &format!("copying {} from {from}", job.toplevel));
             let cmd = nix::copy_between(
@@ -555,7 +570,14 @@ impl HostRun<'_> {
                     why: result.message,
                 }
             }
-            AgentOutcome::RolledBack | AgentOutcome::Failed => {
+            // The agent fails a deployment only before it changed anything
+            // (a refused signature, a watchdog that would not start).
+            AgentOutcome::Failed => {
+                return Outcome::Failed {
+                    why: result.message,
+                }
+            }
+            AgentOutcome::RolledBack => {
                 return Outcome::RolledBack {
                     why: result.message,
                 }

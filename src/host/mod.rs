@@ -33,6 +33,15 @@ pub trait Host: Send + Sync {
     /// Copies derivations (`.drv`) and their closures, to build there.
     async fn copy_derivations(&self, drvs: &[StorePath]) -> Result<(), CommandError>;
 
+    /// Signs `paths` and their closures in the host's store with the
+    /// secret key in `key_file`, a file on this machine. Here, this runs
+    /// on the host itself; [`SshHost`] signs from this machine instead, so
+    /// the key never leaves it.
+    async fn sign_closure(&self, key_file: &Path, paths: &[StorePath]) -> Result<(), CommandError> {
+        self.run(&crate::nix::sign(key_file, paths, None)).await?;
+        Ok(())
+    }
+
     /// Runs `cmd` on the host; a non-zero exit is an error.
     async fn run(&self, cmd: &Cmd) -> Result<Output, CommandError> {
         self.output(cmd).await?.check()

@@ -320,6 +320,18 @@ impl Host for SshHost {
         Ok(())
     }
 
+    async fn sign_closure(&self, key_file: &Path, paths: &[StorePath]) -> Result<(), CommandError> {
+        let cmd = nix::sign(
+            key_file,
+            paths,
+            Some((&self.store_uri(), &self.nix_sshopts())),
+        );
+        process::output(&cmd, Via::Local, &self.log)
+            .await?
+            .check()?;
+        Ok(())
+    }
+
     async fn copy_derivations(&self, drvs: &[StorePath]) -> Result<(), CommandError> {
         let cmd =
             nix::copy_to(&self.store_uri(), drvs, Some(&self.nix_sshopts())).arg("--derivation");

@@ -26,6 +26,9 @@ use state::{state_file, LabState};
 pub const DEFAULT_DIR: &str = "/srv/berth-lab";
 /// The agent's state directory, private to each host.
 const AGENT_STATE_DIR: &str = "/var/lib/berth";
+/// The agent's settings directory (agent.json, app manifests), private to
+/// each plain host, so a test can make one host require signatures.
+const AGENT_ETC_DIR: &str = "/etc/berth";
 /// Slot claims, one file per lab on this machine.
 const SLOTS_DIR: &str = "/run/berth-lab/slots";
 /// How long a host may take to answer SSH (a container boots first).
@@ -344,6 +347,8 @@ impl Lab {
                 mkdir(Path::new("/nix"))?;
                 mkdir(Path::new(AGENT_STATE_DIR))?;
                 mkdir(&host.state_dir())?;
+                mkdir(Path::new(AGENT_ETC_DIR))?;
+                mkdir(&host.etc_dir())?;
                 let sshd = process::find_program("sshd").expect("checked in prerequisites");
                 let cmd = plain_host_cmd(host, &sshd);
                 process::spawn_detached(&cmd, &dir.join("start.log"))?
@@ -619,8 +624,9 @@ fn net_cmds(net: &HostNet) -> Vec<Cmd> {
     ]
 }
 
-/// sshd in the host's namespace, with the host's own `/nix` and
-/// `/var/lib/berth` bound over the machine's in a private mount namespace,
+/// sshd in the host's namespace, with the host's own `/nix`,
+/// `/var/lib/berth` and `/etc/berth` bound over the machine's in a private
+/// mount namespace,
 /// and root's shell setup on the machine (version managers and the like,
 /// which cost every SSH command time) hidden, as in a systemd host.
 fn plain_host_cmd(host: &LabHost, sshd: &Path) -> Cmd {
@@ -630,7 +636,7 @@ fn plain_host_cmd(host: &LabHost, sshd: &Path) -> Cmd {
         .args([
             "sh",
             "-c",
-            r#"mount --bind "$1" /nix && mount --bind "$5" /var/lib/berth && { [ ! -e /root/.bashrc ] || mount --bind /dev/null /root/.bashrc; } && exec "$2" -D -f "$3" -E "$4""#,
+            r#"mount --bind "$1" /nix && mount --bind "$5" /var/lib/berth && mount --bind "$6" /etc/berth && { [ ! -e /root/.bashrc ] || mount --bind /dev/null /root/.bashrc; } && exec "$2" -D -f "$3" -E "$4""#,
             "sh",
         ])
         .arg(host.nix_dir())
@@ -638,6 +644,7 @@ fn plain_host_cmd(host: &LabHost, sshd: &Path) -> Cmd {
         .arg(host.dir.join("sshd_config"))
         .arg(host.log_file())
         .arg(host.state_dir())
+        .arg(host.etc_dir())
 }
 
 fn overlay_mount_cmd(host: &LabHost) -> Cmd {
@@ -942,7 +949,7 @@ mod tests {
             "{argv}"
         );
         assert!(
-            argv.ends_with(" sh /srv/lab/h1/nix /usr/sbin/sshd /srv/lab/h1/sshd_config /srv/lab/h1/sshd.log /srv/lab/h1/state"),
+            argv.ends_with(" sh /srv/lab/h1/nix /usr/sbin/sshd /srv/lab/h1/sshd_config /srv/lab/h1/sshd.log /srv/lab/h1/state /srv/lab/h1/etc"),
             "{argv}"
         );
     }

@@ -56,6 +56,11 @@ impl LabHost {
         self.dir.join("state")
     }
 
+    /// A plain host's `/etc/berth`: its agent.json and app manifests.
+    pub fn etc_dir(&self) -> PathBuf {
+        self.dir.join("etc")
+    }
+
     /// The root a systemd host boots from (an overlay over `/`).
     pub fn root_dir(&self) -> PathBuf {
         self.dir.join("root")

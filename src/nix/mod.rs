@@ -2,12 +2,16 @@
 
 pub mod diff;
 pub mod dry_activate;
+pub mod keys;
 pub mod profile;
 mod store_path;
 
 pub use store_path::{InvalidStorePath, StorePath};
 
+use std::path::Path;
+
 use crate::process::Cmd;
+use keys::PublicKey;
 
 /// The profile that holds a NixOS host's system generations.
 pub const SYSTEM_PROFILE: &str = "/nix/var/nix/profiles/system";
@@ -79,6 +83,61 @@ pub fn is_valid(path: &StorePath) -> Cmd {
     Cmd::new("nix-store").args(["--check-validity", path.as_str()])
 }
 
+/// `nix store sign` of `paths` and their closures with the secret key in
+/// `key_file`, in one process. `remote` is another store (`ssh-ng://…`)
+/// and the `NIX_SSHOPTS` that reach it: the signatures are made here and
+/// added there, so the secret key never leaves this machine.
+pub fn sign(key_file: &Path, paths: &[StorePath], remote: Option<(&str, &str)>) -> Cmd {
+    let cmd = nix()
+        .args(["store", "sign", "--key-file"])
+        .arg(key_file)
+        .arg("--recursive");
+    let cmd = match remote {
+        Some((store, _)) => cmd.args(["--store", store]),
+        None => cmd,
+    };
+    let cmd = cmd.args(paths.iter().map(StorePath::as_str));
+    match remote {
+        Some((_, ssh_opts)) => cmd.env(crate::env::NIX_SSHOPTS, ssh_opts),
+        None => cmd,
+    }
+}
+
+/// `nix` trusting exactly `keys`, whatever the machine's nix.conf says.
+fn nix_trusting(keys: &[PublicKey]) -> Cmd {
+    let keys: Vec<&str> = keys.iter().map(PublicKey::as_str).collect();
+    nix().args(["--option", "trusted-public-keys", &keys.join(" ")])
+}
+
+/// Whether `path` itself carries a valid signature of one of `keys`. A
+/// path built in this store counts as unsigned here (`--sigs-needed 1`):
+/// only a key holder may say what a host runs. Contents are not hashed
+/// (the closure check does that).
+pub fn verify_signed(path: &StorePath, keys: &[PublicKey]) -> Cmd {
+    nix_trusting(keys)
+        .args(["store", "verify", "--no-contents", "--sigs-needed", "1"])
+        .arg(path.as_str())
+}
+
+/// Whether every path of `path`'s closure is intact (its contents hash to
+/// what its signature or build recorded) and trusted: built in this store,
+/// or signed by one of `keys`.
+pub fn verify_closure(path: &StorePath, keys: &[PublicKey]) -> Cmd {
+    nix_trusting(keys)
+        .args(["store", "verify", "--recursive"])
+        .arg(path.as_str())
+}
+
+/// Writes a new signing key pair: the secret key to `secret`, the public
+/// key (`NAME:BASE64`) to `public`. `nix-store --generate-binary-cache-key`
+/// is in Nix 2.8 and current Nix alike.
+pub fn generate_key(name: &str, secret: &Path, public: &Path) -> Cmd {
+    Cmd::new("nix-store")
+        .args(["--generate-binary-cache-key", name])
+        .arg(secret)
+        .arg(public)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,5 +176,99 @@ mod tests {
             ["nix-env", "-p", SYSTEM_PROFILE, "--set", P]
         );
         assert_eq!(is_valid(&path).argv(), ["nix-store", "--check-validity", P]);
+    }
+
+    const KEY_A: &str = "a:w/rzCiwL440o8Yk+10KQh7PpLM4uJd0yxIMpe/U4zyI=";
+    const KEY_B: &str = "b:DxIcoWimsWOE8sk8L8a6t6sssc+03/aPxXEu/9VQobQ=";
+
+    #[test]
+    fn sign_argv() {
+        let path = StorePath::new(P).unwrap();
+        let here = sign(Path::new("/k/a.secret"), std::slice::from_ref(&path), None);
+        assert_eq!(
+            here.argv(),
+            [
+                "nix",
+                "--extra-experimental-features",
+                "nix-command",
+                "store",
+                "sign",
+                "--key-file",
+                "/k/a.secret",
+                "--recursive",
+                P
+            ]
+        );
+        assert!(here.get_env().is_empty());
+        let there = sign(
+            Path::new("/k/a.secret"),
+            &[path.clone(), path],
+            Some(("ssh-ng://root@h1", "-F /lab/ssh_config")),
+        );
+        assert_eq!(
+            there.argv()[3..],
+            [
+                "store",
+                "sign",
+                "--key-file",
+                "/k/a.secret",
+                "--recursive",
+                "--store",
+                "ssh-ng://root@h1",
+                P,
+                P
+            ]
+        );
+        assert_eq!(
+            there.get_env(),
+            [("NIX_SSHOPTS".into(), "-F /lab/ssh_config".into())]
+        );
+    }
+
+    #[test]
+    fn verify_argv() {
+        let path = StorePath::new(P).unwrap();
+        let keys = [
+            PublicKey::parse(KEY_A).unwrap(),
+            PublicKey::parse(KEY_B).unwrap(),
+        ];
+        let text = |cmd: Cmd| -> Vec<String> {
+            cmd.argv()
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect()
+        };
+        let both = format!("{KEY_A} {KEY_B}");
+        let trusting = [
+            "nix",
+            "--extra-experimental-features",
+            "nix-command",
+            "--option",
+            "trusted-public-keys",
+            &both,
+        ];
+        let signed = text(verify_signed(&path, &keys));
+        assert_eq!(signed[..6], trusting);
+        assert_eq!(
+            signed[6..],
+            ["store", "verify", "--no-contents", "--sigs-needed", "1", P]
+        );
+        let closure = text(verify_closure(&path, &keys));
+        assert_eq!(closure[..6], trusting);
+        assert_eq!(closure[6..], ["store", "verify", "--recursive", P]);
+    }
+
+    #[test]
+    fn generate_key_argv() {
+        assert_eq!(
+            generate_key("deploy-a", Path::new("/k/s"), Path::new("/k/p")).argv(),
+            [
+                "nix-store",
+                "--generate-binary-cache-key",
+                "deploy-a",
+                "/k/s",
+                "/k/p"
+            ]
+        );
     }
 }

@@ -95,6 +95,7 @@ in [
       agent = {
         enable = true;
         stateDir = "/var/lib/berth";
+        trustedPublicKeys = [];
         bootCheck = true;
         converge = {
           enable = false;
@@ -103,6 +104,7 @@ in [
           interval = "15min";
           requireCi = null;
           ciTimeout = 60;
+          signKeyFile = null;
           githubTokenFile = null;
         };
       };
