@@ -199,6 +199,7 @@ impl Agent {
             ci_run_url: a.ci_run_url.clone(),
             revision: a.revision.as_ref().map(Revision::to_string),
         };
+        self.recover().await?;
         // A host runs one system: an unfinished deployment of any node name
         // holds it (begin checks the same name in one transaction).
         let other = self
@@ -563,6 +564,21 @@ impl Agent {
         Ok(AgentResult::of(&d, message))
     }
 
+    /// Finishes a rollback whose process died before it was done (killed;
+    /// a host that lost power has the boot check do it): the next
+    /// activation does it first, so it starts from the recorded generation.
+    async fn recover(&mut self) -> Result<(), AgentError> {
+        for d in self.store.all_active()? {
+            let roller_gone = !d.agent_pid.is_some_and(process::alive);
+            if d.kind == Kind::System && d.is_rolling_back() && roller_gone {
+                let why = "its rollback was cut short";
+                self.phase(&d.id, "recover", &format!("{why}; finishing it"));
+                self.roll_back(d, why).await?;
+            }
+        }
+        Ok(())
+    }
+
     fn profile_str(&self) -> String {
         self.profile.to_string_lossy().into_owned()
     }
@@ -586,13 +602,13 @@ impl Agent {
     /// moved to `RolledBack` by whoever claimed it.
     async fn roll_back(&mut self, d: Deployment, why: &str) -> Result<AgentResult, AgentError> {
         let id = d.id.clone();
+        // Whoever rolls back is who recovery waits for (see `recover`).
+        self.store.set_agent_pid(&id, std::process::id())?;
         match self.restore(&d).await {
             Ok(message) => {
                 self.phase(&id, "rollback", &message);
-                Ok(AgentResult::of(
-                    &self.store.get(&id)?,
-                    format!("{why}; {message}"),
-                ))
+                let d = self.store.set_status(&id, Status::RolledBack, None)?;
+                Ok(AgentResult::of(&d, format!("{why}; {message}")))
             }
             Err(err) => {
                 let message = format!("rollback failed: {err}");
@@ -842,6 +858,12 @@ impl Agent {
         let mut results = Vec::new();
         for d in self.store.all_active()? {
             if d.kind != Kind::System {
+                continue;
+            }
+            if d.is_rolling_back() {
+                let why = "its rollback was cut short; finished at boot";
+                self.phase(&d.id, "boot-check", why);
+                results.push(self.roll_back(d, why).await?);
                 continue;
             }
             if let Some(d) = self.store.transition(

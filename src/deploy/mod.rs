@@ -727,7 +727,7 @@ impl HostRun<'_> {
             let attempt =
                 tokio::time::timeout(Duration::from_secs(5), self.show(destination, local, id));
             if let Ok(Some(d)) = attempt.await {
-                if d.status.is_terminal() {
+                if d.is_settled() {
                     return match d.status {
                         Status::Confirmed => Outcome::Deployed {
                             generation: d.to_generation,

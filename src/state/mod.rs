@@ -215,7 +215,8 @@ pub struct Deployment {
     pub ci_run_url: Option<String>,
     /// Unix seconds.
     pub started: i64,
-    /// Unix seconds; set when the status becomes terminal.
+    /// Unix seconds; set when the status becomes terminal, and for a
+    /// rollback when it is done.
     pub ended: Option<i64>,
     pub status: Status,
     /// The phase a failed deployment failed in.
@@ -228,6 +229,18 @@ pub struct Deployment {
     /// what an older agent wrote.
     #[serde(default)]
     pub revision: Option<String>,
+}
+
+impl Deployment {
+    /// Whether it is over: terminal, and not still rolling back.
+    pub fn is_settled(&self) -> bool {
+        self.status.is_terminal() && self.ended.is_some()
+    }
+
+    /// Claimed for rollback, the previous generation not back yet.
+    pub fn is_rolling_back(&self) -> bool {
+        self.status == Status::RolledBack && self.ended.is_none()
+    }
 }
 
 /// One line of a deployment's story.

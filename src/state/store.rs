@@ -131,6 +131,11 @@ impl Store {
     /// is unfinished (Activating or Pending; terminal statuses in `from` are
     /// ignored). Returns `Ok(None)` when it was not: the compare-and-set that
     /// lets exactly one of a confirm and a watchdog's rollback win.
+    ///
+    /// A move to RolledBack is a claim: the deployment stays unfinished
+    /// (`ended` unset, see [`Deployment::is_settled`]) until the rollback is
+    /// done and [`Store::set_status`] records how it ended, so nothing new
+    /// begins while the previous generation is being switched back to.
     pub fn transition(
         &mut self,
         id: &str,
@@ -147,7 +152,8 @@ impl Store {
         if current.status.is_terminal() || !from.contains(&current.status) {
             return Ok(None);
         }
-        let moved = update_status(&tx, id, to, failure_phase)?;
+        let finished = to != Status::RolledBack;
+        let moved = update_status_ended(&tx, id, to, failure_phase, finished)?;
         tx.commit().map_err(sql_err(what))?;
         Ok(Some(moved))
     }
@@ -216,8 +222,7 @@ impl Store {
     pub fn all_active(&self) -> Result<Vec<Deployment>, StateError> {
         query_all(
             &self.conn,
-            "SELECT * FROM deployments WHERE status IN ('activating', 'pending')
-             ORDER BY started, rowid",
+            &format!("SELECT * FROM deployments WHERE {UNFINISHED} ORDER BY started, rowid"),
             (),
             "list unfinished deployments",
         )
@@ -332,6 +337,11 @@ fn enable_wal(conn: &Connection) -> rusqlite::Result<()> {
 // The helpers below take a `Connection` so they serve both a plain store and
 // a transaction (which derefs to one).
 
+/// Deployments not over yet: activating, pending, or rolling back (claimed
+/// for rollback, the rollback not done).
+const UNFINISHED: &str =
+    "(status IN ('activating', 'pending') OR (status = 'rolled_back' AND ended IS NULL))";
+
 fn get_in(conn: &Connection, id: &str) -> Result<Deployment, StateError> {
     conn.query_row("SELECT * FROM deployments WHERE id = ?1", [id], deployment)
         .optional()
@@ -345,8 +355,7 @@ fn active_in(
     target: &str,
 ) -> Result<Option<Deployment>, StateError> {
     conn.query_row(
-        "SELECT * FROM deployments
-         WHERE kind = ?1 AND target = ?2 AND status IN ('activating', 'pending')",
+        &format!("SELECT * FROM deployments WHERE kind = ?1 AND target = ?2 AND {UNFINISHED}"),
         (kind, target),
         deployment,
     )
@@ -362,7 +371,19 @@ fn update_status(
     status: Status,
     failure_phase: Option<&str>,
 ) -> Result<Deployment, StateError> {
-    let ended = status.is_terminal().then(now);
+    update_status_ended(conn, id, status, failure_phase, true)
+}
+
+/// `finished`: whether a terminal status also ends the deployment (a
+/// rollback's claim does not, until the rollback is done).
+fn update_status_ended(
+    conn: &Connection,
+    id: &str,
+    status: Status,
+    failure_phase: Option<&str>,
+    finished: bool,
+) -> Result<Deployment, StateError> {
+    let ended = (finished && status.is_terminal()).then(now);
     conn.query_row(
         "UPDATE deployments
          SET status = ?2, failure_phase = COALESCE(?3, failure_phase), ended = ?4
@@ -986,6 +1007,46 @@ mod tests {
             };
             assert_eq!(store.get(&id).unwrap(), winner);
             assert!(winner.status.is_terminal());
+            if winner.is_rolling_back() {
+                // The rollback, done, ends it.
+                store.set_status(&id, Status::RolledBack, None).unwrap();
+            }
         }
+    }
+
+    #[test]
+    fn a_rollback_holds_the_target_until_it_is_done() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = Store::open(tmp.path()).unwrap();
+        store.begin(&system("d1", "web1")).unwrap();
+        let claimed = store
+            .transition(
+                "d1",
+                &[Status::Activating],
+                Status::RolledBack,
+                Some("confirm"),
+            )
+            .unwrap()
+            .unwrap();
+        assert!(claimed.is_rolling_back() && !claimed.is_settled());
+        assert_eq!(
+            store.active(Kind::System, "web1").unwrap().unwrap().id,
+            "d1"
+        );
+        assert_eq!(store.all_active().unwrap().len(), 1);
+        match store.begin(&system("d2", "web1")) {
+            Err(StateError::Busy { holder }) => assert_eq!(holder.id, "d1"),
+            other => panic!("expected Busy, got {other:?}"),
+        }
+        // A second claim loses: it is no longer activating or pending.
+        assert!(store
+            .transition("d1", &[Status::Activating], Status::RolledBack, None)
+            .unwrap()
+            .is_none());
+        let done = store.set_status("d1", Status::RolledBack, None).unwrap();
+        assert!(done.is_settled());
+        assert_eq!(done.failure_phase.as_deref(), Some("confirm"));
+        assert!(store.active(Kind::System, "web1").unwrap().is_none());
+        store.begin(&system("d2", "web1")).unwrap();
     }
 }
