@@ -332,8 +332,25 @@ async fn run_local(cmd: &Cmd, log: &JobLog) -> Result<Finished, Local> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if cmd.get_timeout().is_some() {
-        // Its own group, so that what it started stops with it.
+        // Its own group, so that what it started stops with it; and it dies
+        // with berth, so that a berth killed mid-way (an agent in a switch)
+        // leaves nothing running beside whoever rolls back after it.
         command.process_group(0);
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: prctl and getppid are async-signal-safe, and the closure
+        // allocates nothing.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // berth died before the line above: go with it.
+                if libc::getppid() != parent {
+                    libc::_exit(137);
+                }
+                Ok(())
+            });
+        }
     }
     let mut child = command.spawn().map_err(Local::Io)?;
     let pid = child.id();

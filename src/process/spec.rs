@@ -79,9 +79,11 @@ impl Cmd {
         self
     }
 
-    /// How long the command may run on this machine: past it, the
-    /// executor stops its whole process group (SIGTERM, then SIGKILL) and
-    /// returns [`super::CommandError::TimedOut`]. Local commands only.
+    /// How long the command may run: past it, the executor stops its whole
+    /// process group (SIGTERM, then SIGKILL) and returns
+    /// [`super::CommandError::TimedOut`]. Run locally, such a command is
+    /// also killed when berth dies (`PR_SET_PDEATHSIG`); over SSH the
+    /// remote command is abandoned when its channel is dropped.
     pub fn timeout(mut self, limit: Duration) -> Self {
         self.timeout = Some(limit);
         self
