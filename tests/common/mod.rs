@@ -5,7 +5,9 @@
 // Each test crate that says `mod common;` uses its own part of this.
 #![allow(dead_code)]
 
+pub mod app;
 pub mod faults;
+pub mod fleet;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
