@@ -1685,6 +1685,63 @@ mod tests {
     }
 
     #[test]
+    fn a_restore_a_dead_agent_began_is_finished_not_redone() {
+        let (_tmp, base, db) = service(1_000, 100);
+        let dir = base.join("snapshots/d1");
+        let snap = create(&dir, "d1", "app", &base, std::slice::from_ref(&db), &[]).unwrap();
+        let taken = contents(&dir.join(&snap.databases[0].file));
+        write_into_wal(&db, 50);
+        // Killed after moving the `-wal` aside, before the database.
+        fs::rename(
+            with_suffix(&db, "-wal"),
+            base.join("data/app.db.failed-d1-wal"),
+        )
+        .unwrap();
+        assert_eq!(resume_restore(&dir, "d1").unwrap(), snap);
+        assert_eq!(contents(&db), taken);
+        assert!(base.join("data/app.db.failed-d1").exists());
+        // The previous release ran again and wrote on the restored data:
+        // done already, so left as it is, and not refused.
+        write_into_wal(&db, 20);
+        let since = contents(&db);
+        assert!(since.0 > taken.0);
+        // (A plain restore would refuse: it would overwrite the failed state.)
+        assert!(matches!(
+            restore(&dir, "d1"),
+            Err(SnapshotError::FailedExists(_))
+        ));
+        assert_eq!(resume_restore(&dir, "d1").unwrap(), snap);
+        assert_eq!(contents(&db), since);
+    }
+
+    #[test]
+    fn the_space_check_names_the_filesystem_and_what_is_needed() {
+        let (_tmp, base, db) = service(1_000, 100);
+        let dir = base.join("snapshots/d1");
+        check_space(&dir, std::slice::from_ref(&db), &[], true).unwrap();
+        assert!(!dir.exists(), "the check made the snapshot's directory");
+        let mount = mount_point(&base);
+        assert!(base.starts_with(&mount), "{}", mount.display());
+        let err = SnapshotError::NoSpace {
+            path: base.join("snapshots"),
+            mount: mount.clone(),
+            what: "a snapshot of the data and a restore of it",
+            needed: 3 << 20,
+            free: 1 << 19,
+        };
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "not enough free space on {} (the filesystem mounted at {}): a snapshot of the \
+                 data and a restore of it need 3.0 MiB, 0.5 MiB is free",
+                base.join("snapshots").display(),
+                mount.display()
+            )
+        );
+        assert!(err.hint().unwrap().contains(&mount.display().to_string()));
+    }
+
+    #[test]
     fn restore_refuses_a_damaged_copy_and_touches_nothing() {
         let (_tmp, base, db) = service(1_000, 100);
         let dir = base.join("snapshots/d1");
