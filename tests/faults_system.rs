@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use berth::host::Host;
 use berth::lab::{HostKind, LabGuard};
 use berth::process::Cmd;
-use common::faults::Row;
+use common::faults::{self, Row};
 use common::fleet::Fleet;
 use serde_json::{json, Value};
 
@@ -465,6 +465,7 @@ fn ip_link(dev: &str, state: &str) {
 fn link_cut() {
     runtime().block_on(async {
         let mut w = World::up("fault-link", HostKind::Plain).await;
+        let mut results = Vec::new();
         let veth = w.lab.host(&w.host).unwrap().net.veth_out.clone();
         let mut row = Row::new(
             "sys-link-cut",
@@ -486,7 +487,8 @@ fn link_cut() {
             let detail = json!({ "offset_ms": offset.as_millis() as u64, "exit": run.code });
             w.record(&mut row, &outcome, verdict, detail, Some(&run)).await;
         }
-        row.finish();
+        results.push(row.finish());
+        faults::assert_consistent(results);
     });
 }
 
@@ -496,6 +498,7 @@ fn link_cut() {
 fn deployer_and_agent_killed_and_hung_switch() {
     runtime().block_on(async {
         let mut w = World::up("fault-kill", HostKind::Plain).await;
+        let mut results = Vec::new();
 
         let mut row = Row::new(
             "sys-deployer-kill",
@@ -527,7 +530,7 @@ fn deployer_and_agent_killed_and_hung_switch() {
             let verdict = verdict.and(w.next_deploy_works());
             row.record(&outcome, verdict, detail);
         }
-        row.finish();
+        results.push(row.finish());
 
         let mut row = Row::new(
             "sys-agent-kill",
@@ -572,7 +575,7 @@ fn deployer_and_agent_killed_and_hung_switch() {
             let verdict = verdict.and(w.next_deploy_works());
             row.record(&outcome, verdict, detail);
         }
-        row.finish();
+        results.push(row.finish());
 
         let mut row = Row::new(
             "sys-hung-switch",
@@ -596,7 +599,8 @@ fn deployer_and_agent_killed_and_hung_switch() {
             }
             w.record(&mut row, &outcome, verdict, json!({ "exit": run.code }), Some(&run)).await;
         }
-        row.finish();
+        results.push(row.finish());
+        faults::assert_consistent(results);
     });
 }
 
@@ -606,6 +610,7 @@ fn deployer_and_agent_killed_and_hung_switch() {
 fn sshd_stopped_and_reboot() {
     runtime().block_on(async {
         let mut w = World::up("fault-boot", HostKind::Systemd).await;
+        let mut results = Vec::new();
 
         let mut row = Row::new(
             "sys-sshd-stop",
@@ -620,7 +625,7 @@ fn sshd_stopped_and_reboot() {
             let (outcome, verdict) = w.judge(&truth, &new, Some(&run));
             w.record(&mut row, &outcome, verdict, json!({ "exit": run.code }), Some(&run)).await;
         }
-        row.finish();
+        results.push(row.finish());
 
         // The boot check a NixOS host gets from berth.agent.bootCheck, as a
         // unit of the container's own.
@@ -667,6 +672,7 @@ fn sshd_stopped_and_reboot() {
             let detail = json!({ "offset_ms": offset.as_millis() as u64, "exit": run.code });
             w.record(&mut row, &outcome, verdict, detail, Some(&run)).await;
         }
-        row.finish();
+        results.push(row.finish());
+        faults::assert_consistent(results);
     });
 }

@@ -16,7 +16,9 @@ use crate::nix::profile::{self, Generation};
 use crate::nix::{self, StorePath};
 use crate::output::Printer;
 use crate::process::{self, Cmd, CommandError, JobLog, Via};
-use crate::state::{self, Deployment, Kind, NewDeployment, StateError, Status, Store};
+use crate::state::{
+    self, Deployment, Kind, NewDeployment, StateError, Status, Store, SystemActivity,
+};
 
 /// How many refused paths a refusal names.
 const REFUSED_SHOWN: usize = 5;
@@ -183,6 +185,12 @@ impl Agent {
     /// `switch-to-configuration`. A failed activation is rolled back here;
     /// a good one is left pending until `confirm` (or the watchdog).
     pub async fn activate(&mut self, a: &Activation) -> Result<AgentResult, AgentError> {
+        let result = self.activate_unpublished(a).await;
+        self.publish_settled();
+        result
+    }
+
+    async fn activate_unpublished(&mut self, a: &Activation) -> Result<AgentResult, AgentError> {
         let before = self.current()?;
         let new = NewDeployment {
             id: a.id.clone(),
@@ -258,6 +266,7 @@ impl Agent {
             Err(e) => return Err(e.into()),
         };
         let id = deployment.id.clone();
+        self.publish_working(&deployment, "activating");
         // Once recorded, an error must not leave the deployment unfinished
         // (it would hold the host): undo what was done and record why.
         self.touched = false;
@@ -579,6 +588,63 @@ impl Agent {
         Ok(())
     }
 
+    /// Publishes that this process works on system deployment `d` now
+    /// (`status`: what it does), so app deploys on the host wait for it
+    /// ([`SystemActivity`]).
+    fn publish_working(&self, d: &Deployment, status: &str) {
+        let pid = std::process::id();
+        self.publish(Some(&SystemActivity {
+            id: d.id.clone(),
+            node: d.target.clone(),
+            actor: d.actor.clone(),
+            started: d.started,
+            status: status.to_owned(),
+            pid: Some(pid),
+            pid_start: process::start_time(pid),
+            until: None,
+        }));
+    }
+
+    /// Publishes what is still in flight once this process is done with
+    /// it: a pending deployment (until its confirmation deadline), one
+    /// that another live agent activates, or nothing.
+    fn publish_settled(&self) {
+        let me = std::process::id();
+        let active = match self.store.all_active() {
+            Ok(all) => all.into_iter().find(|d| d.kind == Kind::System),
+            Err(e) => {
+                tracing::warn!("could not read the host's deployments: {e}");
+                return;
+            }
+        };
+        let activity = active.and_then(|d| {
+            let (pid, until) = match d.status {
+                Status::Pending => (None, Some(d.confirm_deadline.unwrap_or_else(now))),
+                _ => (d.agent_pid.filter(|&p| p != me && process::alive(p)), None),
+            };
+            (pid.is_some() || until.is_some()).then(|| SystemActivity {
+                id: d.id.clone(),
+                node: d.target.clone(),
+                actor: d.actor.clone(),
+                started: d.started,
+                status: d.status.as_str().to_owned(),
+                pid,
+                pid_start: pid.and_then(process::start_time),
+                until,
+            })
+        });
+        self.publish(activity.as_ref());
+    }
+
+    fn publish(&self, activity: Option<&SystemActivity>) {
+        if let Err(e) = state::publish_system_activity(&self.state_dir, activity) {
+            tracing::warn!(
+                "could not publish the host's system deployment in {}: {e}",
+                state::system_activity_file(&self.state_dir).display()
+            );
+        }
+    }
+
     fn profile_str(&self) -> String {
         self.profile.to_string_lossy().into_owned()
     }
@@ -592,7 +658,10 @@ impl Agent {
             Status::RolledBack,
             Some(phase),
         )? {
-            Some(d) => self.roll_back(d, why).await,
+            Some(d) => {
+                self.publish_working(&d, "rolling back");
+                self.roll_back(d, why).await
+            }
             None => Ok(AgentResult::of(&self.store.get(id)?, why)),
         }
     }
@@ -696,6 +765,12 @@ impl Agent {
     /// Waits until the deployment is confirmed or its time is up, and rolls
     /// it back in the second case (also when the activating agent died).
     pub async fn watchdog(&mut self, id: &str) -> Result<AgentResult, AgentError> {
+        let result = self.watch(id).await;
+        self.publish_settled();
+        result
+    }
+
+    async fn watch(&mut self, id: &str) -> Result<AgentResult, AgentError> {
         loop {
             let d = self.store.get(id)?;
             let expired = match d.status {
@@ -717,6 +792,7 @@ impl Agent {
                     Some("confirm"),
                 )? {
                     self.phase(id, "watchdog", why);
+                    self.publish_working(&d, "rolling back");
                     return self.roll_back(d, why).await;
                 }
             }
@@ -726,6 +802,12 @@ impl Agent {
 
     /// The deployer's health checks passed: keep this generation.
     pub fn confirm(&mut self, id: &str) -> Result<AgentResult, AgentError> {
+        let result = self.confirm_unpublished(id);
+        self.publish_settled();
+        result
+    }
+
+    fn confirm_unpublished(&mut self, id: &str) -> Result<AgentResult, AgentError> {
         match self
             .store
             .transition(id, &[Status::Pending], Status::Confirmed, None)?
@@ -743,6 +825,16 @@ impl Agent {
 
     /// The deployer's health checks failed: roll back now.
     pub async fn rollback(&mut self, id: &str, why: &str) -> Result<AgentResult, AgentError> {
+        let result = self.rollback_unpublished(id, why).await;
+        self.publish_settled();
+        result
+    }
+
+    async fn rollback_unpublished(
+        &mut self,
+        id: &str,
+        why: &str,
+    ) -> Result<AgentResult, AgentError> {
         match self.store.transition(
             id,
             &[Status::Activating, Status::Pending],
@@ -751,6 +843,7 @@ impl Agent {
         )? {
             Some(d) => {
                 self.phase(id, "health", why);
+                self.publish_working(&d, "rolling back");
                 self.roll_back(d, why).await
             }
             None => Ok(AgentResult::of(&self.store.get(id)?, "already finished")),
@@ -807,8 +900,9 @@ impl Agent {
                 .store
                 .revision_of(Kind::System, node, &target.path.to_string_lossy())?,
         };
-        self.store.begin(&new)?;
+        let d = self.store.begin(&new)?;
         self.store.set_to_generation(id, target.number)?;
+        self.publish_working(&d, "rolling back");
         let switched = async {
             self.run(&profile::switch_generation(&self.profile, target.number))
                 .await?;
@@ -827,6 +921,7 @@ impl Agent {
                     .set_status(id, Status::Failed, Some("rollback"))?
             }
         };
+        self.publish_settled();
         Ok(AgentResult::of(
             &d,
             format!("rollback to generation {}", target.number),
@@ -874,9 +969,13 @@ impl Agent {
             )? {
                 let why = "found unconfirmed at boot";
                 self.phase(&d.id, "boot-check", why);
-                results.push(self.roll_back(d, why).await?);
+                self.publish_working(&d, "rolling back");
+                let rolled_back = self.roll_back(d, why).await;
+                self.publish_settled();
+                results.push(rolled_back?);
             }
         }
+        self.publish_settled();
         Ok(results)
     }
 

@@ -139,6 +139,17 @@ pub enum SnapshotError {
     BadTag(String),
     #[error("{} already exists: restoring would overwrite the failed state kept there", .0.display())]
     FailedExists(PathBuf),
+    #[error(
+        "not enough free space on {} (the filesystem mounted at {}): {what} need {}, {} is free",
+        .path.display(), .mount.display(), mib(*.needed), mib(*.free)
+    )]
+    NoSpace {
+        path: PathBuf,
+        mount: PathBuf,
+        what: &'static str,
+        needed: u64,
+        free: u64,
+    },
     #[error("could not give {} the owner {uid}:{gid} of the file it replaces", .path.display())]
     Owner {
         path: PathBuf,
@@ -180,9 +191,141 @@ impl SnapshotError {
             SnapshotError::Owner { .. } => {
                 Some("restore as the service's user, who owns its data".into())
             }
+            SnapshotError::NoSpace { mount, .. } => Some(format!(
+                "free space on {} (old snapshots, kept `.failed-` files), or lower keepSnapshots; nothing was stopped or changed",
+                mount.display()
+            )),
             _ => None,
         }
     }
+}
+
+/// `1.5 MiB`.
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / 1_048_576.0)
+}
+
+/// What a filesystem keeps free for the state database's writes and the
+/// copies' journal switch, beyond the copies themselves.
+const HEADROOM: u64 = 1 << 20;
+
+/// Checks, before a snapshot into `dir` is taken, that every filesystem
+/// involved has room for it: its copies where the snapshot goes (an
+/// estimate: each database's file and `-wal`, each tree's bytes) and, with
+/// `restore`, the same again beside the live data, where an undo stages
+/// them while the failed data is still there; plus [`HEADROOM`] on each.
+/// A deploy checks this before it stops the service, so a full disk
+/// refuses it with the service untouched instead of failing half way.
+pub fn check_space(
+    dir: &Path,
+    dbs: &[PathBuf],
+    files: &[PathBuf],
+    restore: bool,
+) -> Result<(), SnapshotError> {
+    let mut sizes = Vec::new();
+    for db in dbs {
+        let size = file_size(db)? + file_size(&with_suffix(db, "-wal"))?;
+        sizes.push((db.as_path(), size));
+    }
+    for tree in files {
+        let size = match exists(tree)? {
+            true => tree_bytes(tree)?,
+            false => 0,
+        };
+        sizes.push((tree.as_path(), size));
+    }
+    if sizes.is_empty() {
+        return Ok(());
+    }
+    // Bytes needed per filesystem (by device), with a path on it.
+    let mut needs: Vec<(u64, PathBuf, u64)> = Vec::new();
+    let mut need = |path: &Path, bytes: u64| -> Result<(), SnapshotError> {
+        let on = existing_ancestor(path);
+        let dev = fs::metadata(&on)
+            .map_err(io_err(format!("read {}", on.display())))?
+            .dev();
+        match needs.iter_mut().find(|(d, ..)| *d == dev) {
+            Some((_, _, n)) => *n += bytes,
+            None => needs.push((dev, on, bytes)),
+        }
+        Ok(())
+    };
+    let total: u64 = sizes.iter().map(|(_, size)| size).sum();
+    need(dir, total)?;
+    if restore {
+        for (path, size) in &sizes {
+            need(path, *size)?;
+        }
+    }
+    for (_, path, bytes) in needs {
+        let needed = bytes + HEADROOM;
+        let free = free_bytes(&path)?;
+        if free < needed {
+            return Err(SnapshotError::NoSpace {
+                mount: mount_point(&path),
+                path,
+                what: if restore {
+                    "a snapshot of the data and a restore of it"
+                } else {
+                    "a snapshot of the data"
+                },
+                needed,
+                free,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn file_size(path: &Path) -> Result<u64, SnapshotError> {
+    match fs::metadata(path) {
+        Ok(meta) => Ok(meta.len()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(io_err(format!("read {}", path.display()))(e)),
+    }
+}
+
+/// `path`, or its nearest ancestor that exists (a snapshot's directory is
+/// made only when it is taken).
+fn existing_ancestor(path: &Path) -> PathBuf {
+    path.ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"))
+        .to_owned()
+}
+
+/// The top of the filesystem `path` is on: its highest ancestor on the
+/// same device.
+fn mount_point(path: &Path) -> PathBuf {
+    let dev = |p: &Path| fs::metadata(p).ok().map(|m| m.dev());
+    let own = dev(path);
+    let mut top = path.to_owned();
+    for p in path.ancestors().skip(1) {
+        if dev(p) != own {
+            break;
+        }
+        top = p.to_owned();
+    }
+    top
+}
+
+/// The bytes an unprivileged user may still write on `path`'s filesystem.
+fn free_bytes(path: &Path) -> Result<u64, SnapshotError> {
+    use std::os::unix::ffi::OsStrExt;
+    let what = || format!("read the free space of {}", path.display());
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io_err(what())(io::Error::other(e)))?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a valid C string and `st` is written by statvfs before
+    // it is read, only when it returns 0.
+    let st = unsafe {
+        if libc::statvfs(c.as_ptr(), st.as_mut_ptr()) != 0 {
+            return Err(io_err(what())(io::Error::last_os_error()));
+        }
+        st.assume_init()
+    };
+    #[allow(clippy::unnecessary_cast)] // u32 or u64, by platform
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> SnapshotError {
@@ -805,12 +948,44 @@ fn idle_for(dir: &Path) -> Result<Duration, SnapshotError> {
 /// touched; an error until then leaves all as it was. An error while the
 /// copies are moved into place leaves those before it restored.
 pub fn restore(dir: &Path, failed_tag: &str) -> Result<Snapshot, SnapshotError> {
+    restore_with(dir, failed_tag, false)
+}
+
+/// Finishes a restore under `failed_tag` that a dead agent began: a
+/// database or tree already moved aside as `.failed-<tag>` with a copy back
+/// in its place was restored, and is left as it is; the rest is restored.
+pub fn resume_restore(dir: &Path, failed_tag: &str) -> Result<Snapshot, SnapshotError> {
+    restore_with(dir, failed_tag, true)
+}
+
+fn restore_with(dir: &Path, failed_tag: &str, resume: bool) -> Result<Snapshot, SnapshotError> {
     check_tag(failed_tag)?;
-    let snapshot = read(dir)?;
+    let mut snapshot = read(dir)?;
     if !snapshot.complete {
         return Err(SnapshotError::Incomplete(dir.to_owned()));
     }
     verify_copies(dir, &snapshot)?;
+    let whole = snapshot.clone();
+    if resume {
+        let restored = |live: &Path| {
+            let aside = with_suffix(live, &format!(".failed-{failed_tag}"));
+            Ok::<_, SnapshotError>(exists(live)? && exists(&aside)?)
+        };
+        let mut dbs = Vec::new();
+        for db in std::mem::take(&mut snapshot.databases) {
+            if !restored(&db.path)? {
+                dbs.push(db);
+            }
+        }
+        snapshot.databases = dbs;
+        let mut trees = Vec::new();
+        for tree in std::mem::take(&mut snapshot.files) {
+            if !restored(&tree.path)? {
+                trees.push(tree);
+            }
+        }
+        snapshot.files = trees;
+    }
     refuse_to_overwrite(&snapshot, failed_tag)?;
 
     // Stage every copy beside its destination.
@@ -855,7 +1030,7 @@ pub fn restore(dir: &Path, failed_tag: &str) -> Result<Snapshot, SnapshotError> 
             }
         }
     }
-    swapped.map(|()| snapshot)
+    swapped.map(|()| whole)
 }
 
 fn check_tag(tag: &str) -> Result<(), SnapshotError> {
@@ -1507,6 +1682,63 @@ mod tests {
             restore(&dir, "../x"),
             Err(SnapshotError::BadTag(_))
         ));
+    }
+
+    #[test]
+    fn a_restore_a_dead_agent_began_is_finished_not_redone() {
+        let (_tmp, base, db) = service(1_000, 100);
+        let dir = base.join("snapshots/d1");
+        let snap = create(&dir, "d1", "app", &base, std::slice::from_ref(&db), &[]).unwrap();
+        let taken = contents(&dir.join(&snap.databases[0].file));
+        write_into_wal(&db, 50);
+        // Killed after moving the `-wal` aside, before the database.
+        fs::rename(
+            with_suffix(&db, "-wal"),
+            base.join("data/app.db.failed-d1-wal"),
+        )
+        .unwrap();
+        assert_eq!(resume_restore(&dir, "d1").unwrap(), snap);
+        assert_eq!(contents(&db), taken);
+        assert!(base.join("data/app.db.failed-d1").exists());
+        // The previous release ran again and wrote on the restored data:
+        // done already, so left as it is, and not refused.
+        write_into_wal(&db, 20);
+        let since = contents(&db);
+        assert!(since.0 > taken.0);
+        // (A plain restore would refuse: it would overwrite the failed state.)
+        assert!(matches!(
+            restore(&dir, "d1"),
+            Err(SnapshotError::FailedExists(_))
+        ));
+        assert_eq!(resume_restore(&dir, "d1").unwrap(), snap);
+        assert_eq!(contents(&db), since);
+    }
+
+    #[test]
+    fn the_space_check_names_the_filesystem_and_what_is_needed() {
+        let (_tmp, base, db) = service(1_000, 100);
+        let dir = base.join("snapshots/d1");
+        check_space(&dir, std::slice::from_ref(&db), &[], true).unwrap();
+        assert!(!dir.exists(), "the check made the snapshot's directory");
+        let mount = mount_point(&base);
+        assert!(base.starts_with(&mount), "{}", mount.display());
+        let err = SnapshotError::NoSpace {
+            path: base.join("snapshots"),
+            mount: mount.clone(),
+            what: "a snapshot of the data and a restore of it",
+            needed: 3 << 20,
+            free: 1 << 19,
+        };
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "not enough free space on {} (the filesystem mounted at {}): a snapshot of the \
+                 data and a restore of it need 3.0 MiB, 0.5 MiB is free",
+                base.join("snapshots").display(),
+                mount.display()
+            )
+        );
+        assert!(err.hint().unwrap().contains(&mount.display().to_string()));
     }
 
     #[test]

@@ -47,6 +47,10 @@ const TOUCHED: &str = "stop";
 /// The phase recorded once the new release passed its health check: an
 /// interrupted deployment that reached it is finished, not rolled back.
 const HEALTHY: &str = "healthy";
+/// The phase recorded when an undo begins.
+const ROLLBACK: &str = "rollback";
+/// Why recovery undoes a deployment.
+const AGENT_DIED: &str = "its agent died mid-deploy";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -291,12 +295,20 @@ impl AppAgent {
         state::read_host_lock(&self.host_state).filter(|h| h.owner != actor)
     }
 
+    /// A system deployment in flight on the host (activating, waiting for
+    /// its confirmation, or rolling back), as the host's agent publishes
+    /// it: it may restart this service's unit, so the service waits, for
+    /// every actor.
+    fn system_deployment(&self) -> Option<LockHolder> {
+        state::read_system_activity(&self.host_state).map(|a| a.holder())
+    }
+
     /// Takes the service's lock for this process, waiting up to `wait`.
     async fn lock(&mut self, actor: &str, reason: &str, wait: Duration) -> Result<(), Busy> {
         let scope = service_scope(&self.manifest.service);
         let deadline = Instant::now() + wait;
         loop {
-            let held = match self.host_lock(actor) {
+            let held = match self.host_lock(actor).or_else(|| self.system_deployment()) {
                 Some(holder) => Some(holder),
                 None => match self.store.lock_for_process(&scope, actor, Some(reason)) {
                     Ok(_) => return Ok(()),
@@ -367,9 +379,15 @@ impl AppAgent {
                 ),
             )
         } else if seen(TOUCHED) {
-            // Not blocked: the revision did not fail, its agent died.
-            self.undo(&d, "its agent died mid-deploy", &last, false)
-                .await?
+            // Not blocked: the revision did not fail, its agent died;
+            // unless the agent died undoing a failure of the revision.
+            let failed = d.goal == GOAL_DEPLOY
+                && self
+                    .store
+                    .events(&d.id)?
+                    .iter()
+                    .any(|e| e.phase == ROLLBACK && e.message != AGENT_DIED);
+            self.undo(&d, AGENT_DIED, &last, failed).await?
         } else {
             let done = self.store.set_status(&d.id, Status::Failed, Some(&last))?;
             self.result(
@@ -443,7 +461,8 @@ impl AppAgent {
             lock: self
                 .store
                 .lock_holder(&service_scope(self.service()))?
-                .or_else(|| self.host_lock(&req.actor)),
+                .or_else(|| self.host_lock(&req.actor))
+                .or_else(|| self.system_deployment()),
         })
     }
 
@@ -636,7 +655,7 @@ impl AppAgent {
         let dir = self.layout.release(sha);
         self.build(d, sha, &dir).await.map_err(at("build"))?;
 
-        let snap = self.snapshot_into(&d.id).map_err(at("snapshot"))?;
+        let snap = self.snapshot_into(&d.id, true).map_err(at("snapshot"))?;
         self.phase(&d.id, "snapshot", &describe(&snap));
 
         self.stop_unit(&d.id).await?;
@@ -748,7 +767,15 @@ impl AppAgent {
         })
     }
 
-    fn snapshot_into(&self, id: &str) -> Result<Snapshot, AppError> {
+    /// Snapshots the declared data under `id`, after checking there is room
+    /// for it (and, with `restore`, for an undo to put it back).
+    fn snapshot_into(&self, id: &str, restore: bool) -> Result<Snapshot, AppError> {
+        snapshot::check_space(
+            &self.layout.snapshot(id),
+            &self.manifest.data.sqlite,
+            &self.manifest.data.files,
+            restore,
+        )?;
         Ok(snapshot::create(
             &self.layout.snapshot(id),
             id,
@@ -770,14 +797,25 @@ impl AppAgent {
         failed_phase: &str,
         block: bool,
     ) -> Result<AgentResult, AppError> {
-        self.phase(&d.id, "rollback", why);
+        // An agent that died undoing this deployment may have restored
+        // some or all of the data already: that is finished, not redone.
+        let resume = self
+            .store
+            .events(&d.id)?
+            .iter()
+            .any(|e| e.phase == ROLLBACK);
+        self.phase(&d.id, ROLLBACK, why);
         let mut problems = Vec::new();
         if let Err(e) = unit::control("stop", &self.manifest.unit, &self.log).await {
             problems.push(format!("stop: {e}"));
         }
         let snap_dir = self.layout.snapshot(&d.id);
         if snapshot::read(&snap_dir).is_ok() {
-            match snapshot::restore(&snap_dir, &d.id) {
+            let restored = match resume {
+                true => snapshot::resume_restore(&snap_dir, &d.id),
+                false => snapshot::restore(&snap_dir, &d.id),
+            };
+            match restored {
                 Ok(s) => self.phase(&d.id, "restore", &format!("restored {}", describe(&s))),
                 Err(e) => problems.push(format!("restore: {e}")),
             }
@@ -973,7 +1011,9 @@ impl AppAgent {
         let steps = async {
             if let Some(source) = &data {
                 // The data now is kept too, so this rollback can be undone.
-                let snap = self.snapshot_into(&d.id).map_err(|e| ("snapshot", e))?;
+                let snap = self
+                    .snapshot_into(&d.id, true)
+                    .map_err(|e| ("snapshot", e))?;
                 self.phase(&d.id, "snapshot", &describe(&snap));
                 self.stop_unit(&d.id).await?;
                 let restored = snapshot::restore(source, &replaced_tag(&d.id))
@@ -1063,7 +1103,7 @@ impl AppAgent {
             return Ok(Err(busy.result()));
         }
         let result = match self.recover().await {
-            Ok(_) => self.snapshot_into(id),
+            Ok(_) => self.snapshot_into(id, false),
             Err(e) => Err(e),
         };
         if result.is_ok() {
@@ -1129,7 +1169,7 @@ impl AppAgent {
             }
         };
         let steps = async {
-            let snap = self.snapshot_into(id).map_err(|e| ("snapshot", e))?;
+            let snap = self.snapshot_into(id, true).map_err(|e| ("snapshot", e))?;
             self.phase(
                 id,
                 "snapshot",

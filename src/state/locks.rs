@@ -160,6 +160,95 @@ pub fn read_host_lock(state_dir: &Path) -> Option<LockHolder> {
     serde_json::from_slice(&bytes).ok()
 }
 
+/// A system deployment in flight on the host, as the host's agent
+/// publishes it for app deploys: they run as a service's user, cannot read
+/// root's database, and must not stop, migrate or start a service while
+/// the host's system (which may restart that service's unit) is changing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SystemActivity {
+    /// The system deployment's id.
+    pub id: String,
+    pub node: String,
+    pub actor: String,
+    /// Unix seconds.
+    pub started: i64,
+    /// `activating`, `pending` (waiting for confirmation), or
+    /// `rolling back`.
+    pub status: String,
+    /// The agent (or watchdog) working on it now, if one is.
+    pub pid: Option<u32>,
+    pub pid_start: Option<u64>,
+    /// Unix seconds: until when it holds the host with no process working
+    /// on it (a pending deployment's confirmation deadline).
+    pub until: Option<i64>,
+}
+
+impl SystemActivity {
+    /// Whether it still holds the host: its process runs, or its deadline
+    /// has not passed. A file left by a killed agent with nothing pending
+    /// does not.
+    pub fn is_live(&self) -> bool {
+        self.pid
+            .is_some_and(|pid| process::alive_since(pid, self.pid_start))
+            || self.until.is_some_and(|t| now() <= t)
+    }
+
+    /// As a holder of the host's lock, for the messages locks give.
+    pub fn holder(&self) -> LockHolder {
+        LockHolder {
+            scope: HOST_SCOPE.into(),
+            owner: self.actor.clone(),
+            reason: Some(format!(
+                "system deployment {} of {} is {}",
+                self.id, self.node, self.status
+            )),
+            acquired: self.started,
+            pid: self.pid,
+            pid_start: self.pid_start,
+            held: false,
+        }
+    }
+}
+
+/// Where the host's agent publishes [`SystemActivity`], beside
+/// [`host_lock_file`].
+pub fn system_activity_file(state_dir: &Path) -> PathBuf {
+    state_dir.join("system-deployment.json")
+}
+
+/// Writes (or, with `None`, removes) [`system_activity_file`], atomically,
+/// readable by everyone.
+pub fn publish_system_activity(
+    state_dir: &Path,
+    activity: Option<&SystemActivity>,
+) -> std::io::Result<()> {
+    let path = system_activity_file(state_dir);
+    match activity {
+        None => match std::fs::remove_file(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        },
+        Some(activity) => {
+            use std::os::unix::fs::PermissionsExt;
+            let tmp = path.with_extension("json.tmp");
+            std::fs::write(
+                &tmp,
+                serde_json::to_vec(activity).map_err(std::io::Error::other)?,
+            )?;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))?;
+            std::fs::rename(&tmp, &path)
+        }
+    }
+}
+
+/// The system deployment in flight on the host, if one still holds it.
+pub fn read_system_activity(state_dir: &Path) -> Option<SystemActivity> {
+    let bytes = std::fs::read(system_activity_file(state_dir)).ok()?;
+    serde_json::from_slice::<SystemActivity>(&bytes)
+        .ok()
+        .filter(SystemActivity::is_live)
+}
+
 /// A blocked revision: one that failed and was rolled back.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Blocked {
@@ -458,6 +547,41 @@ mod tests {
         publish_host_lock(tmp.path(), None).unwrap();
         publish_host_lock(tmp.path(), None).unwrap();
         assert!(read_host_lock(tmp.path()).is_none());
+    }
+
+    #[test]
+    fn a_system_deployment_in_flight_holds_the_host_while_it_lives() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(read_system_activity(tmp.path()).is_none());
+        let mut activity = SystemActivity {
+            id: "D1".into(),
+            node: "web1".into(),
+            actor: "alice@laptop".into(),
+            started: now(),
+            status: "activating".into(),
+            pid: Some(std::process::id()),
+            pid_start: process::start_time(std::process::id()),
+            until: None,
+        };
+        publish_system_activity(tmp.path(), Some(&activity)).unwrap();
+        let read = read_system_activity(tmp.path()).unwrap();
+        let message = read.holder().to_string();
+        assert!(
+            message.starts_with("alice@laptop since ")
+                && message.ends_with(": system deployment D1 of web1 is activating"),
+            "{message}"
+        );
+        // Its agent gone, and nothing pending: it no longer holds.
+        activity.pid = Some(4_194_304);
+        publish_system_activity(tmp.path(), Some(&activity)).unwrap();
+        assert!(read_system_activity(tmp.path()).is_none());
+        // Pending until its deadline.
+        activity.until = Some(now() + 60);
+        publish_system_activity(tmp.path(), Some(&activity)).unwrap();
+        assert!(read_system_activity(tmp.path()).is_some());
+        publish_system_activity(tmp.path(), None).unwrap();
+        publish_system_activity(tmp.path(), None).unwrap();
+        assert!(read_system_activity(tmp.path()).is_none());
     }
 
     #[test]

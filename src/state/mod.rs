@@ -22,8 +22,9 @@ use serde::{Deserialize, Serialize};
 
 pub use id::{new_id, now, utc_time};
 pub use locks::{
-    host_lock_file, publish_host_lock, read_host_lock, scope_name, service_scope, Acquired,
-    Blocked, LockError, LockHolder, Released, HOST_SCOPE,
+    host_lock_file, publish_host_lock, publish_system_activity, read_host_lock,
+    read_system_activity, scope_name, service_scope, system_activity_file, Acquired, Blocked,
+    LockError, LockHolder, Released, SystemActivity, HOST_SCOPE,
 };
 pub use store::Store;
 

@@ -9,6 +9,7 @@ Python 3 standard library only. Run in a release directory (the cwd):
   `"start": "ok" | "crash"`: crash writes one row, sleeps 0.3 s, exits 1
   `"health": "ok" | "fail" | "slow"`: fail answers /health with 500 forever
   (rows keep coming); slow answers 503 for APP_SLOW_SECS after start, then 200
+  `"write_ms": N`: write a row every N ms (default 10)
   (`install` and `migrate` are read by install.sh and migrate.sh)
 
 Environment: APP_DB (default ../data/app.db, relative to the cwd), APP_PORT
@@ -81,7 +82,7 @@ def insert(db, revision):
     db.execute("INSERT INTO rows (at, revision) VALUES (?, ?)", (time.time(), revision))
 
 
-def writer(path, revision, stop):
+def writer(path, revision, stop, every):
     db = connect(path)
     while not stop.is_set():
         try:
@@ -91,7 +92,7 @@ def writer(path, revision, stop):
             if "locked" not in str(err) and "busy" not in str(err):
                 log(f"writer: {err}")
                 os._exit(1)
-        stop.wait(WRITE_EVERY)
+        stop.wait(every)
     db.close()
 
 
@@ -157,7 +158,8 @@ def main():
             pass
 
     stop = threading.Event()
-    thread = threading.Thread(target=writer, args=(db_path, revision, stop), daemon=True)
+    every = float(behaviour.get("write_ms", WRITE_EVERY * 1000)) / 1000
+    thread = threading.Thread(target=writer, args=(db_path, revision, stop, every), daemon=True)
     thread.start()
 
     server = ThreadingHTTPServer((host, port), Handler)

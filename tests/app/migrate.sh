@@ -6,7 +6,9 @@
 # The database: APP_DB, else $BERTH_DATA/app.db.
 # behaviour.json "migrate": "ok" (default) | "fail" (commits a row with
 # revision 'MIGRATION-PARTIAL', then exits 1: a restore must remove it) |
-# "slow" (sleep APP_SLOW_SECS, default 30, then "ok");
+# "slow" (sleep APP_SLOW_SECS, default 30, then "ok") | "break" (deletes every
+# other row, adds rows with revision 'MIGRATION-BAD', sets user_version 99,
+# and succeeds: only a restore brings the data back);
 # "user_version": the version to set (default 1).
 # APP_PYTHON: the python to use (default /usr/bin/python3).
 set -euo pipefail
@@ -33,7 +35,7 @@ PY
 mode=$(behaviour migrate ok)
 version=$(behaviour user_version 1)
 case $mode in
-    ok | fail) ;;
+    ok | fail | break) ;;
     slow)
         echo "migrate: slow on purpose, ${APP_SLOW_SECS:-30} s (behaviour migrate=slow)"
         sleep "${APP_SLOW_SECS:-30}"
@@ -62,6 +64,17 @@ if mode == "fail":
     )
     db.close()
     sys.exit("migrate: failing on purpose after a partial write (behaviour migrate=fail)")
+if mode == "break":
+    db.execute("BEGIN IMMEDIATE")
+    db.execute("DELETE FROM rows WHERE id % 2 = 0")
+    db.executemany(
+        "INSERT INTO rows (at, revision) VALUES (?, 'MIGRATION-BAD')", [(time.time(),)] * 100
+    )
+    db.execute("PRAGMA user_version = 99")
+    db.execute("COMMIT")
+    db.close()
+    print(f"migrate: {path} broken on purpose (behaviour migrate=break)")
+    sys.exit(0)
 db.execute("BEGIN IMMEDIATE")
 columns = [row[1] for row in db.execute("PRAGMA table_info(rows)")]
 if "note" not in columns:

@@ -95,9 +95,10 @@ impl Row {
         self.metrics.insert(key.to_owned(), value);
     }
 
-    /// Writes the row to `BERTH_FAULTS_DIR` (when set) and fails the test
-    /// if any trial was inconsistent.
-    pub fn finish(self) {
+    /// Writes the row to `BERTH_FAULTS_DIR` (when set); says what was
+    /// inconsistent, if anything ([`assert_consistent`] fails the test once
+    /// every row is written).
+    pub fn finish(self) -> Result<(), String> {
         let inconsistent: Vec<&Value> = self
             .trials
             .iter()
@@ -125,14 +126,22 @@ impl Row {
             let file = dir.join(format!("{}.json", self.id));
             std::fs::write(&file, serde_json::to_vec_pretty(&row).unwrap()).unwrap();
         }
-        assert!(
-            inconsistent.is_empty(),
+        if inconsistent.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
             "{}: {} of {} trials inconsistent (seed {}): {}",
             self.id,
             inconsistent.len(),
             self.trials.len(),
             self.seed,
             serde_json::to_string_pretty(&inconsistent).unwrap()
-        );
+        ))
     }
+}
+
+/// Fails the test if any row was inconsistent.
+pub fn assert_consistent(rows: impl IntoIterator<Item = Result<(), String>>) {
+    let failures: Vec<String> = rows.into_iter().filter_map(Result::err).collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -1,5 +1,6 @@
-//! The example fleet (examples/fleet) in a directory of its own, its
-//! nodes written to fleet.json, for the tests that deploy systems.
+//! A fleet flake in a directory of its own, written from examples/fleet
+//! (no nixpkgs; a toplevel whose activation serves /health and can
+//! misbehave on purpose), for the tests that make system deploys.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -7,7 +8,7 @@ use std::path::{Path, PathBuf};
 /// A fleet flake in a directory of its own, written from examples/fleet.
 pub struct Fleet {
     pub dir: PathBuf,
-    nodes: BTreeMap<String, serde_json::Value>,
+    pub nodes: BTreeMap<String, serde_json::Value>,
 }
 
 impl Fleet {

@@ -5,6 +5,7 @@
 // Each test crate that says `mod common;` uses its own part of this.
 #![allow(dead_code)]
 
+pub mod app;
 pub mod faults;
 pub mod fleet;
 
