@@ -37,6 +37,21 @@ impl From<Exit> for std::process::ExitCode {
     }
 }
 
+/// `text` as it may appear in a message: control characters escaped
+/// (`\n`, `\u{1b}`), so that input cannot break the message's lines or
+/// drive the terminal.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// An error in how berth was called, with what to do instead.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]

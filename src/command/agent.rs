@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::agent::call::Audit;
 use crate::agent::system::{Activation, Agent, Goal};
 use crate::agent::{AgentResult, Outcome, EVENT_DEPLOYMENT, EVENT_RESULT, EVENT_STATUS};
-use crate::app::manifest::{self, Manifest, Overrides};
+use crate::app::manifest::{self, Manifest, Overrides, ServiceName};
 use crate::app::transaction::{AppAgent, DeployRequest, RollbackRequest, EVENT_CHANGES};
 use crate::cli::Context;
 use crate::command::app;
@@ -151,7 +151,7 @@ pub enum Verb {
     /// Deploy an app: the whole transaction (docs/app.md)
     AppDeploy {
         #[arg(long)]
-        service: String,
+        service: ServiceName,
         #[arg(long)]
         id: String,
         #[command(flatten)]
@@ -172,7 +172,7 @@ pub enum Verb {
     /// Put an app back on a kept release
     AppRollback {
         #[arg(long)]
-        service: String,
+        service: ServiceName,
         #[arg(long)]
         id: String,
         #[arg(long)]
@@ -187,14 +187,14 @@ pub enum Verb {
     /// An app's state (recovers an interrupted deploy first)
     AppStatus {
         #[arg(long)]
-        service: String,
+        service: ServiceName,
         #[command(flatten)]
         overrides: Overrides,
     },
     /// What a range of commits changes for an app (its manifest's paths)
     AppChanged {
         #[arg(long)]
-        service: String,
+        service: ServiceName,
         #[arg(long)]
         from: Option<String>,
         #[arg(long)]
@@ -205,7 +205,7 @@ pub enum Verb {
     /// An app's deploys, newest first
     AppHistory {
         #[arg(long)]
-        service: String,
+        service: ServiceName,
         #[arg(long, default_value_t = 20)]
         limit: usize,
         #[command(flatten)]
@@ -216,7 +216,7 @@ pub enum Verb {
         #[arg(value_enum)]
         action: SnapshotAction,
         #[arg(long)]
-        service: String,
+        service: ServiceName,
         #[command(flatten)]
         audit: AppAudit,
         #[command(flatten)]
@@ -225,7 +225,7 @@ pub enum Verb {
     /// Put an app's data back from a snapshot
     Restore {
         #[arg(long)]
-        service: String,
+        service: ServiceName,
         #[arg(long)]
         snapshot: String,
         #[arg(long)]
@@ -241,7 +241,7 @@ pub enum Verb {
         action: LockAction,
         /// The service (else the whole host)
         #[arg(long)]
-        service: Option<String>,
+        service: Option<ServiceName>,
         #[arg(long, default_value = "unknown")]
         owner: String,
         #[arg(long)]
