@@ -65,7 +65,7 @@ pub enum LockAction {
 pub enum Verb {
     /// Record, arm the watchdog, set the profile, switch
     Activate {
-        #[arg(long)]
+        #[arg(long, value_parser = state::id::parse_id)]
         id: String,
         #[arg(long)]
         node: String,
@@ -92,7 +92,7 @@ pub enum Verb {
     },
     /// The host already runs PATH: record that REVISION builds it (nothing is activated)
     Record {
-        #[arg(long)]
+        #[arg(long, value_parser = state::id::parse_id)]
         id: String,
         #[arg(long)]
         node: String,
@@ -109,12 +109,12 @@ pub enum Verb {
     },
     /// Roll back unless confirmed in time (started by activate)
     Watchdog {
-        #[arg(long)]
+        #[arg(long, value_parser = state::id::parse_id)]
         id: String,
     },
     /// Keep a pending deployment
     Confirm {
-        #[arg(long)]
+        #[arg(long, value_parser = state::id::parse_id)]
         id: String,
     },
     /// Roll back a deployment (--id), or go to another generation (--to)
@@ -138,7 +138,7 @@ pub enum Verb {
     },
     /// One deployment
     Show {
-        #[arg(long)]
+        #[arg(long, value_parser = state::id::parse_id)]
         id: String,
     },
     /// At boot: roll back a deployment that was never confirmed
@@ -152,7 +152,7 @@ pub enum Verb {
     AppDeploy {
         #[arg(long)]
         service: ServiceName,
-        #[arg(long)]
+        #[arg(long, value_parser = state::id::parse_id)]
         id: String,
         #[command(flatten)]
         revision: app::RevisionArgs,
@@ -173,7 +173,7 @@ pub enum Verb {
     AppRollback {
         #[arg(long)]
         service: ServiceName,
-        #[arg(long)]
+        #[arg(long, value_parser = state::id::parse_id)]
         id: String,
         #[arg(long)]
         to: Option<String>,
@@ -226,9 +226,9 @@ pub enum Verb {
     Restore {
         #[arg(long)]
         service: ServiceName,
-        #[arg(long)]
+        #[arg(long, value_parser = state::id::parse_id)]
         snapshot: String,
-        #[arg(long)]
+        #[arg(long, value_parser = state::id::parse_id)]
         id: String,
         #[command(flatten)]
         audit: AppAudit,
