@@ -22,3 +22,5 @@ pub mod progress;
 pub mod state;
 #[cfg(test)]
 mod testing;
+#[cfg(test)]
+mod fuzz;
