@@ -16,13 +16,45 @@ use crate::testing::prop::{bytes, config, text};
 fn json() -> impl Strategy<Value = serde_json::Value> {
     use serde_json::Value;
     let key = prop_oneof![
-        proptest::sample::select(&[
-            "name", "tags", "event", "outcome", "message", "result", "path", "references",
-            "narSize", "drvPath", "out", "revision", "locked", "rev", "type", "narHash", "url",
-            "original", "Peer", "Self", "Online", "DNSName", "HostName", "TailscaleIPs",
-            "BackendState", "hasToplevel", "deployment", "targetHost", "status", "conclusion",
-            "check_runs", "statuses", "state", "sha", "total_count",
-        ][..])
+        proptest::sample::select(
+            &[
+                "name",
+                "tags",
+                "event",
+                "outcome",
+                "message",
+                "result",
+                "path",
+                "references",
+                "narSize",
+                "drvPath",
+                "out",
+                "revision",
+                "locked",
+                "rev",
+                "type",
+                "narHash",
+                "url",
+                "original",
+                "Peer",
+                "Self",
+                "Online",
+                "DNSName",
+                "HostName",
+                "TailscaleIPs",
+                "BackendState",
+                "hasToplevel",
+                "deployment",
+                "targetHost",
+                "status",
+                "conclusion",
+                "check_runs",
+                "statuses",
+                "state",
+                "sha",
+                "total_count",
+            ][..]
+        )
         .prop_map(str::to_owned),
         "[a-z]{0,6}",
     ];

@@ -410,6 +410,15 @@ impl Manifest {
         {
             return Err(format!("`{}` is not a systemd unit name", self.unit));
         }
+        if let Some(repo) = &self.repository {
+            if repo.is_empty() || repo.starts_with('-') || repo.contains(char::is_control) {
+                return Err(format!(
+                    "its repository `{}` is not a URL git can fetch: it must not be empty, \
+                     start with `-` (git would read an option) or hold control characters",
+                    crate::diagnostics::printable(repo)
+                ));
+            }
+        }
         if !(self.health.url.starts_with("http://") || self.health.url.starts_with("https://")) {
             return Err(format!(
                 "the health URL `{}` must be an http:// or https:// URL",
@@ -726,6 +735,16 @@ mod tests {
                 "environment",
                 serde_json::json!({"1X": "c"}),
                 "the variable `1X`",
+            ),
+            (
+                "repository",
+                serde_json::json!("--upload-pack=touch /tmp/x"),
+                "its repository `--upload-pack=touch /tmp/x` is not a URL git can fetch",
+            ),
+            (
+                "repository",
+                serde_json::json!("a\nb"),
+                "`a\\nb` is not a URL",
             ),
         ] {
             let mut json = minimal("notes");

@@ -179,11 +179,19 @@ impl Repo<'_> {
                     .arg(&self.path),
             )
             .await?;
-            self.run(&self.git().args(["remote", "add", "origin", &self.url]))
-                .await?;
+            self.run(
+                &self
+                    .git()
+                    .args(["remote", "add", "--", "origin", &self.url]),
+            )
+            .await?;
         } else {
-            self.run(&self.git().args(["remote", "set-url", "origin", &self.url]))
-                .await?;
+            self.run(
+                &self
+                    .git()
+                    .args(["remote", "set-url", "--", "origin", &self.url]),
+            )
+            .await?;
         }
         Ok(())
     }
