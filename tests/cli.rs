@@ -266,6 +266,17 @@ fn hostile_names_are_refused_before_any_connection() {
             "is not a revision: give a commit's hex name",
         ),
         (
+            vec![
+                "app",
+                "changed",
+                "notes",
+                "--host",
+                "h1",
+                "--from=--output=/x",
+            ],
+            "`--output=/x` is not a revision",
+        ),
+        (
             vec!["app", "deploy", "notes", "--host", "h1", "--ref=-x"],
             "`-x` is not a branch or tag name: it starts with `-`",
         ),

@@ -161,10 +161,10 @@ pub struct ChangedArgs {
     #[command(flatten)]
     pub host: HostArgs,
     /// Compare from this commit [default: the revision each service runs]
-    #[arg(long, value_name = "SHA")]
+    #[arg(long, value_name = "SHA", value_parser = release::parse_rev)]
     pub from: Option<String>,
     /// Compare to this commit [default: the head of each service's branch]
-    #[arg(long, value_name = "SHA")]
+    #[arg(long, value_name = "SHA", value_parser = release::parse_rev)]
     pub to: Option<String>,
 }
 
