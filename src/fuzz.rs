@@ -102,7 +102,7 @@ proptest! {
         let _ = crate::app::manifest::ServiceName::new(t.as_str());
         let _ = crate::app::release::parse_rev(&t);
         let _ = crate::app::release::parse_name(&t);
-        let _ = crate::app::changes::Filter::new(&[t.clone()]);
+        let _ = crate::app::changes::Filter::new(std::slice::from_ref(&t));
         let _ = crate::host::Destination::parse(&t);
         let _ = crate::nix::StorePath::new(t.as_str());
         let _ = crate::nix::diff::parse_drv_name(&t);

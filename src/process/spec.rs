@@ -55,6 +55,8 @@ impl Cmd {
         self
     }
 
+    /// Sets a variable; `key` is a variable name (a `=` in it would split
+    /// the pair elsewhere: the manifest checks the names it gives).
     pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
         self.env
             .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
