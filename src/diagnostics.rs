@@ -52,6 +52,17 @@ pub fn printable(text: &str) -> String {
         .collect()
 }
 
+/// One character of refused input, for a message: `'$'`, `'\n'`, and
+/// with its code point when it is not ASCII, so that a lookalike shows
+/// (`'е' (U+0435)` is not an `e`).
+pub fn character(c: char) -> String {
+    if c.is_ascii() {
+        format!("{c:?}")
+    } else {
+        format!("{c:?} (U+{:04X})", u32::from(c))
+    }
+}
+
 /// An error in how berth was called, with what to do instead.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]

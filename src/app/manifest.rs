@@ -8,6 +8,8 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::diagnostics::character;
+
 /// Where the NixOS module writes manifests.
 pub const MANIFEST_DIR: &str = "/etc/berth/services";
 
@@ -238,12 +240,12 @@ impl ServiceName {
         let why = match text.chars().next() {
             None => Some("it is empty".to_owned()),
             Some(first) if !(first.is_ascii_lowercase() || first.is_ascii_digit()) => {
-                Some(format!("it starts with {first:?}"))
+                Some(format!("it starts with {}", character(first)))
             }
             _ => text
                 .chars()
                 .find(|&c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_'))
-                .map(|bad| format!("it holds {bad:?}"))
+                .map(|bad| format!("it holds {}", character(bad)))
                 .or_else(|| {
                     (text.len() > 64).then(|| format!("it is {} characters long", text.len()))
                 }),
@@ -690,7 +692,7 @@ mod tests {
             ("/etc", "it starts with '/'"),
             ("-oProxyCommand=x", "it starts with '-'"),
             ("Notes", "it starts with 'N'"),
-            ("nоtes", "it holds 'о'"), // a Cyrillic о
+            ("nоtes", "it holds 'о' (U+043E)"), // a Cyrillic о
             (long.as_str(), "it is 65 characters long"),
         ];
         for (text, why) in cases {

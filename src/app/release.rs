@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::diagnostics::printable;
+use crate::diagnostics::{character, printable};
 use crate::process::{self, Cmd, CommandError, JobLog, Via};
 
 /// What to deploy, as asked.
@@ -121,7 +121,7 @@ fn why_not_a_name(n: &str) -> Option<String> {
         .chars()
         .find(|&c| c.is_whitespace() || c.is_control() || "~^:?*[\\".contains(c))
     {
-        return Some(format!("it holds {c:?}"));
+        return Some(format!("it holds {}", character(c)));
     }
     if let Some(bad) = ["..", "//", "@{"].into_iter().find(|bad| n.contains(bad)) {
         return Some(format!("it holds `{bad}`"));

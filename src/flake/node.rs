@@ -42,10 +42,13 @@ pub(crate) fn why_invalid(text: &str) -> Option<String> {
         .chars()
         .find(|&c| !(c.is_ascii_alphanumeric() || "_-.".contains(c)))
     {
-        return Some(format!("it holds {bad:?}"));
+        return Some(format!("it holds {}", crate::diagnostics::character(bad)));
     }
     if !(first.is_ascii_alphanumeric() || first == '_') {
-        return Some(format!("it starts with {first:?}"));
+        return Some(format!(
+            "it starts with {}",
+            crate::diagnostics::character(first)
+        ));
     }
     None
 }
@@ -260,7 +263,7 @@ mod tests {
             ("..", "it starts with '.'"),
             ("a/b", "it holds '/'"),
             ("-x", "it starts with '-'"),
-            ("wеb1", "it holds 'е'"), // a Cyrillic е
+            ("wеb1", "it holds 'е' (U+0435)"), // a Cyrillic е
         ] {
             let err = NodeName::new(text).unwrap_err().to_string();
             let shown = crate::diagnostics::printable(text);

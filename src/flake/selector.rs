@@ -48,8 +48,9 @@ impl Selector {
                 .find(|&c| !(c.is_ascii_alphanumeric() || "_-.*?".contains(c)))
             {
                 return Err(invalid(format!(
-                    "`{}` holds {bad:?}; {TERM_RULE}",
-                    crate::diagnostics::printable(term)
+                    "`{}` holds {}; {TERM_RULE}",
+                    crate::diagnostics::printable(term),
+                    crate::diagnostics::character(bad)
                 )));
             }
             terms.push(make(pattern.to_owned()));
