@@ -374,3 +374,55 @@ fn hostile_names_are_refused_before_any_connection() {
     assert_ne!(code, 0, "{err}");
     assert!(marks.exists(), "{err}");
 }
+
+/// A manifest that tries to leave the service's directory, or to pass for
+/// another service, is refused by the agent before it touches anything.
+#[test]
+fn the_agent_refuses_a_manifest_that_escapes_its_service() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let manifest = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut json = serde_json::json!({
+            "version": 1,
+            "service": "notes",
+            "dir": "/var/lib/notes",
+            "unit": "notes",
+            "repository": "/srv/notes.git",
+            "health": { "url": "http://127.0.0.1:3000/health" },
+        });
+        edit(&mut json);
+        std::fs::write(tmp.path().join("notes.json"), json.to_string()).unwrap();
+    };
+    let cases: [(&dyn Fn(&mut serde_json::Value), &str); 5] = [
+        (
+            &|j| j["data"] = serde_json::json!({ "sqlite": ["../../../etc/shadow"] }),
+            "the data path ../../../etc/shadow is outside the service's directory /var/lib/notes",
+        ),
+        (
+            &|j| j["data"] = serde_json::json!({ "files": ["/etc"] }),
+            "the data path /etc is outside the service's directory",
+        ),
+        (
+            &|j| j["dir"] = "/var/lib/../../etc".into(),
+            "must be an absolute path below /, without `..`",
+        ),
+        (
+            &|j| j["service"] = "../x".into(),
+            "is the manifest of `../x`",
+        ),
+        (
+            &|j| j["unit"] = "-x".into(),
+            "`-x.service` is not a systemd unit name",
+        ),
+    ];
+    for (edit, says) in cases {
+        manifest(edit);
+        let (code, out, err) = run(berth()
+            .args(["agent", "--manifest-dir"])
+            .arg(tmp.path())
+            .args(["app-status", "--service", "notes"])
+            .env("BERTH_STATE_DIR", &state));
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains(says), "{err}\n{out}");
+    }
+}
