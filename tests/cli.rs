@@ -381,7 +381,30 @@ fn hostile_names_are_refused_before_any_connection() {
 fn the_agent_refuses_a_manifest_that_escapes_its_service() {
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
-    let manifest = |edit: &dyn Fn(&mut serde_json::Value)| {
+    let cases = [
+        (
+            "data",
+            serde_json::json!({ "sqlite": ["../../../etc/shadow"] }),
+            "the data path ../../../etc/shadow is outside the service's directory /var/lib/notes",
+        ),
+        (
+            "data",
+            serde_json::json!({ "files": ["/etc"] }),
+            "the data path /etc is outside the service's directory",
+        ),
+        (
+            "dir",
+            "/var/lib/../../etc".into(),
+            "must be an absolute path below /, without `..`",
+        ),
+        ("service", "../x".into(), "is the manifest of `../x`"),
+        (
+            "unit",
+            "-x".into(),
+            "`-x.service` is not a systemd unit name",
+        ),
+    ];
+    for (field, value, says) in cases {
         let mut json = serde_json::json!({
             "version": 1,
             "service": "notes",
@@ -390,33 +413,8 @@ fn the_agent_refuses_a_manifest_that_escapes_its_service() {
             "repository": "/srv/notes.git",
             "health": { "url": "http://127.0.0.1:3000/health" },
         });
-        edit(&mut json);
+        json[field] = value;
         std::fs::write(tmp.path().join("notes.json"), json.to_string()).unwrap();
-    };
-    let cases: [(&dyn Fn(&mut serde_json::Value), &str); 5] = [
-        (
-            &|j| j["data"] = serde_json::json!({ "sqlite": ["../../../etc/shadow"] }),
-            "the data path ../../../etc/shadow is outside the service's directory /var/lib/notes",
-        ),
-        (
-            &|j| j["data"] = serde_json::json!({ "files": ["/etc"] }),
-            "the data path /etc is outside the service's directory",
-        ),
-        (
-            &|j| j["dir"] = "/var/lib/../../etc".into(),
-            "must be an absolute path below /, without `..`",
-        ),
-        (
-            &|j| j["service"] = "../x".into(),
-            "is the manifest of `../x`",
-        ),
-        (
-            &|j| j["unit"] = "-x".into(),
-            "`-x.service` is not a systemd unit name",
-        ),
-    ];
-    for (edit, says) in cases {
-        manifest(edit);
         let (code, out, err) = run(berth()
             .args(["agent", "--manifest-dir"])
             .arg(tmp.path())
