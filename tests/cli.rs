@@ -343,6 +343,10 @@ fn hostile_names_are_refused_before_any_connection() {
             "`a/b` is not a deployment id",
         ),
         (
+            vec!["agent", "status", "--node", "../x"],
+            "`../x` is not a valid node name",
+        ),
+        (
             vec!["deploy", ".#$(id)"],
             "`$(id)` is not a valid node name: it holds '$'",
         ),

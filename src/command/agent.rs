@@ -67,7 +67,7 @@ pub enum Verb {
     Activate {
         #[arg(long, value_parser = state::id::parse_id)]
         id: String,
-        #[arg(long)]
+        #[arg(long, value_parser = crate::flake::parse_node_name)]
         node: String,
         #[arg(long, value_name = "STORE_PATH")]
         path: String,
@@ -94,7 +94,7 @@ pub enum Verb {
     Record {
         #[arg(long, value_parser = state::id::parse_id)]
         id: String,
-        #[arg(long)]
+        #[arg(long, value_parser = crate::flake::parse_node_name)]
         node: String,
         #[arg(long, value_name = "STORE_PATH")]
         path: String,
@@ -120,15 +120,15 @@ pub enum Verb {
     /// Roll back a deployment (--id), or go to another generation (--to)
     Rollback {
         /// The deployment to roll back
-        #[arg(long, conflicts_with_all = ["to", "node"])]
+        #[arg(long, conflicts_with_all = ["to", "node"], value_parser = state::id::parse_id)]
         id: Option<String>,
         /// Why (recorded)
         #[arg(long, default_value = "rollback requested")]
         why: String,
         /// The id to record a manual rollback under
-        #[arg(long, requires = "node")]
+        #[arg(long, requires = "node", value_parser = state::id::parse_id)]
         new_id: Option<String>,
-        #[arg(long)]
+        #[arg(long, value_parser = crate::flake::parse_node_name)]
         node: Option<String>,
         /// The generation to go to (default: the one before the current)
         #[arg(long)]
@@ -145,7 +145,7 @@ pub enum Verb {
     BootCheck,
     /// What the host runs and is doing
     Status {
-        #[arg(long)]
+        #[arg(long, value_parser = crate::flake::parse_node_name)]
         node: String,
     },
     /// Deploy an app: the whole transaction (docs/app.md)
@@ -252,7 +252,7 @@ pub enum Verb {
     },
     /// Past deployments, newest first
     History {
-        #[arg(long)]
+        #[arg(long, value_parser = crate::flake::parse_node_name)]
         node: Option<String>,
         #[arg(long, default_value_t = 20)]
         limit: usize,

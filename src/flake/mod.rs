@@ -13,7 +13,7 @@ pub use eval::{
     build, drv_paths, drv_paths_cmd, eval_cmd, evaluate, parse_drv_paths, parse_eval,
     parse_realise, realise_on, unique_drvs, Built,
 };
-pub use node::{FlakeRef, NodeName};
+pub use node::{parse_node_name, FlakeRef, NodeName};
 pub use revision::{metadata_cmd, parse_metadata, relation, resolve, Relation, Revision, Source};
 pub use selector::{select, Selector};
 pub use settings::{CommandCheck, DeploymentSettings, HealthChecks, HttpCheck, Tailscale};

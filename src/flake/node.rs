@@ -33,6 +33,11 @@ impl NodeName {
     }
 }
 
+/// A node name as clap reads it (the agent's `--node`), checked.
+pub fn parse_node_name(text: &str) -> Result<String, FlakeError> {
+    NodeName::new(text).map(|n| n.0)
+}
+
 /// Why `text` is not a node name, or `None` if it is one.
 pub(crate) fn why_invalid(text: &str) -> Option<String> {
     let Some(first) = text.chars().next() else {
