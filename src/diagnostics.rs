@@ -37,6 +37,32 @@ impl From<Exit> for std::process::ExitCode {
     }
 }
 
+/// `text` as it may appear in a message: control characters escaped
+/// (`\n`, `\u{1b}`), so that input cannot break the message's lines or
+/// drive the terminal.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// One character of refused input, for a message: `'$'`, `'\n'`, and
+/// with its code point when it is not ASCII, so that a lookalike shows
+/// (`'е' (U+0435)` is not an `e`).
+pub fn character(c: char) -> String {
+    if c.is_ascii() {
+        format!("{c:?}")
+    } else {
+        format!("{c:?} (U+{:04X})", u32::from(c))
+    }
+}
+
 /// An error in how berth was called, with what to do instead.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]

@@ -11,6 +11,8 @@ pub mod deploy;
 pub mod diagnostics;
 pub mod env;
 pub mod flake;
+#[cfg(test)]
+mod fuzz;
 pub mod github;
 pub mod host;
 pub mod lab;

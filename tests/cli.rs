@@ -197,3 +197,234 @@ fn lab_lifecycle_through_the_cli() {
     assert!(err.contains("error: no lab is up in"), "{err}");
     assert!(err.contains("hint: start one with `berth lab up`"), "{err}");
 }
+
+/// An ssh_config whose every connection leaves a mark in `marks`, so a
+/// test can tell that berth never tried to connect.
+fn marking_ssh_config(dir: &Path) -> (PathBuf, PathBuf) {
+    let marks = dir.join("connections");
+    let config = dir.join("ssh_config");
+    std::fs::write(
+        &config,
+        format!(
+            "Host *\n  BatchMode yes\n  ProxyCommand /bin/sh -c 'echo connect >> {}; exit 1'\n",
+            marks.display()
+        ),
+    )
+    .unwrap();
+    (config, marks)
+}
+
+/// Hostile names (a shell, a path, an option) in every argument that
+/// reaches a host are usage errors, exit 2, that name the input and the
+/// rule, before berth connects anywhere or runs a shell.
+#[test]
+fn hostile_names_are_refused_before_any_connection() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (config, marks) = marking_ssh_config(tmp.path());
+    let pwned = tmp.path().join("pwned");
+    let touch = format!("$(touch {})", pwned.display());
+    let rev = "0123456789abcdef0123456789abcdef01234567";
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["app", "deploy", &touch, "--host", "h1", "--rev", rev],
+            "is not a valid service name: it starts with '$'",
+        ),
+        (
+            vec!["app", "deploy", "a`id`", "--host", "h1", "--rev", rev],
+            "is not a valid service name: it holds '`'",
+        ),
+        (
+            vec!["app", "deploy", "..", "--host", "h1", "--rev", rev],
+            "is not a valid service name: it starts with '.'",
+        ),
+        (
+            vec!["app", "deploy", "a\nb", "--host", "h1", "--rev", rev],
+            "`a\\nb` is not a valid service name: it holds '\\n'",
+        ),
+        (
+            vec!["app", "rollback", "../etc", "--host", "h1"],
+            "is not a valid service name",
+        ),
+        (
+            vec!["app", "status", "Notes", "--host", "h1"],
+            "is not a valid service name",
+        ),
+        (
+            vec!["app", "changed", "notes", "x;y", "--host", "h1"],
+            "`x;y` is not a valid service name",
+        ),
+        (
+            vec!["snapshot", "list", "a b", "--host", "h1"],
+            "is not a valid service name",
+        ),
+        (
+            vec!["lock", "acquire", &touch, "--host", "h1"],
+            "is not a valid service name",
+        ),
+        (
+            vec!["app", "deploy", "notes", "--host", "h1", "--rev", &touch],
+            "is not a revision: give a commit's hex name",
+        ),
+        (
+            vec![
+                "app",
+                "changed",
+                "notes",
+                "--host",
+                "h1",
+                "--from=--output=/x",
+            ],
+            "`--output=/x` is not a revision",
+        ),
+        (
+            vec!["app", "deploy", "notes", "--host", "h1", "--ref=-x"],
+            "`-x` is not a branch or tag name: it starts with `-`",
+        ),
+        (
+            vec!["app", "deploy", "notes", "--host", "h1", "--tag", "v1..v2"],
+            "`v1..v2` is not a branch or tag name: it holds `..`",
+        ),
+        (
+            vec!["app", "deploy", "notes", "--host", "h1;id", "--rev", rev],
+            "`notes@h1;id` is not an SSH destination",
+        ),
+        (
+            vec![
+                "app", "deploy", "notes", "--host", "h1", "--user", &touch, "--rev", rev,
+            ],
+            "is not an SSH destination",
+        ),
+        (
+            vec!["app", "status", "notes", "--host=-oProxyCommand=sh"],
+            "is not an SSH destination",
+        ),
+        (
+            vec!["snapshot", "restore", "notes", "../../etc", "--host", "h1"],
+            "`../../etc` is not a deployment id",
+        ),
+        // The agent reads its arguments the same way, on the host.
+        (
+            vec![
+                "agent",
+                "app-deploy",
+                "--service",
+                "../x",
+                "--id",
+                "d1",
+                "--rev",
+                rev,
+            ],
+            "`../x` is not a valid service name",
+        ),
+        (
+            vec![
+                "agent",
+                "restore",
+                "--service",
+                "notes",
+                "--snapshot",
+                "../x",
+                "--id",
+                "d1",
+            ],
+            "`../x` is not a deployment id",
+        ),
+        (
+            vec![
+                "agent",
+                "app-deploy",
+                "--service",
+                "notes",
+                "--id",
+                "a/b",
+                "--rev",
+                rev,
+            ],
+            "`a/b` is not a deployment id",
+        ),
+        (
+            vec!["agent", "status", "--node", "../x"],
+            "`../x` is not a valid node name",
+        ),
+        (
+            vec!["deploy", ".#$(id)"],
+            "`$(id)` is not a valid node name: it holds '$'",
+        ),
+        (
+            vec!["deploy", "--on", "web;id", "."],
+            "`web;id` is not a valid node selector",
+        ),
+        (
+            vec!["status", "--", "-oProxyCommand=x#web1"],
+            "which nix would read as an option",
+        ),
+    ];
+    for (args, says) in cases {
+        let (code, out, err) = run(berth()
+            .args(&args)
+            .env("BERTH_SSH_CONFIG", &config)
+            .current_dir(tmp.path()));
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert_eq!(out, "", "{args:?}");
+        assert!(err.starts_with("error: "), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(!marks.exists(), "{args:?} tried to connect");
+    }
+    assert!(!pwned.exists(), "a shell ran a hostile name");
+    // The marks do tell: a valid service name does reach for the host.
+    let (code, _, err) = run(berth()
+        .args(["app", "status", "notes", "--host", "h1"])
+        .env("BERTH_SSH_CONFIG", &config));
+    assert_ne!(code, 0, "{err}");
+    assert!(marks.exists(), "{err}");
+}
+
+/// A manifest that tries to leave the service's directory, or to pass for
+/// another service, is refused by the agent before it touches anything.
+#[test]
+fn the_agent_refuses_a_manifest_that_escapes_its_service() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let cases = [
+        (
+            "data",
+            serde_json::json!({ "sqlite": ["../../../etc/shadow"] }),
+            "the data path ../../../etc/shadow is outside the service's directory /var/lib/notes",
+        ),
+        (
+            "data",
+            serde_json::json!({ "files": ["/etc"] }),
+            "the data path /etc is outside the service's directory",
+        ),
+        (
+            "dir",
+            "/var/lib/../../etc".into(),
+            "must be an absolute path below /, without `..`",
+        ),
+        ("service", "../x".into(), "is the manifest of `../x`"),
+        (
+            "unit",
+            "-x".into(),
+            "`-x.service` is not a systemd unit name",
+        ),
+    ];
+    for (field, value, says) in cases {
+        let mut json = serde_json::json!({
+            "version": 1,
+            "service": "notes",
+            "dir": "/var/lib/notes",
+            "unit": "notes",
+            "repository": "/srv/notes.git",
+            "health": { "url": "http://127.0.0.1:3000/health" },
+        });
+        json[field] = value;
+        std::fs::write(tmp.path().join("notes.json"), json.to_string()).unwrap();
+        let (code, out, err) = run(berth()
+            .args(["agent", "--manifest-dir"])
+            .arg(tmp.path())
+            .args(["app-status", "--service", "notes"])
+            .env("BERTH_STATE_DIR", &state));
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains(says), "{err}\n{out}");
+    }
+}

@@ -8,6 +8,8 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::diagnostics::character;
+
 /// Where the NixOS module writes manifests.
 pub const MANIFEST_DIR: &str = "/etc/berth/services";
 
@@ -193,7 +195,7 @@ pub enum ManifestError {
     },
     #[error("the manifest {} has version {found}; this berth reads version {VERSION}", .path.display())]
     Version { path: PathBuf, found: u32 },
-    #[error("service `{service}`: {problem}")]
+    #[error("service `{}`: {problem}", crate::diagnostics::printable(.service))]
     Invalid { service: String, problem: String },
 }
 
@@ -212,14 +214,83 @@ impl ManifestError {
     }
 }
 
-/// Whether `name` can be a service (and user, unit and directory) name.
-pub fn valid_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
-        && name.len() <= 64
+/// What a service name may hold, for error messages.
+pub const SERVICE_NAME_RULE: &str = "a service name is lowercase letters, digits, `-` and `_`, \
+     starts with a letter or digit, and is at most 64 characters long";
+
+/// The name of a service, `berth.services.<name>`: also its user, its unit
+/// (`<name>.service`), its directory (`/var/lib/<name>`) and its manifest
+/// (`<name>.json`). The rule keeps it one plain path component (no `/`,
+/// no `..`, no leading `.` or `-`), a plain shell word and a user name ssh
+/// takes as it is.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceName(String);
+
+/// A service name that breaks [`SERVICE_NAME_RULE`].
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("`{}` is not a valid service name: {why} ({SERVICE_NAME_RULE})", crate::diagnostics::printable(.text))]
+pub struct InvalidServiceName {
+    pub text: String,
+    pub why: String,
+}
+
+impl ServiceName {
+    pub fn new(text: impl Into<String>) -> Result<Self, InvalidServiceName> {
+        let text = text.into();
+        let why = match text.chars().next() {
+            None => Some("it is empty".to_owned()),
+            Some(first) if !(first.is_ascii_lowercase() || first.is_ascii_digit()) => {
+                Some(format!("it starts with {}", character(first)))
+            }
+            _ => text
+                .chars()
+                .find(|&c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_'))
+                .map(|bad| format!("it holds {}", character(bad)))
+                .or_else(|| {
+                    (text.len() > 64).then(|| format!("it is {} characters long", text.len()))
+                }),
+        };
+        match why {
+            None => Ok(ServiceName(text)),
+            Some(why) => Err(InvalidServiceName { text, why }),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for ServiceName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for ServiceName {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for ServiceName {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_ref()
+    }
+}
+
+impl std::fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::str::FromStr for ServiceName {
+    type Err = InvalidServiceName;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        ServiceName::new(text)
+    }
 }
 
 impl Manifest {
@@ -236,10 +307,8 @@ impl Manifest {
             service: service.to_owned(),
             problem,
         };
-        if !valid_name(service) {
-            return Err(invalid(
-                "a service name is lowercase letters, digits, `-` and `_`, starting with a letter or digit".into(),
-            ));
+        if let Err(e) = ServiceName::new(service) {
+            return Err(invalid(e.why + "; " + SERVICE_NAME_RULE));
         }
         let path = dir.join(format!("{service}.json"));
         // Without the module's manifest, the one the last deploy used
@@ -343,6 +412,15 @@ impl Manifest {
         {
             return Err(format!("`{}` is not a systemd unit name", self.unit));
         }
+        if let Some(repo) = &self.repository {
+            if repo.is_empty() || repo.starts_with('-') || repo.contains(char::is_control) {
+                return Err(format!(
+                    "its repository `{}` is not a URL git can fetch: it must not be empty, \
+                     start with `-` (git would read an option) or hold control characters",
+                    crate::diagnostics::printable(repo)
+                ));
+            }
+        }
         if !(self.health.url.starts_with("http://") || self.health.url.starts_with("https://")) {
             return Err(format!(
                 "the health URL `{}` must be an http:// or https:// URL",
@@ -351,6 +429,15 @@ impl Manifest {
         }
         for patterns in [&self.paths, &self.quiet_paths] {
             super::changes::Filter::new(patterns)?;
+        }
+        super::release::check(&super::release::Wanted::Ref(self.branch.clone()))
+            .map_err(|e| format!("its branch: {e}"))?;
+        if let Some(key) = self.environment.keys().find(|k| !is_variable_name(k)) {
+            return Err(format!(
+                "its environment names the variable `{}`: a variable name is letters, digits \
+                 and `_`, and does not start with a digit",
+                crate::diagnostics::printable(key)
+            ));
         }
         let dir = self.dir.clone();
         for path in self
@@ -394,6 +481,15 @@ fn read(path: &Path) -> Result<Option<Manifest>, ManifestError> {
         });
     }
     Ok(Some(m))
+}
+
+/// Whether `name` can name an environment variable (as the shell's `NAME`).
+fn is_variable_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn has_dot_dot(path: &Path) -> bool {
@@ -575,6 +671,189 @@ mod tests {
         write(tmp.path(), "notes", json);
         let err = Manifest::load(tmp.path(), "notes", &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("`tests/[unit`"), "{err}");
+    }
+
+    /// Names that try to be a shell, a path or an option: each refused,
+    /// naming the text (control characters escaped) and the rule.
+    #[test]
+    fn hostile_service_names_are_refused_with_the_rule() {
+        let long = "a".repeat(65);
+        let cases = [
+            ("", "it is empty"),
+            ("'", "it starts with '\\''"),
+            ("a'b", "it holds '\\''"),
+            ("a\"b", "it holds '\"'"),
+            ("$(touch /tmp/x)", "it starts with '$'"),
+            ("a$(id)", "it holds '$'"),
+            ("a`id`", "it holds '`'"),
+            ("a\nb", "it holds '\\n'"),
+            ("..", "it starts with '.'"),
+            ("a/../b", "it holds '/'"),
+            ("/etc", "it starts with '/'"),
+            ("-oProxyCommand=x", "it starts with '-'"),
+            ("Notes", "it starts with 'N'"),
+            ("nоtes", "it holds 'о' (U+043E)"), // a Cyrillic о
+            (long.as_str(), "it is 65 characters long"),
+        ];
+        for (text, why) in cases {
+            let err = ServiceName::new(text).unwrap_err();
+            assert_eq!(err.why, why, "{text:?}");
+            let shown = crate::diagnostics::printable(text);
+            assert_eq!(
+                err.to_string(),
+                format!("`{shown}` is not a valid service name: {why} ({SERVICE_NAME_RULE})")
+            );
+            let tmp = tempfile::tempdir().unwrap();
+            let err = Manifest::load(tmp.path(), text, &Overrides::default()).unwrap_err();
+            assert!(matches!(err, ManifestError::Invalid { .. }), "{err}");
+            assert!(err.to_string().contains(why), "{err}");
+            assert!(!err.to_string().contains('\n'), "{err}");
+        }
+        for good in ["notes", "0x", "a-b_c", &"a".repeat(64)] {
+            assert_eq!(ServiceName::new(good).unwrap().as_str(), good);
+        }
+    }
+
+    #[test]
+    fn refuses_a_bad_branch_or_environment() {
+        let tmp = tempfile::tempdir().unwrap();
+        for (field, value, says) in [
+            (
+                "branch",
+                serde_json::json!("-x"),
+                "its branch: `-x` is not a branch or tag name",
+            ),
+            (
+                "environment",
+                serde_json::json!({"A=B": "c"}),
+                "the variable `A=B`",
+            ),
+            (
+                "environment",
+                serde_json::json!({"": "c"}),
+                "the variable ``",
+            ),
+            (
+                "environment",
+                serde_json::json!({"1X": "c"}),
+                "the variable `1X`",
+            ),
+            (
+                "repository",
+                serde_json::json!("--upload-pack=touch /tmp/x"),
+                "its repository `--upload-pack=touch /tmp/x` is not a URL git can fetch",
+            ),
+            (
+                "repository",
+                serde_json::json!("a\nb"),
+                "`a\\nb` is not a URL",
+            ),
+        ] {
+            let mut json = minimal("notes");
+            json[field] = value;
+            write(tmp.path(), "notes", json);
+            let err = Manifest::load(tmp.path(), "notes", &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains(says), "{err}");
+        }
+        let mut json = minimal("notes");
+        json["environment"] = serde_json::json!({"NODE_ENV": "production", "_X1": ""});
+        write(tmp.path(), "notes", json);
+        Manifest::load(tmp.path(), "notes", &Overrides::default()).unwrap();
+    }
+
+    /// A path as a manifest might hold it: relative or absolute, with
+    /// `.`, `..`, doubled and trailing slashes.
+    fn data_path() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let part = prop_oneof![
+            Just("..".to_owned()),
+            Just(".".to_owned()),
+            Just(String::new()),
+            Just("notes".to_owned()),
+            Just("var".to_owned()),
+            Just("lib".to_owned()),
+            "[a-z.]{1,4}",
+        ];
+        (any::<bool>(), proptest::collection::vec(part, 0..6)).prop_map(|(absolute, parts)| {
+            format!("{}{}", if absolute { "/" } else { "" }, parts.join("/"))
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::testing::prop::config(256))]
+
+        /// An accepted service name is one plain path component, a plain
+        /// shell word and an SSH user, and reads back as itself.
+        #[test]
+        fn prop_service_names_are_safe_everywhere_they_go(text in crate::testing::prop::text()) {
+            match ServiceName::new(text.as_str()) {
+                Ok(name) => {
+                    let mut parts = Path::new(name.as_str()).components();
+                    proptest::prop_assert!(matches!(parts.next(), Some(Component::Normal(_))));
+                    proptest::prop_assert!(parts.next().is_none());
+                    proptest::prop_assert!(!name.starts_with(['-', '.']));
+                    proptest::prop_assert_eq!(crate::process::quote(name.as_ref()), std::ffi::OsStr::new(&text));
+                    let destination = format!("{name}@h1");
+                    proptest::prop_assert!(crate::host::Destination::parse(&destination).is_ok());
+                    proptest::prop_assert_eq!(name.to_string().parse::<ServiceName>().unwrap(), name);
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    let shown = crate::diagnostics::printable(&text);
+                    proptest::prop_assert!(message.contains(&shown), "{}", message);
+                    proptest::prop_assert!(message.contains(SERVICE_NAME_RULE));
+                    proptest::prop_assert!(!message.contains(|c: char| c.is_control()));
+                }
+            }
+        }
+
+        /// Whatever a manifest's data paths say, the ones accepted are
+        /// inside the service's directory, and never the directory itself.
+        #[test]
+        fn prop_data_paths_stay_inside_the_service(paths in proptest::collection::vec(data_path(), 1..4)) {
+            let mut json = minimal("notes");
+            json["data"] = serde_json::json!({ "sqlite": paths.clone(), "files": paths });
+            json["quietPaths"] = serde_json::json!([]);
+            let mut m: Manifest = serde_json::from_value(json).unwrap();
+            if m.validate().is_ok() {
+                let dir = Path::new("/var/lib/notes");
+                for path in m.data.sqlite.iter().chain(&m.data.files) {
+                    proptest::prop_assert!(path.starts_with(dir) && path != dir, "{:?}", path);
+                    proptest::prop_assert!(!has_dot_dot(path), "{:?}", path);
+                }
+            }
+        }
+
+        /// Any bytes as a manifest file: an error or a manifest, never a
+        /// panic; and whatever service, unit or directory a parsable one
+        /// names, an accepted one is safe to use.
+        #[test]
+        fn prop_any_manifest_file_is_read_or_refused(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+            unit in crate::testing::prop::text(),
+            dir in prop_oneof_dirs(),
+        ) {
+            let tmp = tempfile::tempdir().unwrap();
+            std::fs::write(tmp.path().join("notes.json"), &bytes).unwrap();
+            let _ = Manifest::load(tmp.path(), "notes", &Overrides::default());
+            let mut json = minimal("notes");
+            json["unit"] = unit.clone().into();
+            json["dir"] = dir.into();
+            json["data"] = serde_json::json!({});
+            // No globs to compile: they have tests of their own.
+            json["quietPaths"] = serde_json::json!([]);
+            write(tmp.path(), "notes", json);
+            if let Ok(m) = Manifest::load(tmp.path(), "notes", &Overrides::default()) {
+                proptest::prop_assert!(m.dir.is_absolute() && !has_dot_dot(&m.dir) && m.dir != Path::new("/"));
+                proptest::prop_assert!(!m.unit.starts_with('-'));
+                proptest::prop_assert!(!m.unit.contains(|c: char| c == '/' || c.is_whitespace() || c.is_control()));
+            }
+        }
+    }
+
+    fn prop_oneof_dirs() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![data_path(), crate::testing::prop::text()]
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::diagnostics::{character, printable};
 use crate::process::{self, Cmd, CommandError, JobLog, Via};
 
 /// What to deploy, as asked.
@@ -31,10 +32,10 @@ impl std::fmt::Display for Wanted {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReleaseError {
-    #[error("`{0}` is not a revision: give a commit's hex name, 7 to 64 characters")]
+    #[error("`{}` is not a revision: give a commit's hex name, 7 to 64 characters", printable(.0))]
     BadRevision(String),
-    #[error("`{0}` is not a branch or tag name")]
-    BadName(String),
+    #[error("`{}` is not a branch or tag name: {why} ({NAME_RULE})", printable(.name))]
+    BadName { name: String, why: String },
     #[error("{wanted} is not in {repository}")]
     NotFound { wanted: Wanted, repository: String },
     #[error("revision {revision} is not on branch {branch} of {repository}")]
@@ -81,6 +82,12 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ReleaseError {
     move |source| ReleaseError::Io { what, source }
 }
 
+/// What a branch or tag name may be, for error messages (a subset of
+/// `git check-ref-format`, and never an option).
+pub const NAME_RULE: &str = "a branch or tag name is not empty, does not start with `-` or \
+     `/`, has no part that starts with `.` or ends with `.lock`, does not end with `/` or `.`, \
+     and holds no `..`, `//`, `@{`, whitespace, control characters or any of `~^:?*[\\`";
+
 /// Checks a revision's or a name's shape before git sees it.
 pub fn check(wanted: &Wanted) -> Result<(), ReleaseError> {
     match wanted {
@@ -92,21 +99,52 @@ pub fn check(wanted: &Wanted) -> Result<(), ReleaseError> {
                 Err(ReleaseError::BadRevision(r.clone()))
             }
         }
-        Wanted::Ref(n) | Wanted::Tag(n) => {
-            let ok = !n.is_empty()
-                && !n.starts_with(['-', '/'])
-                && !n.contains("..")
-                && !n.contains("@{")
-                && !n
-                    .chars()
-                    .any(|c| c.is_whitespace() || c.is_control() || "~^:?*[\\".contains(c));
-            if ok {
-                Ok(())
-            } else {
-                Err(ReleaseError::BadName(n.clone()))
-            }
-        }
+        Wanted::Ref(n) | Wanted::Tag(n) => match why_not_a_name(n) {
+            None => Ok(()),
+            Some(why) => Err(ReleaseError::BadName {
+                name: n.clone(),
+                why,
+            }),
+        },
     }
+}
+
+/// Why `n` is not a branch or tag name, or `None` if it is one.
+fn why_not_a_name(n: &str) -> Option<String> {
+    if n.is_empty() {
+        return Some("it is empty".into());
+    }
+    if n.starts_with('-') {
+        return Some("it starts with `-`, which git would read as an option".into());
+    }
+    if let Some(c) = n
+        .chars()
+        .find(|&c| c.is_whitespace() || c.is_control() || "~^:?*[\\".contains(c))
+    {
+        return Some(format!("it holds {}", character(c)));
+    }
+    if let Some(bad) = ["..", "//", "@{"].into_iter().find(|bad| n.contains(bad)) {
+        return Some(format!("it holds `{bad}`"));
+    }
+    if n.starts_with('/') || n.ends_with('/') || n.ends_with('.') {
+        return Some("it starts with `/` or ends with `/` or `.`".into());
+    }
+    if n.split('/')
+        .any(|part| part.starts_with('.') || part.ends_with(".lock"))
+    {
+        return Some("a part of it starts with `.` or ends with `.lock`".into());
+    }
+    None
+}
+
+/// `--rev`, checked as clap reads it.
+pub fn parse_rev(text: &str) -> Result<String, ReleaseError> {
+    check(&Wanted::Rev(text.to_owned())).map(|()| text.to_owned())
+}
+
+/// `--ref` or `--tag`, checked as clap reads it.
+pub fn parse_name(text: &str) -> Result<String, ReleaseError> {
+    check(&Wanted::Ref(text.to_owned())).map(|()| text.to_owned())
 }
 
 /// A service's bare repository.
@@ -141,11 +179,19 @@ impl Repo<'_> {
                     .arg(&self.path),
             )
             .await?;
-            self.run(&self.git().args(["remote", "add", "origin", &self.url]))
-                .await?;
+            self.run(
+                &self
+                    .git()
+                    .args(["remote", "add", "--", "origin", &self.url]),
+            )
+            .await?;
         } else {
-            self.run(&self.git().args(["remote", "set-url", "origin", &self.url]))
-                .await?;
+            self.run(
+                &self
+                    .git()
+                    .args(["remote", "set-url", "--", "origin", &self.url]),
+            )
+            .await?;
         }
         Ok(())
     }
@@ -243,7 +289,10 @@ impl Repo<'_> {
             Some(0) => Ok(true),
             Some(1) => Ok(false),
             _ => Err(out.check().err().map_or_else(
-                || ReleaseError::BadName(descendant.to_owned()),
+                || ReleaseError::BadName {
+                    name: descendant.to_owned(),
+                    why: "git could not compare it".into(),
+                },
                 ReleaseError::Command,
             )),
         }
@@ -434,6 +483,71 @@ mod tests {
         assert!(check(&Wanted::Ref("release/1.2".into())).is_ok());
         for bad in ["-x", "a..b", "a b", "", "x^{}", "a:b"] {
             assert!(check(&Wanted::Ref(bad.into())).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_bad_name_says_why_and_what_is_allowed() {
+        let cases = [
+            (
+                "-x",
+                "it starts with `-`, which git would read as an option",
+            ),
+            ("$(touch /tmp/x)", "it holds ' '"),
+            ("a\nb", "it holds '\\n'"),
+            ("../etc", "it holds `..`"),
+            ("a//b", "it holds `//`"),
+            ("main@{1}", "it holds `@{`"),
+            ("main/", "it starts with `/` or ends with `/` or `.`"),
+            (
+                "x/.hidden",
+                "a part of it starts with `.` or ends with `.lock`",
+            ),
+            (
+                "main.lock",
+                "a part of it starts with `.` or ends with `.lock`",
+            ),
+        ];
+        for (name, why) in cases {
+            let err = parse_name(name).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "`{}` is not a branch or tag name: {why} ({NAME_RULE})",
+                    name.replace('\n', "\\n")
+                )
+            );
+        }
+        assert_eq!(
+            parse_rev("$(id)").unwrap_err().to_string(),
+            "`$(id)` is not a revision: give a commit's hex name, 7 to 64 characters"
+        );
+        assert_eq!(parse_name("feature/x-1").unwrap(), "feature/x-1");
+        assert_eq!(parse_rev("ABC1234").unwrap(), "ABC1234");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::testing::prop::config(256))]
+
+        /// Every name berth accepts is one git accepts too (a ref under
+        /// `refs/remotes/origin/`), and never reads as an option.
+        #[test]
+        fn prop_accepted_names_are_refs_git_accepts(name in crate::testing::prop::text()) {
+            if parse_name(&name).is_ok() {
+                proptest::prop_assert!(!name.starts_with('-'));
+                let out = std::process::Command::new("git")
+                    .args(["check-ref-format", &format!("refs/remotes/origin/{name}")])
+                    .output()
+                    .unwrap();
+                proptest::prop_assert!(out.status.success(), "git refuses {:?}", name);
+            }
+        }
+
+        /// A revision is accepted exactly when it is 7 to 64 hex digits.
+        #[test]
+        fn prop_revisions_are_7_to_64_hex_digits(rev in "[0-9a-fA-F]{0,70}|\\PC{0,70}") {
+            let hex = (7..=64).contains(&rev.len()) && rev.bytes().all(|b| b.is_ascii_hexdigit());
+            proptest::prop_assert_eq!(parse_rev(&rev).is_ok(), hex);
         }
     }
 

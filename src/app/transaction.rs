@@ -119,7 +119,7 @@ impl AppError {
             self,
             AppError::Release(
                 ReleaseError::BadRevision(_)
-                    | ReleaseError::BadName(_)
+                    | ReleaseError::BadName { .. }
                     | ReleaseError::NotFound { .. }
                     | ReleaseError::NotOnBranch { .. }
                     | ReleaseError::NoRepository

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::agent::call::Audit;
 use crate::agent::system::{Activation, Agent, Goal, DEFAULT_ACTIVATION_TIMEOUT};
 use crate::agent::{AgentResult, Outcome, EVENT_DEPLOYMENT, EVENT_RESULT, EVENT_STATUS};
-use crate::app::manifest::{self, Manifest, Overrides};
+use crate::app::manifest::{self, Manifest, Overrides, ServiceName};
 use crate::app::transaction::{AppAgent, DeployRequest, RollbackRequest, EVENT_CHANGES};
 use crate::cli::Context;
 use crate::command::app;
@@ -65,9 +65,9 @@ pub enum LockAction {
 pub enum Verb {
     /// Record, arm the watchdog, set the profile, switch
     Activate {
-        #[arg(long)]
+        #[arg(long, value_parser = state::id::parse_id)]
         id: String,
-        #[arg(long)]
+        #[arg(long, value_parser = crate::flake::parse_node_name)]
         node: String,
         #[arg(long, value_name = "STORE_PATH")]
         path: String,
@@ -95,9 +95,9 @@ pub enum Verb {
     },
     /// The host already runs PATH: record that REVISION builds it (nothing is activated)
     Record {
-        #[arg(long)]
+        #[arg(long, value_parser = state::id::parse_id)]
         id: String,
-        #[arg(long)]
+        #[arg(long, value_parser = crate::flake::parse_node_name)]
         node: String,
         #[arg(long, value_name = "STORE_PATH")]
         path: String,
@@ -112,26 +112,26 @@ pub enum Verb {
     },
     /// Roll back unless confirmed in time (started by activate)
     Watchdog {
-        #[arg(long)]
+        #[arg(long, value_parser = state::id::parse_id)]
         id: String,
     },
     /// Keep a pending deployment
     Confirm {
-        #[arg(long)]
+        #[arg(long, value_parser = state::id::parse_id)]
         id: String,
     },
     /// Roll back a deployment (--id), or go to another generation (--to)
     Rollback {
         /// The deployment to roll back
-        #[arg(long, conflicts_with_all = ["to", "node"])]
+        #[arg(long, conflicts_with_all = ["to", "node"], value_parser = state::id::parse_id)]
         id: Option<String>,
         /// Why (recorded)
         #[arg(long, default_value = "rollback requested")]
         why: String,
         /// The id to record a manual rollback under
-        #[arg(long, requires = "node")]
+        #[arg(long, requires = "node", value_parser = state::id::parse_id)]
         new_id: Option<String>,
-        #[arg(long)]
+        #[arg(long, value_parser = crate::flake::parse_node_name)]
         node: Option<String>,
         /// The generation to go to (default: the one before the current)
         #[arg(long)]
@@ -141,21 +141,21 @@ pub enum Verb {
     },
     /// One deployment
     Show {
-        #[arg(long)]
+        #[arg(long, value_parser = state::id::parse_id)]
         id: String,
     },
     /// At boot: roll back a deployment that was never confirmed
     BootCheck,
     /// What the host runs and is doing
     Status {
-        #[arg(long)]
+        #[arg(long, value_parser = crate::flake::parse_node_name)]
         node: String,
     },
     /// Deploy an app: the whole transaction (docs/app.md)
     AppDeploy {
         #[arg(long)]
-        service: String,
-        #[arg(long)]
+        service: ServiceName,
+        #[arg(long, value_parser = state::id::parse_id)]
         id: String,
         #[command(flatten)]
         revision: app::RevisionArgs,
@@ -175,8 +175,8 @@ pub enum Verb {
     /// Put an app back on a kept release
     AppRollback {
         #[arg(long)]
-        service: String,
-        #[arg(long)]
+        service: ServiceName,
+        #[arg(long, value_parser = state::id::parse_id)]
         id: String,
         #[arg(long)]
         to: Option<String>,
@@ -190,14 +190,14 @@ pub enum Verb {
     /// An app's state (recovers an interrupted deploy first)
     AppStatus {
         #[arg(long)]
-        service: String,
+        service: ServiceName,
         #[command(flatten)]
         overrides: Overrides,
     },
     /// What a range of commits changes for an app (its manifest's paths)
     AppChanged {
         #[arg(long)]
-        service: String,
+        service: ServiceName,
         #[arg(long)]
         from: Option<String>,
         #[arg(long)]
@@ -208,7 +208,7 @@ pub enum Verb {
     /// An app's deploys, newest first
     AppHistory {
         #[arg(long)]
-        service: String,
+        service: ServiceName,
         #[arg(long, default_value_t = 20)]
         limit: usize,
         #[command(flatten)]
@@ -219,7 +219,7 @@ pub enum Verb {
         #[arg(value_enum)]
         action: SnapshotAction,
         #[arg(long)]
-        service: String,
+        service: ServiceName,
         #[command(flatten)]
         audit: AppAudit,
         #[command(flatten)]
@@ -228,10 +228,10 @@ pub enum Verb {
     /// Put an app's data back from a snapshot
     Restore {
         #[arg(long)]
-        service: String,
-        #[arg(long)]
+        service: ServiceName,
+        #[arg(long, value_parser = state::id::parse_id)]
         snapshot: String,
-        #[arg(long)]
+        #[arg(long, value_parser = state::id::parse_id)]
         id: String,
         #[command(flatten)]
         audit: AppAudit,
@@ -244,7 +244,7 @@ pub enum Verb {
         action: LockAction,
         /// The service (else the whole host)
         #[arg(long)]
-        service: Option<String>,
+        service: Option<ServiceName>,
         #[arg(long, default_value = "unknown")]
         owner: String,
         #[arg(long)]
@@ -255,7 +255,7 @@ pub enum Verb {
     },
     /// Past deployments, newest first
     History {
-        #[arg(long)]
+        #[arg(long, value_parser = crate::flake::parse_node_name)]
         node: Option<String>,
         #[arg(long, default_value_t = 20)]
         limit: usize,

@@ -11,8 +11,8 @@ use crate::agent::{
     AgentResult, Outcome, EVENT_DEPLOYMENT, EVENT_PHASE, EVENT_RESULT, EVENT_STATUS,
 };
 use crate::app::changes::Changes;
-use crate::app::manifest::Overrides;
-use crate::app::release::Wanted;
+use crate::app::manifest::{Overrides, ServiceName};
+use crate::app::release::{self, Wanted};
 use crate::app::transaction::EVENT_CHANGES;
 use crate::cli::Context;
 use crate::diagnostics::{Exit, RemoteError, UsageError};
@@ -42,7 +42,7 @@ pub enum AppCommand {
 pub struct ServiceArgs {
     /// The service, as `berth.services.<name>` declares it
     #[arg(value_name = "SERVICE")]
-    pub service: String,
+    pub service: ServiceName,
     #[command(flatten)]
     pub host: HostArgs,
 }
@@ -62,13 +62,13 @@ pub struct HostArgs {
 #[group(required = true, multiple = false)]
 pub struct RevisionArgs {
     /// The exact commit to deploy (what CI tested)
-    #[arg(long, value_name = "SHA")]
+    #[arg(long, value_name = "SHA", value_parser = release::parse_rev)]
     pub rev: Option<String>,
     /// A branch: its tip when the host fetches
-    #[arg(long = "ref", value_name = "BRANCH")]
+    #[arg(long = "ref", value_name = "BRANCH", value_parser = release::parse_name)]
     pub branch: Option<String>,
     /// A tag
-    #[arg(long, value_name = "TAG")]
+    #[arg(long, value_name = "TAG", value_parser = release::parse_name)]
     pub tag: Option<String>,
 }
 
@@ -157,14 +157,14 @@ pub struct StatusArgs {
 pub struct ChangedArgs {
     /// The services, as `berth.services.<name>` declares them
     #[arg(value_name = "SERVICE", required = true)]
-    pub services: Vec<String>,
+    pub services: Vec<ServiceName>,
     #[command(flatten)]
     pub host: HostArgs,
     /// Compare from this commit [default: the revision each service runs]
-    #[arg(long, value_name = "SHA")]
+    #[arg(long, value_name = "SHA", value_parser = release::parse_rev)]
     pub from: Option<String>,
     /// Compare to this commit [default: the head of each service's branch]
-    #[arg(long, value_name = "SHA")]
+    #[arg(long, value_name = "SHA", value_parser = release::parse_rev)]
     pub to: Option<String>,
 }
 

@@ -5,6 +5,7 @@
 
 use anyhow::Context as _;
 
+use crate::app::manifest::ServiceName;
 use crate::cli::Context;
 use crate::diagnostics::{Exit, RemoteError};
 use crate::host::Host;
@@ -26,7 +27,7 @@ pub enum LockCommand {
 pub struct LockTarget {
     /// The service [default: the whole host]
     #[arg(value_name = "SERVICE")]
-    pub service: Option<String>,
+    pub service: Option<ServiceName>,
     #[command(flatten)]
     pub host: HostArgs,
 }
@@ -62,8 +63,8 @@ pub async fn run(ctx: &Context, command: LockCommand) -> anyhow::Result<Exit> {
         LockCommand::Status(a) => ("status", a, None, None, 0),
     };
     let owner = owner.unwrap_or_else(|| super::deploy::audit(None).actor);
-    let default_user = args.service.clone().unwrap_or_else(|| "root".into());
-    let host = app::connect(ctx, &args.host, &default_user).await?;
+    let default_user = args.service.as_deref().unwrap_or("root");
+    let host = app::connect(ctx, &args.host, default_user).await?;
     let mut cmd = app::agent(ctx, "lock", None).arg(action).args([
         "--owner",
         &owner,

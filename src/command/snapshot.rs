@@ -35,7 +35,7 @@ pub struct RestoreArgs {
     #[command(flatten)]
     pub target: ServiceArgs,
     /// The snapshot's id (see `berth snapshot list`)
-    #[arg(value_name = "ID")]
+    #[arg(value_name = "ID", value_parser = crate::state::id::parse_id)]
     pub id: String,
     /// Wait this long for the service's lock before giving up
     #[arg(long, value_name = "SECS", default_value_t = 0)]

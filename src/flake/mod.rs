@@ -13,13 +13,14 @@ pub use eval::{
     build, drv_paths, drv_paths_cmd, eval_cmd, evaluate, parse_drv_paths, parse_eval,
     parse_realise, realise_on, unique_drvs, Built,
 };
-pub use node::{FlakeRef, NodeName};
+pub use node::{parse_node_name, FlakeRef, NodeName};
 pub use revision::{metadata_cmd, parse_metadata, relation, resolve, Relation, Revision, Source};
 pub use selector::{select, Selector};
 pub use settings::{CommandCheck, DeploymentSettings, HealthChecks, HttpCheck, Tailscale};
 
 use node::NODE_NAME_RULE;
 
+use crate::diagnostics::printable;
 use crate::process::CommandError;
 
 /// One node of the fleet: its name and how to deploy it.
@@ -34,15 +35,15 @@ pub struct NodeMeta {
 /// `Result` of the module.
 #[derive(Debug, thiserror::Error)]
 pub enum FlakeError {
-    #[error("`{text}` is not a valid node name: {why} ({NODE_NAME_RULE})")]
+    #[error("`{}` is not a valid node name: {why} ({NODE_NAME_RULE})", printable(.text))]
     InvalidNodeName { text: String, why: String },
     #[error(
         "nixosConfigurations.{text:?} has a name berth cannot deploy: {why} ({NODE_NAME_RULE})"
     )]
     UnsupportedNodeName { text: String, why: String },
-    #[error("`{text}` is not a valid flake reference: {why}")]
+    #[error("`{}` is not a valid flake reference: {why}", printable(.text))]
     InvalidFlakeRef { text: String, why: &'static str },
-    #[error("`{text}` is not a valid node selector: {why}")]
+    #[error("`{}` is not a valid node selector: {why}", printable(.text))]
     InvalidSelector { text: String, why: String },
     #[error("the flake has no nodes: its nixosConfigurations is empty")]
     NoNodes,
@@ -93,7 +94,7 @@ pub enum FlakeError {
         #[source]
         source: Box<CommandError>,
     },
-    #[error("`{text}` is not a full git commit id (40 or 64 hex digits)")]
+    #[error("`{}` is not a full git commit id (40 or 64 hex digits)", printable(.text))]
     InvalidRevision { text: String },
     #[error("`{flake}` has no commit to compare: {why}")]
     NoCommit { flake: String, why: String },

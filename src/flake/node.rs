@@ -33,6 +33,11 @@ impl NodeName {
     }
 }
 
+/// A node name as clap reads it (the agent's `--node`), checked.
+pub fn parse_node_name(text: &str) -> Result<String, FlakeError> {
+    NodeName::new(text).map(|n| n.0)
+}
+
 /// Why `text` is not a node name, or `None` if it is one.
 pub(crate) fn why_invalid(text: &str) -> Option<String> {
     let Some(first) = text.chars().next() else {
@@ -42,10 +47,13 @@ pub(crate) fn why_invalid(text: &str) -> Option<String> {
         .chars()
         .find(|&c| !(c.is_ascii_alphanumeric() || "_-.".contains(c)))
     {
-        return Some(format!("it holds {bad:?}"));
+        return Some(format!("it holds {}", crate::diagnostics::character(bad)));
     }
     if !(first.is_ascii_alphanumeric() || first == '_') {
-        return Some(format!("it starts with {first:?}"));
+        return Some(format!(
+            "it starts with {}",
+            crate::diagnostics::character(first)
+        ));
     }
     None
 }
@@ -248,5 +256,67 @@ mod tests {
             FlakeRef::parse(".#a#b"),
             Err(FlakeError::InvalidNodeName { .. })
         ));
+    }
+
+    #[test]
+    fn hostile_node_names_are_refused_with_the_rule() {
+        for (text, why) in [
+            ("$(touch /tmp/x)", "it holds '$'"),
+            ("`id`", "it holds '`'"),
+            ("a'b", "it holds '\\''"),
+            ("a\nb", "it holds '\\n'"),
+            ("..", "it starts with '.'"),
+            ("a/b", "it holds '/'"),
+            ("-x", "it starts with '-'"),
+            ("wеb1", "it holds 'е' (U+0435)"), // a Cyrillic е
+        ] {
+            let err = NodeName::new(text).unwrap_err().to_string();
+            let shown = crate::diagnostics::printable(text);
+            assert_eq!(
+                err,
+                format!("`{shown}` is not a valid node name: {why} ({NODE_NAME_RULE})")
+            );
+            let err = FlakeRef::parse(&format!(".#{text}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(why), "{err}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::testing::prop::config(512))]
+
+        /// An accepted node name is safe inside a Nix string, as a path
+        /// component, as a shell word and as an SSH host; rejected text
+        /// gets an error that names it and the rule.
+        #[test]
+        fn prop_node_names_are_safe_or_refused(text in crate::testing::prop::text()) {
+            match NodeName::new(text.clone()) {
+                Ok(name) => {
+                    let s = name.as_str();
+                    proptest::prop_assert!(!s.contains(['"', '\\', '$', '/', ',', '*', '?', '@', '#']));
+                    proptest::prop_assert!(!s.starts_with(['-', '.']));
+                    proptest::prop_assert_eq!(crate::process::quote(std::ffi::OsStr::new(s)), std::ffi::OsStr::new(s));
+                    proptest::prop_assert!(crate::host::Destination::parse(s).is_ok());
+                    proptest::prop_assert_eq!(name.to_string().parse::<NodeName>().unwrap(), name.clone());
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    proptest::prop_assert!(message.contains(&crate::diagnostics::printable(&text)));
+                    proptest::prop_assert!(message.contains(NODE_NAME_RULE));
+                    proptest::prop_assert!(!message.contains(|c: char| c.is_control()));
+                }
+            }
+        }
+
+        /// `FLAKE#NODE`: never a panic; an accepted one reads back as
+        /// itself from what it shows, and its flake is never an option.
+        #[test]
+        fn prop_flake_refs_round_trip(text in crate::testing::prop::text()) {
+            if let Ok(r) = FlakeRef::parse(&text) {
+                proptest::prop_assert_eq!(FlakeRef::parse(&r.to_string()).unwrap(), r.clone());
+                proptest::prop_assert!(!r.flake.starts_with('-') && !r.flake.is_empty());
+            }
+        }
     }
 }

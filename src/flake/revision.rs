@@ -263,6 +263,31 @@ mod tests {
     //! The tests named `git_*` run the real git on throwaway repositories.
 
     use super::*;
+
+    proptest::proptest! {
+        #![proptest_config(crate::testing::prop::config(256))]
+
+        /// A revision is exactly 40 or 64 hex digits, kept in lowercase;
+        /// what it shows reads back as itself.
+        #[test]
+        fn prop_revisions_are_full_hex_commit_ids(
+            text in "[0-9a-fA-F]{38,66}|[0-9a-f]{40}|[0-9a-f]{64}|\\PC{0,70}",
+        ) {
+            let full = matches!(text.len(), 40 | 64) && text.bytes().all(|b| b.is_ascii_hexdigit());
+            match Revision::new(text.clone()) {
+                Ok(r) => {
+                    proptest::prop_assert!(full);
+                    proptest::prop_assert_eq!(r.as_str(), text.to_ascii_lowercase());
+                    proptest::prop_assert_eq!(r.to_string().parse::<Revision>().unwrap(), r.clone());
+                    proptest::prop_assert_eq!(r.short().len(), 12);
+                }
+                Err(e) => {
+                    proptest::prop_assert!(!full);
+                    proptest::prop_assert!(!e.to_string().contains(|c: char| c.is_control()));
+                }
+            }
+        }
+    }
     use crate::testing::git;
 
     const A: &str = "0123456789abcdef0123456789abcdef01234567";

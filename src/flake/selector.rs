@@ -47,7 +47,11 @@ impl Selector {
                 .chars()
                 .find(|&c| !(c.is_ascii_alphanumeric() || "_-.*?".contains(c)))
             {
-                return Err(invalid(format!("`{term}` holds {bad:?}; {TERM_RULE}")));
+                return Err(invalid(format!(
+                    "`{}` holds {}; {TERM_RULE}",
+                    crate::diagnostics::printable(term),
+                    crate::diagnostics::character(bad)
+                )));
             }
             terms.push(make(pattern.to_owned()));
         }
@@ -339,5 +343,68 @@ mod tests {
     #[test]
     fn an_empty_fleet_is_an_error() {
         assert!(matches!(select(&[], None, None), Err(FlakeError::NoNodes)));
+    }
+
+    /// `glob` as its definition says, by brute force.
+    fn glob_by_definition(pattern: &[char], text: &[char]) -> bool {
+        match pattern.split_first() {
+            None => text.is_empty(),
+            Some(('*', rest)) => (0..=text.len()).any(|i| glob_by_definition(rest, &text[i..])),
+            Some((&p, rest)) => text
+                .split_first()
+                .is_some_and(|(&t, text)| (p == '?' || p == t) && glob_by_definition(rest, text)),
+        }
+    }
+
+    #[test]
+    fn hostile_selectors_are_refused_naming_the_term() {
+        for (text, says) in [
+            ("web;id", "`web;id` holds ';'"),
+            ("$(touch /tmp/x)", "`$(touch /tmp/x)` holds '$'"),
+            ("@a\nb", "`@a\\nb` holds '\\n'"),
+            ("../x", "`../x` holds '/'"),
+            ("web1,", "it has an empty term"),
+        ] {
+            let err = Selector::parse(text).unwrap_err().to_string();
+            assert!(err.contains(says), "{err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::testing::prop::config(512))]
+
+        /// The matcher agrees with the definition of `*` and `?`.
+        #[test]
+        fn prop_glob_matches_by_definition(
+            pattern in "[ab*?]{0,8}",
+            text in "[ab]{0,10}",
+        ) {
+            let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+            proptest::prop_assert_eq!(glob(&pattern, &text), glob_by_definition(&p, &t));
+        }
+
+        /// Any text: a selector or an error naming it, never a panic; an
+        /// accepted one reads back as itself from what it shows.
+        #[test]
+        fn prop_selectors_parse_or_say_why(text in crate::testing::prop::text()) {
+            match Selector::parse(&text) {
+                Ok(selector) => {
+                    proptest::prop_assert_eq!(Selector::parse(&selector.to_string()).unwrap(), selector.clone());
+                    for term in &selector.terms {
+                        let (Term::Node(p) | Term::Tag(p)) = term;
+                        proptest::prop_assert!(!p.is_empty());
+                        proptest::prop_assert!(p.chars().all(|c| c.is_ascii_alphanumeric() || "_-.*?".contains(c)));
+                    }
+                    let fleet = fleet();
+                    let _ = select(&fleet, None, Some(&selector));
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    proptest::prop_assert!(message.contains(&crate::diagnostics::printable(&text)));
+                    proptest::prop_assert!(!message.contains(|c: char| c.is_control()));
+                }
+            }
+        }
     }
 }

@@ -78,23 +78,30 @@ pub struct Destination {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("`{0}` is not an SSH destination: expected `host` or `user@host`, without spaces, not starting with `-`")]
+#[error(
+    "`{}` is not an SSH destination: expected `host` or `user@host`, each of letters, digits, \
+     `.`, `-` and `_` (and `:` or `%` in a host's address), not starting with `-`",
+    crate::diagnostics::printable(.0)
+)]
 pub struct InvalidDestination(String);
 
 impl Destination {
+    /// Reads `[user@]host`. Both parts are plain words: ssh splices them
+    /// into its config's `%r`/`%h` (a `ProxyCommand` is a shell line), so
+    /// nothing a shell reads as syntax gets through, nor an option.
     pub fn parse(text: &str) -> Result<Self, InvalidDestination> {
         let invalid = || InvalidDestination(text.to_owned());
         let (user, host) = match text.split_once('@') {
             Some((user, host)) => (Some(user), host),
             None => (None, text),
         };
-        let word_ok = |w: &str| {
+        let word_ok = |w: &str, extra: &str| {
             !w.is_empty()
                 && !w.starts_with('-')
-                && !w.contains(['@', '/'])
-                && !w.chars().any(|c| c.is_whitespace() || c.is_control())
+                && w.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c) || extra.contains(c))
         };
-        if !word_ok(host) || user.is_some_and(|u| !word_ok(u)) {
+        if !word_ok(host, ":%") || user.is_some_and(|u| !word_ok(u, "")) {
             return Err(invalid());
         }
         Ok(Destination {
@@ -402,8 +409,42 @@ mod tests {
             "a@b@c",
             "h1/x",
             "h\n1",
+            "$(id)@h1",
+            "a`id`@h1",
+            "u@h1;id",
+            "'@h1",
+            "u@h1|x",
+            "u@ⅰ1",
         ] {
             assert!(Destination::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+        for good in [
+            "fe80::1%eth0",
+            "deploy@web-1.tail1234.ts.net",
+            "a_b@10.0.0.1",
+        ] {
+            assert_eq!(Destination::parse(good).unwrap().to_string(), good);
+        }
+        assert_eq!(
+            Destination::parse("$(id)\n@h1").unwrap_err().to_string(),
+            "`$(id)\\n@h1` is not an SSH destination: expected `host` or `user@host`, each of \
+             letters, digits, `.`, `-` and `_` (and `:` or `%` in a host's address), not starting \
+             with `-`"
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::testing::prop::config(256))]
+
+        /// An accepted destination is words ssh and a shell take as they
+        /// are, and reads back as itself.
+        #[test]
+        fn prop_destinations_are_plain_words(text in crate::testing::prop::text()) {
+            if let Ok(d) = Destination::parse(&text) {
+                proptest::prop_assert_eq!(d.to_string(), text.clone());
+                proptest::prop_assert_eq!(crate::process::quote(std::ffi::OsStr::new(&text)), std::ffi::OsStr::new(&text));
+                proptest::prop_assert!(!text.starts_with('-') && !text.contains("@-"));
+            }
         }
     }
 

@@ -258,6 +258,16 @@ impl JobLog {
 pub async fn output(cmd: &Cmd, via: Via<'_>, log: &JobLog) -> Result<Output, CommandError> {
     let command = cmd.to_string();
     let on = On(via.host().map(str::to_owned));
+    if let Some(part) = cmd.nul_byte() {
+        return Err(CommandError::Spawn {
+            command,
+            on,
+            source: io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{part} holds a NUL byte, which no process can be given"),
+            ),
+        });
+    }
     tracing::debug!(host = via.host(), "running {command}");
     let timed_out = |limit| CommandError::TimedOut {
         command: command.clone(),
@@ -582,6 +592,28 @@ mod tests {
         let err = run(Cmd::new("/nonexistent/berth-test")).unwrap_err();
         assert!(matches!(err, CommandError::Spawn { .. }));
         assert_eq!(err.to_string(), "could not start `/nonexistent/berth-test`");
+    }
+
+    /// argv cannot carry a NUL: the command is refused before anything
+    /// starts, naming the part that holds it (locally and over SSH alike).
+    #[test]
+    fn a_nul_byte_is_refused_naming_where_it_is() {
+        let cases = [
+            (Cmd::new("printf").args(["%s", "a\0b"]), "argument 2"),
+            (Cmd::new("print\0f"), "the program"),
+            (Cmd::new("true").env("X", "a\0b"), "the variable X"),
+            (Cmd::new("true").cwd("/tmp/a\0b"), "the working directory"),
+        ];
+        for (cmd, part) in cases {
+            let err = run(cmd).unwrap_err();
+            assert!(matches!(err, CommandError::Spawn { .. }), "{err}");
+            let cause = std::error::Error::source(&err).unwrap().to_string();
+            assert_eq!(
+                cause,
+                format!("{part} holds a NUL byte, which no process can be given")
+            );
+        }
+        assert_eq!(Cmd::new("printf").arg("ok").nul_byte(), None);
     }
 
     #[test]

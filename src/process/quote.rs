@@ -11,12 +11,57 @@ fn is_plain(byte: u8) -> bool {
 
 /// Escapes one word so that a POSIX shell reads it back byte for byte as one
 /// argument: plain words stay as they are, anything else is single-quoted
-/// with each `'` written as `'\''`. The empty word becomes `''`.
+/// with each `'` written as `'\''`. The empty word becomes `''`, and so
+/// does a word starting with `=`, which zsh (a login shell sshd may run)
+/// would expand to a command's path.
 pub fn quote(word: &OsStr) -> OsString {
     let bytes = word.as_bytes();
-    if !bytes.is_empty() && bytes.iter().copied().all(is_plain) {
+    if !bytes.is_empty() && bytes[0] != b'=' && bytes.iter().copied().all(is_plain) {
         return word.to_owned();
     }
+    single_quote(bytes)
+}
+
+/// Shell words that begin or end a compound command where a command name
+/// is expected (POSIX's, and bash's and zsh's own).
+const RESERVED: &[&str] = &[
+    "if",
+    "then",
+    "else",
+    "elif",
+    "fi",
+    "case",
+    "esac",
+    "for",
+    "select",
+    "while",
+    "until",
+    "do",
+    "done",
+    "in",
+    "function",
+    "time",
+    "coproc",
+    "repeat",
+    "foreach",
+    "end",
+    "nocorrect",
+];
+
+/// Escapes the word a shell reads as the command name: as [`quote`], and
+/// also quoted when it is plain text that the shell would read as
+/// something else there, a variable assignment (`A=b`) or a reserved word
+/// (`if`). A quoted word is neither.
+pub fn quote_command(word: &OsStr) -> OsString {
+    let bytes = word.as_bytes();
+    let reserved = RESERVED.iter().any(|r| r.as_bytes() == bytes);
+    if bytes.contains(&b'=') || reserved {
+        return single_quote(bytes);
+    }
+    quote(word)
+}
+
+fn single_quote(bytes: &[u8]) -> OsString {
     let mut out = Vec::with_capacity(bytes.len() + 2);
     out.push(b'\'');
     for &byte in bytes {
@@ -30,7 +75,9 @@ pub fn quote(word: &OsStr) -> OsString {
     OsString::from_vec(out)
 }
 
-/// Joins words into one shell command line, each escaped by [`quote`].
+/// Joins words into one shell command line that runs the first word with
+/// the others as its arguments: the first escaped by [`quote_command`],
+/// the others by [`quote`].
 pub fn quote_line<I, S>(words: I) -> OsString
 where
     I: IntoIterator<Item = S>,
@@ -38,10 +85,13 @@ where
 {
     let mut line = Vec::new();
     for (i, word) in words.into_iter().enumerate() {
-        if i > 0 {
+        let quoted = if i == 0 {
+            quote_command(word.as_ref())
+        } else {
             line.push(b' ');
-        }
-        line.extend_from_slice(quote(word.as_ref()).as_bytes());
+            quote(word.as_ref())
+        };
+        line.extend_from_slice(quoted.as_bytes());
     }
     OsString::from_vec(line)
 }
@@ -122,6 +172,102 @@ mod tests {
     fn non_utf8_bytes_survive() {
         let word = OsStr::from_bytes(b"\xff\xfe'x");
         assert_eq!(quote(word).as_bytes(), b"'\xff\xfe'\\''x'");
+    }
+
+    #[test]
+    fn command_words_that_plain_text_would_misread_are_quoted() {
+        let cases = [
+            ("printf", "printf"),
+            ("/bin/echo", "/bin/echo"),
+            ("A=b", "'A=b'"),
+            ("/x/a=b", "'/x/a=b'"),
+            ("if", "'if'"),
+            ("done", "'done'"),
+            ("!", "'!'"),
+            ("{", "'{'"),
+            ("=ls", "'=ls'"),
+        ];
+        for (word, want) in cases {
+            assert_eq!(
+                quote_command(OsStr::new(word)),
+                OsStr::new(want),
+                "{word:?}"
+            );
+        }
+        // Only the first word of a line is a command name.
+        assert_eq!(quote_line(["A=b", "A=b", "if"]), "'A=b' A=b if");
+        // zsh expands a leading `=` anywhere.
+        assert_eq!(quote(OsStr::new("=ls")), "'=ls'");
+    }
+
+    /// What `shell` reads `words` back as, when they are the list of a
+    /// `for` loop (so no word is a command name).
+    fn read_back(shell: &str, words: &[Vec<u8>]) -> Vec<Vec<u8>> {
+        let mut script = b"for a in x ".to_vec();
+        for word in words {
+            script.push(b' ');
+            script.extend_from_slice(quote(OsStr::from_bytes(word)).as_bytes());
+        }
+        script.extend_from_slice(b"; do printf '%s\\0' \"$a\"; done");
+        let out = Command::new(shell)
+            .arg("-c")
+            .arg(OsStr::from_bytes(&script))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{shell}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut got: Vec<Vec<u8>> = out.stdout.split(|b| *b == 0).map(<[u8]>::to_vec).collect();
+        assert_eq!(got.first().map(Vec::as_slice), Some(&b"x"[..]));
+        assert_eq!(got.pop(), Some(Vec::new()));
+        got.remove(0);
+        got
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::testing::prop::config(256))]
+
+        /// Any word (of bytes other than NUL, which no argv holds) comes
+        /// back byte for byte from dash and from bash.
+        #[test]
+        fn prop_shells_read_any_word_back(
+            words in proptest::collection::vec(crate::testing::prop::bytes(16), 0..6),
+        ) {
+            for shell in ["sh", "bash"] {
+                proptest::prop_assert_eq!(&read_back(shell, &words), &words, "{}", shell);
+            }
+        }
+
+        /// A word left unquoted holds only bytes that mean nothing to a
+        /// shell; everything else is one single-quoted string.
+        #[test]
+        fn prop_a_word_is_plain_or_single_quoted(word in crate::testing::prop::bytes(24)) {
+            let quoted = quote(OsStr::from_bytes(&word)).into_vec();
+            if quoted == word {
+                proptest::prop_assert!(!word.is_empty() && word[0] != b'=');
+                proptest::prop_assert!(word.iter().copied().all(is_plain));
+            } else {
+                // One single-quoted string, whose only `'` are in `'\''`.
+                proptest::prop_assert!(quoted.len() >= 2);
+                proptest::prop_assert!(quoted.starts_with(b"'") && quoted.ends_with(b"'"));
+                let inner = &quoted[1..quoted.len() - 1];
+                let mut back = Vec::new();
+                let mut i = 0;
+                while i < inner.len() {
+                    if inner[i] == b'\'' {
+                        proptest::prop_assert_eq!(inner.get(i..i + 4), Some(&b"'\\''"[..]));
+                        back.push(b'\'');
+                        i += 4;
+                    } else {
+                        back.push(inner[i]);
+                        i += 1;
+                    }
+                }
+                proptest::prop_assert_eq!(back, word);
+            }
+        }
     }
 
     /// The real test: `sh` parses the quoted line back into the same argv.

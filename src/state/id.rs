@@ -21,6 +21,31 @@ pub fn new_id() -> String {
     format!("{}-{:06x}", utc_stamp(now()), random_24_bits())
 }
 
+/// What a deployment id may be, for error messages.
+pub const ID_RULE: &str = "an id is letters, digits, `-`, `_` and `.`, starts with a letter \
+     or digit, and is at most 64 characters long (berth makes ids like 20261123T091502Z-3fa9c1)";
+
+/// A deployment or snapshot id as given on a command line, checked: it
+/// names a directory (`snapshots/<id>/`), so it is one plain path
+/// component.
+pub fn parse_id(text: &str) -> Result<String, String> {
+    let first_ok = text
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric());
+    let all_ok = text
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if first_ok && all_ok && text.len() <= 64 {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "`{}` is not a deployment id: {ID_RULE}",
+            crate::diagnostics::printable(text)
+        ))
+    }
+}
+
 /// 24 unpredictable bits without a crate: std seeds each `RandomState` from
 /// the OS's randomness; the counter and the clock make calls in one thread
 /// differ even if that seeding were weak.
@@ -78,6 +103,42 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_from_outside_are_one_plain_path_component() {
+        for good in [new_id().as_str(), "held-by-test", "a.b_c"] {
+            assert_eq!(parse_id(good).unwrap(), good);
+        }
+        for bad in [
+            "",
+            "..",
+            ".x",
+            "-x",
+            "a/b",
+            "../../etc",
+            "a b",
+            "$(id)",
+            "a\nb",
+        ] {
+            let err = parse_id(bad).unwrap_err();
+            assert!(err.ends_with(ID_RULE), "{err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+        assert!(parse_id(&"a".repeat(65)).is_err());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::testing::prop::config(256))]
+
+        #[test]
+        fn prop_accepted_ids_stay_in_their_directory(text in crate::testing::prop::text()) {
+            if let Ok(id) = parse_id(&text) {
+                let path = std::path::Path::new("/var/lib/notes/snapshots").join(&id);
+                proptest::prop_assert_eq!(path.parent(), Some(std::path::Path::new("/var/lib/notes/snapshots")));
+                proptest::prop_assert!(id != "." && id != "..");
+            }
+        }
+    }
 
     #[test]
     fn times_for_people() {

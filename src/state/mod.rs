@@ -7,7 +7,7 @@
 //! agent the next agent (or the boot check) finds what was in flight and the
 //! generation to roll back to.
 
-mod id;
+pub mod id;
 mod locks;
 mod schema;
 mod store;
