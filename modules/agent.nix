@@ -24,24 +24,25 @@ in {
     }
 
     (lib.mkIf cfg.enable {
-      # On every PATH, the service users' SSH sessions included: the
-      # deployer runs `berth agent …` there.
-      environment.systemPackages = [cfg.package];
-      environment.sessionVariables = lib.mkIf (cfg.stateDir != defaultStateDir) {
-        BERTH_STATE_DIR = cfg.stateDir;
+      environment = {
+        # On every PATH, the service users' SSH sessions included: the
+        # deployer runs `berth agent …` there.
+        systemPackages = [cfg.package];
+        sessionVariables = lib.mkIf (cfg.stateDir != defaultStateDir) {
+          BERTH_STATE_DIR = cfg.stateDir;
+        };
+        # What the agent reads before it activates a system, also with no
+        # keys: a file that is there but broken refuses every activation,
+        # while no file at all means a host without this module.
+        etc."berth/agent.json".text = builtins.toJSON {
+          inherit (cfg) trustedPublicKeys;
+          nixTrustedPublicKeys = config.nix.settings.trusted-public-keys or [];
+        };
       };
 
       # Readable by all: app deploys, run as a service's user, read the
       # host's lock there.
       systemd.tmpfiles.rules = ["d ${cfg.stateDir} 0755 root root -"];
-
-      # What the agent reads before it activates a system, also with no
-      # keys: a file that is there but broken refuses every activation,
-      # while no file at all means a host without this module.
-      environment.etc."berth/agent.json".text = builtins.toJSON {
-        inherit (cfg) trustedPublicKeys;
-        nixTrustedPublicKeys = config.nix.settings.trusted-public-keys or [];
-      };
     })
 
     (lib.mkIf (cfg.enable && cfg.trustedPublicKeys != []) {
