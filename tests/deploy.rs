@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use berth::host::Host;
 use berth::lab::{HostKind, Lab, LabGuard};
 use berth::process::Cmd;
-use common::fleet::Fleet;
+use common::fleet::{generation, Fleet};
 use common::{git, Run};
 
 const BIN: &str = env!("CARGO_BIN_EXE_berth");
@@ -30,23 +30,6 @@ fn deploy(lab: &Lab, args: &[&str]) -> Run {
     all.extend_from_slice(args);
     all.extend_from_slice(&["--agent", BIN]);
     berth(&lab.ssh_config(), &all)
-}
-
-/// The generation number and store path of a host's system profile.
-async fn generation(lab: &Lab, host: &str) -> (String, String) {
-    let ssh = lab.connect(host).await.unwrap();
-    let link = ssh
-        .run(&Cmd::new("readlink").arg("/nix/var/nix/profiles/system"))
-        .await
-        .unwrap()
-        .stdout_str();
-    let path = ssh
-        .run(&Cmd::new("readlink").args(["-f", "/nix/var/nix/profiles/system"]))
-        .await
-        .unwrap()
-        .stdout_str();
-    ssh.close().await.unwrap();
-    (link.trim().to_owned(), path.trim().to_owned())
 }
 
 async fn exists_on(lab: &Lab, host: &str, path: &str) -> bool {

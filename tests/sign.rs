@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use berth::host::Host;
 use berth::lab::{HostKind, Lab, LabGuard};
 use berth::process::Cmd;
-use common::fleet::Fleet;
+use common::fleet::{generation, Fleet};
 use common::Run;
 
 const BIN: &str = env!("CARGO_BIN_EXE_berth");
@@ -52,23 +52,6 @@ fn generate(dir: &Path, name: &str) -> (PathBuf, String) {
         public
     );
     (secret, public)
-}
-
-/// The target of h1's system profile link and the system it points at.
-async fn profile(lab: &Lab) -> (String, String) {
-    let ssh = lab.connect("h1").await.unwrap();
-    let link = ssh
-        .run(&Cmd::new("readlink").arg("/nix/var/nix/profiles/system"))
-        .await
-        .unwrap()
-        .stdout_str();
-    let path = ssh
-        .run(&Cmd::new("readlink").args(["-f", "/nix/var/nix/profiles/system"]))
-        .await
-        .unwrap()
-        .stdout_str();
-    ssh.close().await.unwrap();
-    (link.trim().to_owned(), path.trim().to_owned())
 }
 
 /// What h1's running system says it is (its activation serves /version).
@@ -116,7 +99,7 @@ async fn assert_refused(
     for text in says {
         assert!(run.stderr.contains(text), "no {text:?} in:\n{}", run.stderr);
     }
-    assert_eq!(&profile(lab).await, before);
+    assert_eq!(&generation(&lab, "h1").await, before);
     assert_eq!(version_served(lab), served);
     let d = last_deployment(lab).await;
     assert_eq!(d["status"], "failed", "{d}");
@@ -165,7 +148,7 @@ fn signed_systems_on_a_lab_host() {
             "{}",
             run.stderr
         );
-        let first = profile(&lab).await;
+        let first = generation(&lab, "h1").await;
         assert_eq!(first.0, "system-1-link");
         let served = version_served(&lab);
         assert!(served.contains(&v(1)), "{served}");
@@ -253,7 +236,7 @@ fn signed_systems_on_a_lab_host() {
             "{}",
             run.stderr
         );
-        let second = profile(&lab).await;
+        let second = generation(&lab, "h1").await;
         assert!(second.1.ends_with(&v(4)), "{second:?}");
         let served = version_served(&lab);
         assert!(served.contains(&v(4)), "{served}");
@@ -269,14 +252,14 @@ fn signed_systems_on_a_lab_host() {
             "{}",
             run.stderr
         );
-        assert_eq!(profile(&lab).await, second);
+        assert_eq!(generation(&lab, "h1").await, second);
 
         // 8. No agent.json at all: nothing is required, as before signing.
         std::fs::remove_file(&agent_json).unwrap();
         fleet.update("web1", serde_json::json!({ "version": v(6) }));
         let run = deploy(&lab, &[&node]);
         assert_eq!(run.code, 0, "{}", run.stderr);
-        assert_eq!(profile(&lab).await.0, "system-3-link");
+        assert_eq!(generation(&lab, "h1").await.0, "system-3-link");
 
         // A --sign-key that is not a secret key stops before anything is built.
         let run = deploy(&lab, &[&node, "--sign-key", &format!("{}/test-a.public", keys.path().display())]);

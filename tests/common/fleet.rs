@@ -5,6 +5,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use berth::host::Host;
+use berth::lab::Lab;
+use berth::process::Cmd;
+
 /// A fleet flake in a directory of its own, written from examples/fleet.
 pub struct Fleet {
     pub dir: PathBuf,
@@ -61,4 +65,21 @@ impl Drop for Fleet {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The generation number and store path of a host's system profile.
+pub async fn generation(lab: &Lab, host: &str) -> (String, String) {
+    let ssh = lab.connect(host).await.unwrap();
+    let link = ssh
+        .run(&Cmd::new("readlink").arg("/nix/var/nix/profiles/system"))
+        .await
+        .unwrap()
+        .stdout_str();
+    let path = ssh
+        .run(&Cmd::new("readlink").args(["-f", "/nix/var/nix/profiles/system"]))
+        .await
+        .unwrap()
+        .stdout_str();
+    ssh.close().await.unwrap();
+    (link.trim().to_owned(), path.trim().to_owned())
 }
