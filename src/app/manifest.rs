@@ -57,7 +57,7 @@ pub struct Manifest {
     pub environment: BTreeMap<String, String>,
     /// The stage the service belongs to (`production`, `staging`):
     /// `berth app deploy --stage` refuses to deploy it for another one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub stage: Option<Stage>,
 }
 
