@@ -89,7 +89,9 @@ pub enum StageError {
 impl StageError {
     pub fn hint(&self) -> String {
         match self {
-            StageError::Mismatch { declared, asked, .. } => format!(
+            StageError::Mismatch {
+                declared, asked, ..
+            } => format!(
                 "check the target: it belongs to `{declared}`, so a deploy for `{asked}` \
                  should not reach it (deploy with --stage {declared} if it should)"
             ),
@@ -140,7 +142,16 @@ mod tests {
         for good in ["production", "staging", "eu-west_2", "0"] {
             assert_eq!(stage(good).as_str(), good);
         }
-        for bad in ["", "Production", "-x", "_x", "a b", "prod;rm", "é", &"a".repeat(65)] {
+        for bad in [
+            "",
+            "Production",
+            "-x",
+            "_x",
+            "a b",
+            "prod;rm",
+            "é",
+            &"a".repeat(65),
+        ] {
             assert!(Stage::new(bad).is_err(), "{bad:?}");
         }
         assert_eq!(
@@ -161,7 +172,10 @@ mod tests {
     fn without_stage_nothing_is_checked() {
         let o = "berth.deployment.stage";
         assert_eq!(check("node web1", o, None, None), Ok(()));
-        assert_eq!(check("node web1", o, Some(&stage("production")), None), Ok(()));
+        assert_eq!(
+            check("node web1", o, Some(&stage("production")), None),
+            Ok(())
+        );
     }
 
     #[test]

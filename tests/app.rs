@@ -514,7 +514,12 @@ async fn stage_guard(w: &World, other: &str, running: &str) {
 
     // The declared stage passes the guard.
     let run = w.deploy(running, &["--stage", "production"]);
-    assert_eq!((run.code, run.outcome().as_str()), (0, "unchanged"), "{}", run.stderr);
+    assert_eq!(
+        (run.code, run.outcome().as_str()),
+        (0, "unchanged"),
+        "{}",
+        run.stderr
+    );
 }
 
 /// The manifest's `paths` leave out `other/`: what a commit touches,

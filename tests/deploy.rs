@@ -785,19 +785,28 @@ async fn stage_guard(lab: &Lab, fleet: &mut Fleet, version: &str) {
     // A node without a stage fails closed; BERTH_STAGE is the flag's default.
     let run = Run::of(
         common::berth()
-            .args(["deploy", &fleet.flake(), "--on", "web3,web4", "--agent", BIN])
+            .args([
+                "deploy",
+                &fleet.flake(),
+                "--on",
+                "web3,web4",
+                "--agent",
+                BIN,
+            ])
             .env("BERTH_SSH_CONFIG", lab.ssh_config())
             .env("BERTH_STAGE", "production"),
     );
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(
-        run.stderr
-            .contains("error: node web4 declares no stage: refusing to deploy it with --stage production"),
+        run.stderr.contains(
+            "error: node web4 declares no stage: refusing to deploy it with --stage production"
+        ),
         "{}",
         run.stderr
     );
     assert!(
-        run.stderr.contains("berth.deployment.stage = \"production\";"),
+        run.stderr
+            .contains("berth.deployment.stage = \"production\";"),
         "{}",
         run.stderr
     );
@@ -806,14 +815,21 @@ async fn stage_guard(lab: &Lab, fleet: &mut Fleet, version: &str) {
 
     let run = deploy(lab, &[&fleet.node("web3"), "--stage", "Prod"]);
     assert_eq!(run.code, 2, "{}", run.stderr);
-    assert!(run.stderr.contains("`Prod` is not a valid stage"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("`Prod` is not a valid stage"),
+        "{}",
+        run.stderr
+    );
 
     // The declared stage deploys; without --stage nothing is checked.
     let run = deploy(lab, &[&fleet.node("web3"), "--stage", "production"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let after3 = generation(lab, "h3").await;
     assert_ne!(after3, before3);
-    assert!(after3.1.ends_with(&format!("nixos-system-web3-{version}")), "{after3:?}");
+    assert!(
+        after3.1.ends_with(&format!("nixos-system-web3-{version}")),
+        "{after3:?}"
+    );
     let run = deploy(lab, &[&fleet.node("web4")]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_ne!(generation(lab, "h4").await, before4);

@@ -17,8 +17,8 @@ use crate::flake::{self, FlakeRef, NodeMeta, Selector};
 use super::nodes;
 use crate::host::{tailscale, Destination, Host, SshHost};
 use crate::output::Printer;
-use crate::stage::{Stage, StageError};
 use crate::process::{JobLog, Via};
+use crate::stage::{Stage, StageError};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

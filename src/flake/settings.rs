@@ -311,7 +311,9 @@ mod tests {
     fn a_bad_stage_names_the_key() {
         let err = read(json!({ "stage": "Prod" })).unwrap_err().to_string();
         assert!(
-            err.starts_with("node web1: berth.deployment.stage is not valid: `Prod` is not a valid stage"),
+            err.starts_with(
+                "node web1: berth.deployment.stage is not valid: `Prod` is not a valid stage"
+            ),
             "{err}"
         );
     }
