@@ -336,6 +336,7 @@ mod doc_tests {
             env::GITHUB_API_URL,
             env::GITHUB_SHA,
             env::BERTH_SIGN_KEY,
+            env::BERTH_STAGE,
         ] {
             assert!(doc.contains(&format!("`{var}`")), "docs/cli.md lacks {var}");
         }

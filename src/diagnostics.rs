@@ -154,6 +154,9 @@ fn diagnose(err: &(dyn StdError + 'static)) -> (Option<String>, bool) {
     if let Some(e) = err.downcast_ref::<FlakeError>() {
         return (e.hint(), e.is_usage());
     }
+    if let Some(e) = err.downcast_ref::<crate::stage::StageError>() {
+        return (Some(e.hint()), true);
+    }
     if let Some(e) = err.downcast_ref::<TailscaleError>() {
         return (e.hint(), e.is_usage());
     }

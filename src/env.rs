@@ -22,6 +22,11 @@ pub const NIX_SSHOPTS: &str = "NIX_SSHOPTS";
 /// file as `berth keys generate` writes it.
 pub const BERTH_SIGN_KEY: &str = "BERTH_SIGN_KEY";
 
+/// The stage `berth deploy` and `berth app deploy` insist on (`--stage`):
+/// a node or service that declares another stage, or none, is refused. A CI
+/// job sets it once for every deploy it runs.
+pub const BERTH_STAGE: &str = "BERTH_STAGE";
+
 /// The agent's state directory on a host (`--state-dir`), default
 /// `/var/lib/berth`.
 pub const BERTH_STATE_DIR: &str = "BERTH_STATE_DIR";

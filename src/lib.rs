@@ -21,6 +21,7 @@ pub mod notify;
 pub mod output;
 pub mod process;
 pub mod progress;
+pub mod stage;
 pub mod state;
 #[cfg(test)]
 mod testing;

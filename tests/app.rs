@@ -50,6 +50,8 @@ async fn scenarios(w: &World) {
     assert_eq!(w.serving().as_deref(), Some(rev2.as_str()));
     assert_eq!(w.sqlite(&db, "PRAGMA user_version").await, "2");
 
+    stage_guard(w, &rev1, &rev2).await;
+
     // A failing install: the old release keeps serving, untouched.
     let pid_before = w.sh("systemctl show -p MainPID --value notes").await;
     let bad_install = w
@@ -455,6 +457,69 @@ async fn scenarios(w: &World) {
         .all(|d| d["actor"].as_str().unwrap().starts_with("tester@")));
 
     changes(w).await;
+}
+
+/// `--stage`: a service whose manifest declares another stage, or none, is
+/// refused before anything changes; the declared stage deploys.
+async fn stage_guard(w: &World, other: &str, running: &str) {
+    let state = format!(
+        "ls {DIR}/releases {DIR}/snapshots; readlink {DIR}/current; \
+         systemctl show -p MainPID --value notes"
+    );
+    let before = w.sh(&state).await;
+    let history = |w: &World| {
+        let run = w.berth(&["app", "history", SERVICE, "--host", "h1"]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        run.stdout
+    };
+    let history_before = history(w);
+
+    let run = w.deploy(other, &["--stage", "staging"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "service `notes` declares stage `production`, not `staging`: \
+             refusing to deploy it with --stage staging"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("hint: "), "{}", run.stderr);
+    assert_eq!(w.sh(&state).await, before);
+    assert_eq!(w.serving().as_deref(), Some(running));
+
+    // No stage declared: refused too, through BERTH_STAGE.
+    let mut m = manifest();
+    m.as_object_mut().unwrap().remove("stage");
+    w.write("/etc/berth/services/notes.json", &m.to_string())
+        .await;
+    let args = ["app", "deploy", SERVICE, "--host", "h1", "--rev", other];
+    let run = Run::of(w.berth_cmd(&args).env("BERTH_STAGE", "production"));
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("service `notes` declares no stage"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("berth.services.notes.stage = \"production\";"),
+        "{}",
+        run.stderr
+    );
+    w.write("/etc/berth/services/notes.json", &manifest().to_string())
+        .await;
+    assert_eq!(w.sh(&state).await, before);
+    assert_eq!(history(w), history_before);
+
+    // The declared stage passes the guard.
+    let run = w.deploy(running, &["--stage", "production"]);
+    assert_eq!(
+        (run.code, run.outcome().as_str()),
+        (0, "unchanged"),
+        "{}",
+        run.stderr
+    );
 }
 
 /// The manifest's `paths` leave out `other/`: what a commit touches,

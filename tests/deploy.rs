@@ -519,6 +519,8 @@ fn system_deploys_on_lab_hosts() {
 
         superseded_deploys(&lab, &v(10), &v(11)).await;
 
+        stage_guard(&lab, &mut fleet, &v(20)).await;
+
         bad_input_touches_nothing(&lab, &mut fleet, &v(1)).await;
 
         drop(fleet);
@@ -753,6 +755,84 @@ async fn superseded_deploys(lab: &Lab, old_version: &str, new_version: &str) {
         "{refused:?}"
     );
     assert_eq!(generation(lab, "h4").await, on_old);
+}
+
+/// `--stage`: a node that declares another stage, or none, is refused
+/// before anything is built or copied; one that declares it deploys.
+async fn stage_guard(lab: &Lab, fleet: &mut Fleet, version: &str) {
+    fleet.update(
+        "web3",
+        serde_json::json!({ "version": version, "stage": "production" }),
+    );
+    fleet.update("web4", serde_json::json!({ "version": version }));
+    let before3 = generation(lab, "h3").await;
+    let before4 = generation(lab, "h4").await;
+
+    let run = deploy(lab, &[&fleet.node("web3"), "--stage", "staging"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "error: node web3 declares stage `production`, not `staging`: \
+             refusing to deploy it with --stage staging"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("hint: "), "{}", run.stderr);
+    assert!(!run.stderr.contains("building"), "{}", run.stderr);
+    assert_eq!(generation(lab, "h3").await, before3);
+
+    // A node without a stage fails closed; BERTH_STAGE is the flag's default.
+    let run = Run::of(
+        common::berth()
+            .args([
+                "deploy",
+                &fleet.flake(),
+                "--on",
+                "web3,web4",
+                "--agent",
+                BIN,
+            ])
+            .env("BERTH_SSH_CONFIG", lab.ssh_config())
+            .env("BERTH_STAGE", "production"),
+    );
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "error: node web4 declares no stage: refusing to deploy it with --stage production"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("berth.deployment.stage = \"production\";"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(generation(lab, "h3").await, before3);
+    assert_eq!(generation(lab, "h4").await, before4);
+
+    let run = deploy(lab, &[&fleet.node("web3"), "--stage", "Prod"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("`Prod` is not a valid stage"),
+        "{}",
+        run.stderr
+    );
+
+    // The declared stage deploys; without --stage nothing is checked.
+    let run = deploy(lab, &[&fleet.node("web3"), "--stage", "production"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let after3 = generation(lab, "h3").await;
+    assert_ne!(after3, before3);
+    assert!(
+        after3.1.ends_with(&format!("nixos-system-web3-{version}")),
+        "{after3:?}"
+    );
+    let run = deploy(lab, &[&fleet.node("web4")]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_ne!(generation(lab, "h4").await, before4);
 }
 
 async fn bad_input_touches_nothing(lab: &Lab, fleet: &mut Fleet, version: &str) {

@@ -21,6 +21,7 @@
           confirmTimeout = spec.confirmTimeout or 10;
           buildOnTarget = spec.buildOnTarget or false;
           sshOptions = spec.sshOptions or [];
+          stage = spec.stage or null;
           healthChecks = {
             http = [
               {

@@ -325,6 +325,19 @@ let
       description = "Data snapshots kept.";
     };
 
+    stage = option {
+      type = t.nullOr t.str;
+      default = null;
+      example = "production";
+      description = ''
+        The stage this host's copy of the service belongs to (lowercase
+        letters, digits, `-` and `_`), in its manifest. `berth app deploy
+        --stage S` (or `BERTH_STAGE=S`) refuses, before anything changes, a
+        service that declares another stage or none; without `--stage`
+        nothing is checked.
+      '';
+    };
+
     firstRelease = mkEnable true ''
       Whether a fresh host releases the head of `branch` by itself, so it
       serves without an app deploy. A unit `berth-first-release-<name>`
@@ -639,6 +652,12 @@ in {
       default = true;
       example = false;
       description = "Whether an unconfirmed generation is rolled back (by the watchdog, and at boot).";
+    };
+    stage = option {
+      type = t.nullOr t.str;
+      default = null;
+      example = "production";
+      description = "The stage the node belongs to (lowercase letters, digits, `-` and `_`). `berth deploy --stage S` (or `BERTH_STAGE=S`) refuses the deploy, before anything is built, when a selected node declares another stage or none; without `--stage` nothing is checked.";
     };
     notify = option {
       type = t.listOf t.str;

@@ -9,6 +9,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::diagnostics::character;
+use crate::stage::Stage;
 
 /// Where the NixOS module writes manifests.
 pub const MANIFEST_DIR: &str = "/etc/berth/services";
@@ -54,6 +55,10 @@ pub struct Manifest {
     /// Extra environment for the install, build and migrate commands.
     #[serde(default)]
     pub environment: BTreeMap<String, String>,
+    /// The stage the service belongs to (`production`, `staging`):
+    /// `berth app deploy --stage` refuses to deploy it for another one.
+    #[serde(default)]
+    pub stage: Option<Stage>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -366,6 +371,7 @@ impl Manifest {
             keep_releases: default_keep(),
             keep_snapshots: default_keep(),
             environment: BTreeMap::new(),
+            stage: None,
         }
     }
 
@@ -587,6 +593,22 @@ mod tests {
         );
         assert_eq!(m.keep_releases, 5);
         assert_eq!(m.layout().current(), Path::new("/var/lib/notes/current"));
+        assert_eq!(m.stage, None);
+    }
+
+    #[test]
+    fn reads_the_stage_and_refuses_a_bad_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut json = minimal("notes");
+        json["stage"] = "staging".into();
+        write(tmp.path(), "notes", json.clone());
+        let m = Manifest::load(tmp.path(), "notes", &Overrides::default()).unwrap();
+        assert_eq!(m.stage, Some(Stage::new("staging").unwrap()));
+        json["stage"] = "Staging".into();
+        write(tmp.path(), "notes", json);
+        let err = Manifest::load(tmp.path(), "notes", &Overrides::default()).unwrap_err();
+        let chain = format!("{:#}", anyhow::Error::new(err));
+        assert!(chain.contains("`Staging` is not a valid stage"), "{chain}");
     }
 
     #[test]

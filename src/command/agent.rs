@@ -167,6 +167,9 @@ pub enum Verb {
         skip_untouched: bool,
         #[arg(long)]
         dry_run: bool,
+        /// Refuse unless the manifest declares this stage
+        #[arg(long, value_parser = crate::stage::parse_stage)]
+        stage: Option<crate::stage::Stage>,
         #[command(flatten)]
         audit: AppAudit,
         #[command(flatten)]
@@ -396,10 +399,19 @@ async fn run_app(args: &Args, printer: Printer) -> anyhow::Result<Option<Exit>> 
             skip_superseded,
             skip_untouched,
             dry_run,
+            stage,
             audit,
             overrides,
         } => {
-            let mut agent = open(service, overrides)?;
+            // The guard, before the service's directory or lock is touched.
+            let manifest = Manifest::load(&args.manifest_dir, service, overrides)?;
+            crate::stage::check(
+                &format!("service `{service}`"),
+                &format!("berth.services.{service}.stage"),
+                manifest.stage.as_ref(),
+                stage.as_ref(),
+            )?;
+            let mut agent = AppAgent::open(manifest, &args.state_dir)?;
             let request = DeployRequest {
                 id: id.clone(),
                 wanted: revision.wanted(),

@@ -124,6 +124,10 @@ pub struct DeployArgs {
     /// Tell this webhook how the deploy went (Discord, Slack or generic JSON); repeatable
     #[arg(long, value_name = "URL")]
     pub notify: Vec<String>,
+    /// Deploy only if the service's manifest declares this stage (`berth.services.<name>.stage`);
+    /// refuse, before anything changes, a service that declares another stage or none
+    #[arg(long, value_name = "STAGE", env = crate::env::BERTH_STAGE, value_parser = crate::stage::parse_stage)]
+    pub stage: Option<crate::stage::Stage>,
     #[command(flatten)]
     pub overrides: Overrides,
 }
@@ -346,6 +350,9 @@ async fn deploy(ctx: &Context, args: DeployArgs) -> anyhow::Result<Exit> {
     }
     if args.dry_run {
         cmd = cmd.arg("--dry-run");
+    }
+    if let Some(stage) = &args.stage {
+        cmd = cmd.args(["--stage", stage.as_str()]);
     }
     let cmd = audit_args(cmd, args.reason.clone());
     let what = format!("{service} on {}", host.name());

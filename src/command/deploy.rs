@@ -18,6 +18,7 @@ use super::nodes;
 use crate::host::{tailscale, Destination, Host, SshHost};
 use crate::output::Printer;
 use crate::process::{JobLog, Via};
+use crate::stage::{Stage, StageError};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -74,6 +75,10 @@ pub struct Args {
     /// added to each node's `notify` setting
     #[arg(long, value_name = "URL")]
     pub notify: Vec<String>,
+    /// Deploy only nodes that declare this stage (`berth.deployment.stage`); refuse the deploy,
+    /// before anything is built, if a selected node declares another stage or none
+    #[arg(long, value_name = "STAGE", env = env::BERTH_STAGE, value_parser = crate::stage::parse_stage)]
+    pub stage: Option<Stage>,
 }
 
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
@@ -108,6 +113,8 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
     // Evaluate and build exactly the revision that is recorded.
     target.flake = source.locked.clone();
     let mut nodes = nodes::select_in(&target, selector.as_ref()).await?;
+    // Before building: a node of another stage is refused.
+    check_stages(&nodes, args.stage.as_ref(), printer)?;
     // Before building: an offline or unknown Tailscale peer fails fast.
     tailscale::resolve_nodes(&mut nodes, printer).await?;
     // Who to tell about each node, whether it is deployed or not.
@@ -278,6 +285,35 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
     let exit = summarize(&reports, printer);
     notify_hosts(&reports, &notify_urls, &toplevels, ci_run_url, printer).await;
     Ok(exit)
+}
+
+/// The environment guard over every selected node: with `--stage`, each
+/// must declare that stage. Every refused node is shown; the first is the
+/// error.
+fn check_stages(
+    nodes: &[NodeMeta],
+    asked: Option<&Stage>,
+    printer: Printer,
+) -> Result<(), StageError> {
+    let mut refused: Vec<StageError> = nodes
+        .iter()
+        .filter_map(|n| {
+            crate::stage::check(
+                &format!("node {}", n.name),
+                "berth.deployment.stage",
+                n.settings.stage.as_ref(),
+                asked,
+            )
+            .err()
+        })
+        .collect();
+    if refused.is_empty() {
+        return Ok(());
+    }
+    for err in refused.iter().skip(1) {
+        printer.warn(err.to_string());
+    }
+    Err(refused.swap_remove(0))
 }
 
 /// One notification per host whose deploy is worth telling, to the

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{FlakeError, NodeName};
+use crate::stage::Stage;
 
 /// How berth reaches and deploys one node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +32,9 @@ pub struct DeploymentSettings {
     pub tailscale: Tailscale,
     /// Webhooks told how each deploy of this node went, besides `--notify`.
     pub notify: Vec<String>,
+    /// The stage the node belongs to (`production`, `staging`): `--stage`
+    /// refuses to deploy it for another one.
+    pub stage: Option<Stage>,
 }
 
 impl Default for DeploymentSettings {
@@ -47,6 +51,7 @@ impl Default for DeploymentSettings {
             health_checks: HealthChecks::default(),
             tailscale: Tailscale::default(),
             notify: Vec::new(),
+            stage: None,
         }
     }
 }
@@ -224,6 +229,7 @@ mod tests {
         assert!(!s.tailscale.enable);
         assert!(s.tailscale.check_online);
         assert!(s.notify.is_empty());
+        assert_eq!(s.stage, None);
     }
 
     #[test]
@@ -248,7 +254,8 @@ mod tests {
                 "units": ["nginx.service"]
             },
             "tailscale": { "enable": true, "checkOnline": false },
-            "notify": ["https://hooks.slack.com/services/x"]
+            "notify": ["https://hooks.slack.com/services/x"],
+            "stage": "production"
         }))
         .unwrap();
         assert_eq!(s.target_host.as_deref(), Some("10.0.0.1"));
@@ -297,6 +304,18 @@ mod tests {
             }
         );
         assert_eq!(s.notify, ["https://hooks.slack.com/services/x"]);
+        assert_eq!(s.stage, Some(Stage::new("production").unwrap()));
+    }
+
+    #[test]
+    fn a_bad_stage_names_the_key() {
+        let err = read(json!({ "stage": "Prod" })).unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "node web1: berth.deployment.stage is not valid: `Prod` is not a valid stage"
+            ),
+            "{err}"
+        );
     }
 
     #[test]

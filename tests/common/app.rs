@@ -243,6 +243,7 @@ pub fn manifest() -> serde_json::Value {
         "keepReleases": 3,
         "keepSnapshots": 3,
         "environment": { "APP_DB": format!("{DIR}/data/app.db"), "APP_SLOW_SECS": "6" },
+        "stage": "production",
     })
 }
 

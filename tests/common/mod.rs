@@ -27,6 +27,7 @@ pub fn berth() -> Command {
     for var in [
         "BERTH_LAB_DIR",
         "BERTH_SSH_CONFIG",
+        "BERTH_STAGE",
         "RUST_LOG",
         "GITHUB_TOKEN",
         "http_proxy",

@@ -41,6 +41,7 @@ in [
       keepReleases = 5;
       keepSnapshots = 5;
       environment = {};
+      stage = null;
     };
   }
   {
@@ -71,6 +72,7 @@ in [
       };
       keepReleases = 3;
       keepSnapshots = 10;
+      stage = "production";
     });
     expected = {
       version = 1;
@@ -102,6 +104,7 @@ in [
       keepReleases = 3;
       keepSnapshots = 10;
       environment.LOG_LEVEL = "debug";
+      stage = "production";
     };
   }
   {

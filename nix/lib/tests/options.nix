@@ -16,6 +16,7 @@ in [
       activationTimeout = 600;
       magicRollback = true;
       notify = [];
+      stage = null;
       healthChecks = {
         http = [];
         commands = [];
