@@ -99,7 +99,7 @@ async fn assert_refused(
     for text in says {
         assert!(run.stderr.contains(text), "no {text:?} in:\n{}", run.stderr);
     }
-    assert_eq!(&generation(&lab, "h1").await, before);
+    assert_eq!(&generation(lab, "h1").await, before);
     assert_eq!(version_served(lab), served);
     let d = last_deployment(lab).await;
     assert_eq!(d["status"], "failed", "{d}");
