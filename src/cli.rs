@@ -28,31 +28,35 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The heading the global options stand under in every command's help, after
+/// the command's own options.
+pub const GLOBAL_OPTIONS: &str = "Global options";
+
 #[derive(Debug, clap::Args)]
 pub struct GlobalArgs {
     /// More output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG wins)
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, help_heading = GLOBAL_OPTIONS)]
     pub verbose: u8,
 
     /// Write NDJSON events to stdout (messages for humans stay on stderr)
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL_OPTIONS)]
     pub json: bool,
 
     /// When to colour messages (NO_COLOR turns `auto` off)
-    #[arg(long, value_enum, value_name = "WHEN", default_value_t, global = true)]
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t, global = true, help_heading = GLOBAL_OPTIONS)]
     pub color: ColorChoice,
 
     /// An ssh_config for every SSH connection, berth's own and nix's
-    #[arg(long, value_name = "FILE", env = env::BERTH_SSH_CONFIG, global = true)]
+    #[arg(long, value_name = "FILE", env = env::BERTH_SSH_CONFIG, global = true, help_heading = GLOBAL_OPTIONS)]
     pub ssh_config: Option<PathBuf>,
 
     /// Trust and record the key of a host never seen before (a changed key is refused anyway)
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL_OPTIONS)]
     pub accept_new_host_keys: bool,
 
     /// The berth program on the hosts [default: this berth's closure, copied there, when it runs
     /// from the Nix store; else `berth`]
-    #[arg(long, value_name = "PATH", global = true)]
+    #[arg(long, value_name = "PATH", global = true, help_heading = GLOBAL_OPTIONS)]
     pub agent: Option<String>,
 }
 

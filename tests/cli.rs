@@ -33,6 +33,46 @@ fn help_lists_the_commands() {
     }
 }
 
+/// A command's help starts with its own options; the global ones come after,
+/// under their own heading, in every command (`app deploy` as well).
+#[test]
+fn help_puts_global_options_after_the_commands_own() {
+    let globals = [
+        "--verbose",
+        "--json",
+        "--color",
+        "--ssh-config",
+        "--accept-new-host-keys",
+        "--agent",
+    ];
+    for (command, own) in [
+        (&["deploy", "--help"][..], "--confirm-timeout"),
+        (&["app", "deploy", "--help"][..], "--skip-untouched"),
+        (&["app", "status", "--help"][..], "--follow"),
+    ] {
+        let (code, out, err) = run(berth().args(command));
+        assert_eq!(code, 0, "{err}");
+        let heading = out
+            .find("\nGlobal options:\n")
+            .unwrap_or_else(|| panic!("{command:?}: no global heading:\n{out}"));
+        let (before, after) = out.split_at(heading);
+        assert!(
+            before.contains(own),
+            "{command:?}: {own} not before the globals:\n{out}"
+        );
+        for flag in globals {
+            assert!(
+                !before.contains(flag),
+                "{command:?}: {flag} among the command's own options:\n{out}"
+            );
+            assert!(
+                after.contains(flag),
+                "{command:?}: {flag} not under the global heading:\n{out}"
+            );
+        }
+    }
+}
+
 #[test]
 fn version() {
     let (code, out, _) = run(berth().arg("--version"));
