@@ -1,5 +1,5 @@
 {
-  description = "berth benchmark: one node whose system closure is ~300 paths, ~100 MB";
+  description = "berth benchmark: a system closure of ~300 paths, ~100 MB, on one node (bench, host h1) and on eight (big1..big8, hosts h1..h8, tag big)";
 
   outputs = _: let
     system = "x86_64-linux";
@@ -29,13 +29,22 @@
         ''
       ];
     };
-  in {
-    nixosConfigurations.bench.config = {
-      system.build.toplevel = toplevel;
-      berth.deployment = {
-        targetHost = "h1";
-        confirmTimeout = 10;
+    node = host: tags: {
+      config = {
+        system.build.toplevel = toplevel;
+        berth.deployment = {
+          targetHost = host;
+          confirmTimeout = 10;
+          inherit tags;
+        };
       };
     };
+    eight = builtins.listToAttrs (builtins.genList (i: {
+        name = "big${toString (i + 1)}";
+        value = node "h${toString (i + 1)}" ["big"];
+      })
+      8);
+  in {
+    nixosConfigurations = {bench = node "h1" [];} // eight;
   };
 }

@@ -12,7 +12,7 @@ use crate::cli::Context;
 use crate::deploy::{self, Job, Options, Outcome, Report};
 use crate::diagnostics::{Exit, UsageError};
 use crate::env;
-use crate::flake::{self, FlakeRef, NodeMeta, Selector};
+use crate::flake::{self, FlakeRef, NodeMeta, NodeName, Revision, Selector};
 
 use super::nodes;
 use crate::host::{tailscale, Destination, Host, SshHost};
@@ -131,7 +131,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
         activation_timeout: args.activation_timeout.map(Duration::from_secs),
         magic_rollback: !args.no_magic_rollback,
         agent: ctx.agent.clone(),
-        audit: audit(args.reason),
+        audit: audit(args.reason.clone()),
         ssh: ctx.ssh.clone(),
         revision: source.revision.clone(),
         sign_key: args.sign_key.clone().filter(|_| !args.dry_run),
@@ -156,64 +156,27 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
         .collect::<Vec<_>>()
         .join(", ");
 
-    let mut jobs = Vec::new();
-    let nodes = match &args.build_host {
-        Some(build_host) if !nodes.is_empty() => {
-            jobs = build_on(
-                ctx,
-                build_host,
-                &target.flake,
-                nodes,
-                options.sign_key.as_deref(),
-            )
-            .await?;
-            Vec::new()
-        }
-        _ => nodes,
+    // The first wave's hosts are reached while their systems build.
+    let ahead = if args.dry_run {
+        deploy::Ahead::default()
+    } else {
+        let mut first: Vec<_> = nodes.iter().map(|n| (&n.name, &n.settings)).collect();
+        first.sort_by(|a, b| a.0.as_ref().cmp(b.0.as_ref()));
+        let wave = if args.canary > 0 {
+            args.canary
+        } else {
+            args.parallel.max(1)
+        };
+        deploy::Ahead::start(first, wave, &options)
     };
-    let (on_target, here): (Vec<_>, Vec<_>) = nodes
-        .into_iter()
-        .partition(|n| args.build_on_target || n.settings.build_on_target);
-    if !here.is_empty() {
-        let here_names: Vec<_> = here.iter().map(|n| n.name.clone()).collect();
-        printer.line(format!(
-            "building {}",
-            here_names
-                .iter()
-                .map(|n| n.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-        let built = flake::build(&target.flake, &here_names).await?;
-        for (node, built) in here.into_iter().zip(built) {
-            jobs.push(Job {
-                node: node.name,
-                settings: node.settings,
-                toplevel: built.out,
-                drv: None,
-                built_on: None,
-                expect_revision: None,
-            });
+
+    let jobs = match jobs(ctx, &args, &target.flake, nodes, &options, expected).await {
+        Ok(jobs) => jobs,
+        Err(err) => {
+            ahead.close().await;
+            return Err(err);
         }
-    }
-    if !on_target.is_empty() {
-        let target_names: Vec<_> = on_target.iter().map(|n| n.name.clone()).collect();
-        let drvs = flake::drv_paths(&target.flake, &target_names).await?;
-        for (node, drv) in on_target.into_iter().zip(drvs) {
-            jobs.push(Job {
-                node: node.name,
-                settings: node.settings,
-                toplevel: drv.out,
-                drv: Some(drv.drv),
-                built_on: None,
-                expect_revision: None,
-            });
-        }
-    }
-    for job in &mut jobs {
-        job.expect_revision = expected.remove(&job.node).flatten();
-    }
-    jobs.sort_by(|a, b| a.node.as_ref().cmp(b.node.as_ref()));
+    };
 
     if args.dry_run {
         for job in &jobs {
@@ -248,30 +211,17 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
         .iter()
         .map(|job| (job.node.to_string(), job.toplevel.to_string()))
         .collect();
-    // The systems built here, signed in one nix call before any is copied.
     if let Some(key) = &options.sign_key {
-        let here: Vec<_> = jobs
-            .iter()
-            .filter(|job| job.drv.is_none() && job.built_on.is_none())
-            .map(|job| job.toplevel.clone())
-            .collect();
-        if !here.is_empty() {
-            printer.line(format!(
-                "signing {} with {}",
-                plural(here.len()),
-                key.display()
-            ));
-            let cmd = crate::nix::sign(key, &here, None);
-            crate::process::output(&cmd, Via::Local, &JobLog::new())
-                .await?
-                .check()?;
+        if let Err(err) = sign_here(&jobs, key, printer).await {
+            ahead.close().await;
+            return Err(err);
         }
     }
     let ci_run_url = options.audit.ci_run_url.clone();
     let mut reports = checked;
     if !jobs.is_empty() {
         printer.line(format!("deploying {names_text}"));
-        let fleet = deploy::deploy_all(jobs, options, args.parallel, args.canary, printer);
+        let fleet = deploy::deploy_all(jobs, options, args.parallel, args.canary, ahead, printer);
         tokio::select! {
             deployed = fleet => reports.extend(deployed),
             _ = tokio::signal::ctrl_c() => {
@@ -290,6 +240,92 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
 /// The environment guard over every selected node: with `--stage`, each
 /// must declare that stage. Every refused node is shown; the first is the
 /// error.
+/// The jobs of `nodes`: their systems built here (or on `--build-host`),
+/// or evaluated to be built on their hosts; sorted by node.
+async fn jobs(
+    ctx: &Context,
+    args: &Args,
+    flake: &str,
+    nodes: Vec<NodeMeta>,
+    options: &Options,
+    mut expected: HashMap<NodeName, Option<Revision>>,
+) -> anyhow::Result<Vec<Job>> {
+    let printer = ctx.printer;
+    let mut jobs = Vec::new();
+    let nodes = match &args.build_host {
+        Some(build_host) if !nodes.is_empty() => {
+            jobs = build_on(ctx, build_host, flake, nodes, options.sign_key.as_deref()).await?;
+            Vec::new()
+        }
+        _ => nodes,
+    };
+    let (on_target, here): (Vec<_>, Vec<_>) = nodes
+        .into_iter()
+        .partition(|n| args.build_on_target || n.settings.build_on_target);
+    if !here.is_empty() {
+        let here_names: Vec<_> = here.iter().map(|n| n.name.clone()).collect();
+        printer.line(format!(
+            "building {}",
+            here_names
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        let built = flake::build(flake, &here_names).await?;
+        for (node, built) in here.into_iter().zip(built) {
+            jobs.push(Job {
+                node: node.name,
+                settings: node.settings,
+                toplevel: built.out,
+                drv: None,
+                built_on: None,
+                expect_revision: None,
+            });
+        }
+    }
+    if !on_target.is_empty() {
+        let target_names: Vec<_> = on_target.iter().map(|n| n.name.clone()).collect();
+        let drvs = flake::drv_paths(flake, &target_names).await?;
+        for (node, drv) in on_target.into_iter().zip(drvs) {
+            jobs.push(Job {
+                node: node.name,
+                settings: node.settings,
+                toplevel: drv.out,
+                drv: Some(drv.drv),
+                built_on: None,
+                expect_revision: None,
+            });
+        }
+    }
+    for job in &mut jobs {
+        job.expect_revision = expected.remove(&job.node).flatten();
+    }
+    jobs.sort_by(|a, b| a.node.as_ref().cmp(b.node.as_ref()));
+    Ok(jobs)
+}
+
+/// Signs the systems built here in one nix call, before any is copied.
+async fn sign_here(jobs: &[Job], key: &Path, printer: Printer) -> anyhow::Result<()> {
+    let here: Vec<_> = jobs
+        .iter()
+        .filter(|job| job.drv.is_none() && job.built_on.is_none())
+        .map(|job| job.toplevel.clone())
+        .collect();
+    if !here.is_empty() {
+        printer.line(format!(
+            "signing {} with {}",
+            plural(here.len()),
+            key.display()
+        ));
+        let cmd = crate::nix::sign(key, &here, None);
+        crate::process::output(&cmd, Via::Local, &JobLog::new())
+            .await?
+            .check()?;
+    }
+    Ok(())
+}
+
 fn check_stages(
     nodes: &[NodeMeta],
     asked: Option<&Stage>,

@@ -8,6 +8,7 @@ mod supersede;
 
 pub use supersede::{check_superseded, Checked};
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -154,6 +155,7 @@ pub async fn deploy_all(
     options: Arc<Options>,
     parallel: usize,
     canary: usize,
+    mut ahead: Ahead,
     printer: Printer,
 ) -> Vec<Report> {
     let parallel = parallel.max(1);
@@ -188,7 +190,7 @@ pub async fn deploy_all(
             }
             continue;
         }
-        let wave_reports = run_wave(wave, &options, parallel, printer, &progress).await;
+        let wave_reports = run_wave(wave, &options, parallel, &mut ahead, printer, &progress).await;
         if canary > 0 && wave_reports.iter().any(|r| !r.outcome.ok()) {
             halted = Some(if i == 0 {
                 "a canary host failed".into()
@@ -205,6 +207,7 @@ async fn run_wave(
     jobs: Vec<Job>,
     options: &Arc<Options>,
     parallel: usize,
+    ahead: &mut Ahead,
     printer: Printer,
     progress: &Progress,
 ) -> Vec<Report> {
@@ -214,9 +217,13 @@ async fn run_wave(
         let limit = limit.clone();
         let options = options.clone();
         let line = progress.host(job.node.as_ref());
+        let early = ahead.0.remove(&job.node);
         tasks.spawn(async move {
             let _permit = limit.acquire_owned().await;
-            (index, deploy_host(&job, &options, printer, &line).await)
+            (
+                index,
+                deploy_host(&job, &options, early, printer, &line).await,
+            )
         });
     }
     let mut reports = Vec::new();
@@ -232,9 +239,10 @@ async fn run_wave(
 
 /// Deploys one host and reports how it went; never panics on a host's
 /// failure, so the others' reports are not lost.
-pub async fn deploy_host(
+async fn deploy_host(
     job: &Job,
     options: &Options,
+    early: Option<Early>,
     printer: Printer,
     line: &HostProgress,
 ) -> Report {
@@ -249,7 +257,7 @@ pub async fn deploy_host(
         ssh: options.ssh.clone(),
         line,
     };
-    let outcome = run.run().await;
+    let outcome = run.run(early).await;
     let log = if outcome.ok() {
         Vec::new()
     } else {
@@ -289,7 +297,10 @@ pub async fn deploy_here(
         ssh: options.ssh.clone(),
         line,
     };
-    let outcome = run.on_host(host, None, "auto").await;
+    let outcome = match contact(host, options, job.node.as_ref()).await {
+        Ok(status) => run.on_host(host, None, "auto", status).await,
+        Err(why) => Outcome::Failed { why },
+    };
     let log = if outcome.ok() {
         Vec::new()
     } else {
@@ -316,6 +327,65 @@ struct Reached {
     ssh: SshSettings,
     /// Holds the node's ssh_config, if it has sshOptions, while it is used.
     _scratch: tempfile::TempDir,
+}
+
+/// The hosts of a deploy's first wave, reached while their systems are
+/// built: by the time a system exists, its host is connected and its
+/// agent's status is known, so the build and the SSH handshake overlap.
+/// Hosts not in it are reached in their turn.
+#[derive(Default)]
+pub struct Ahead(HashMap<NodeName, Early>);
+
+/// One host being reached ahead: its connection and its agent's status.
+type Early = tokio::task::JoinHandle<Result<(Reached, Option<serde_json::Value>), String>>;
+
+impl Ahead {
+    /// Starts reaching the hosts of `nodes` (at most `count` of them, in
+    /// order): connect, install the agent, ask its status. A host that
+    /// cannot be reached fails its deploy when its turn comes, with the
+    /// same message as if it were reached then. Dropped, the connections
+    /// close.
+    pub fn start<'a>(
+        nodes: impl IntoIterator<Item = (&'a NodeName, &'a DeploymentSettings)>,
+        count: usize,
+        options: &Arc<Options>,
+    ) -> Ahead {
+        let mut ahead = HashMap::new();
+        for (node, settings) in nodes.into_iter().take(count) {
+            let (name, settings, options) = (node.clone(), settings.clone(), options.clone());
+            let task = tokio::spawn(async move {
+                let destination = destination(&name, &settings)?;
+                let reached = reach(&destination, name.as_ref(), &settings, &options.ssh).await?;
+                let status = contact(&reached.host, &options, name.as_ref()).await?;
+                Ok((reached, status))
+            });
+            ahead.insert(node.clone(), task);
+        }
+        Ahead(ahead)
+    }
+
+    /// Closes the connections of a deploy that stopped before it used
+    /// them, once each is made.
+    pub async fn close(self) {
+        for (_, task) in self.0 {
+            if let Ok(Ok((reached, _))) = task.await {
+                let _ = reached.host.close().await;
+            }
+        }
+    }
+}
+
+/// Installs the agent on `host` if it has to be copied, and asks its
+/// status of `node`.
+async fn contact(
+    host: &dyn Host,
+    options: &Options,
+    node: &str,
+) -> Result<Option<serde_json::Value>, String> {
+    if let Err(err) = options.agent.install(host).await {
+        return Err(format!("could not copy the berth agent to the host: {err}"));
+    }
+    agent_status(host, &options.agent.program, node).await
 }
 
 /// Connects to `destination` with the node's `sshOptions`; the error says
@@ -396,60 +466,68 @@ impl HostRun<'_> {
             .unwrap_or(Duration::from_secs(self.job.settings.activation_timeout))
     }
 
-    async fn run(&mut self) -> Outcome {
+    /// Reaches the host (or takes it from `early`, reached while the
+    /// system was built) and deploys there.
+    async fn run(&mut self, early: Option<Early>) -> Outcome {
         let destination = match self.job.destination() {
             Ok(d) => d,
             Err(why) => return Outcome::Failed { why },
         };
         self.phase("connect", &format!("connecting to {destination}"));
-        let reached = match reach(
-            &destination,
-            self.job.node.as_ref(),
-            &self.job.settings,
-            &self.options.ssh,
-        )
-        .await
-        {
-            Ok(reached) => reached,
+        let contacted = match early {
+            Some(task) => task
+                .await
+                .unwrap_or_else(|err| Err(format!("reaching the host failed: {err}"))),
+            None => self.contact_now(&destination).await,
+        };
+        let (reached, status) = match contacted {
+            Ok(contacted) => contacted,
             Err(why) => return Outcome::Failed { why },
         };
         self.ssh = reached.ssh.clone();
         let host = &reached.host;
         let store_uri = host.store_uri();
-        let outcome = self.on_host(host, Some(&destination), &store_uri).await;
+        let outcome = self
+            .on_host(host, Some(&destination), &store_uri, status)
+            .await;
         self.log = host.log().tail(LOG_TAIL * 4);
         let _ = reached.host.close().await;
         outcome
     }
 
-    /// The deploy once `host` is reached: over SSH (`destination` is where
-    /// fresh connections go), or this machine itself (`None`).
+    async fn contact_now(
+        &self,
+        destination: &Destination,
+    ) -> Result<(Reached, Option<serde_json::Value>), String> {
+        let node = self.job.node.as_ref();
+        let reached = reach(destination, node, &self.job.settings, &self.options.ssh).await?;
+        let status = contact(&reached.host, self.options, node).await?;
+        Ok((reached, status))
+    }
+
+    /// The deploy once `host` is reached and its agent gave `status`: over
+    /// SSH (`destination` is where fresh connections go), or this machine
+    /// itself (`None`).
     async fn on_host(
         &mut self,
         host: &dyn Host,
         destination: Option<&Destination>,
         store_uri: &str,
+        status: Option<serde_json::Value>,
     ) -> Outcome {
         let job = self.job;
         let agent = &self.options.agent.program;
         let node = job.node.as_ref();
-        if let Err(err) = self.options.agent.install(host).await {
-            return Outcome::Failed {
-                why: format!("could not copy the berth agent to the host: {err}"),
-            };
-        }
 
         // The cheap check: is this already what the host runs?
-        match agent_status(host, agent, node).await {
-            Ok(Some(status)) if already_running(&status, &job.toplevel, self.options.goal) => {
-                self.phase("check", "already running this system: nothing to do");
-                self.record_revision(host, &status).await;
-                return Outcome::Unchanged {
-                    why: ALREADY_RUNNING.into(),
-                };
-            }
-            Ok(_) => {}
-            Err(why) => return Outcome::Failed { why },
+        if let Some(status) =
+            status.filter(|s| already_running(s, &job.toplevel, self.options.goal))
+        {
+            self.phase("check", "already running this system: nothing to do");
+            self.record_revision(host, &status).await;
+            return Outcome::Unchanged {
+                why: ALREADY_RUNNING.into(),
+            };
         }
 
         if let Some(drv) = &job.drv {
@@ -598,20 +676,24 @@ impl HostRun<'_> {
         }
 
         self.phase("health", "checking health");
-        let healthy = health::check(host, &job.settings.health_checks).await;
+        let checks = health::check(host, &job.settings.health_checks);
         if result.outcome == AgentOutcome::Confirmed {
             // Magic rollback was off: report, but there is nothing to undo.
-            return match healthy {
+            return match checks.await {
                 Ok(()) => Outcome::Deployed { generation },
                 Err(why) => Outcome::NeedsAttention {
                     why: format!("{why} (magic rollback was off, so it stays)"),
                 },
             };
         }
+        // The fresh connection that confirms opens while the checks run:
+        // the activation has finished, so it still proves that the new
+        // system accepts new connections.
+        let (healthy, fresh) = tokio::join!(checks, self.fresh(destination));
         match healthy {
             Ok(()) => {
                 self.phase("confirm", "healthy; confirming over a fresh connection");
-                match self.confirm(destination, host, &id).await {
+                match self.confirm(destination, fresh, host, &id).await {
                     Ok(()) => Outcome::Deployed { generation },
                     Err(why) => {
                         self.phase(
@@ -686,25 +768,42 @@ impl HostRun<'_> {
         }
     }
 
-    /// Confirms over a NEW connection: a host whose sshd broke cannot be
-    /// confirmed through a session that was open before. This machine
-    /// (no `destination`) confirms directly.
+    /// A NEW connection to `destination`, opened after the activation (none
+    /// for this machine).
+    async fn fresh(&self, destination: Option<&Destination>) -> Option<Result<SshHost, String>> {
+        let destination = destination?;
+        Some(self.connect(destination).await)
+    }
+
+    async fn connect(&self, destination: &Destination) -> Result<SshHost, String> {
+        SshHost::connect(destination, &self.ssh)
+            .await
+            .map_err(|e| format!("{e}: {}", crate::diagnostics::causes(&e)))
+    }
+
+    /// Confirms over a NEW connection (`fresh`, opened while the health
+    /// checks ran; opened once more now if that failed, as sshd may have
+    /// needed the time): a host whose sshd broke cannot be confirmed
+    /// through a session that was open before. This machine (no
+    /// `destination`) confirms directly.
     async fn confirm(
         &self,
         destination: Option<&Destination>,
+        fresh: Option<Result<SshHost, String>>,
         local: &dyn Host,
         id: &str,
     ) -> Result<(), String> {
-        let Some(destination) = destination else {
-            return local
-                .run(&call::confirm(&self.options.agent.program, id))
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string());
+        let fresh = match (destination, fresh) {
+            (None, _) => {
+                return local
+                    .run(&call::confirm(&self.options.agent.program, id))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string());
+            }
+            (Some(_), Some(Ok(fresh))) => fresh,
+            (Some(destination), _) => self.connect(destination).await?,
         };
-        let fresh = SshHost::connect(destination, &self.ssh)
-            .await
-            .map_err(|e| format!("{e}: {}", crate::diagnostics::causes(&e)))?;
         let confirmed = fresh
             .run(&call::confirm(&self.options.agent.program, id))
             .await;
