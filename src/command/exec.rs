@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use serde::Serialize;
-use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::Context;
 use crate::diagnostics::Exit;
@@ -75,11 +74,10 @@ pub fn command(words: &[OsString]) -> Cmd {
 }
 
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
-    let mut interrupt =
-        signal(SignalKind::interrupt()).context("could not catch interrupts (SIGINT)")?;
     let printer = ctx.printer;
     let (_, mut selected) = nodes::select(ctx, &args.nodes).await?;
     tailscale::resolve_nodes(&mut selected, printer).await?;
+    let mut interrupt = super::logs::catch_interrupts()?;
     let cmd = Arc::new(command(&args.command));
     let width = selected
         .iter()
@@ -171,8 +169,7 @@ async fn run_on(
     run
 }
 
-/// One line per host and the exit code: 1 if the command failed (or did
-/// not run) on any host, else 0.
+/// One line per host, the summary, and the exit code.
 fn summarize(runs: &[HostRun], printer: Printer) -> Exit {
     let ok = runs.iter().filter(|r| r.ok()).count();
     printer.line(String::new());
@@ -190,7 +187,13 @@ fn summarize(runs: &[HostRun], printer: Printer) -> Exit {
         "summary",
         &serde_json::json!({ "hosts": runs.len(), "ok": ok, "failed": runs.len() - ok }),
     );
-    if ok == runs.len() {
+    exit_of(runs)
+}
+
+/// 0 when the command exited 0 on every host, else 1 (as a deploy with a
+/// failed host).
+fn exit_of(runs: &[HostRun]) -> Exit {
+    if runs.iter().all(HostRun::ok) {
         Exit::SUCCESS
     } else {
         Exit::FAILURE
@@ -254,17 +257,11 @@ mod tests {
             run(None, None, Some("no route")).describe(),
             "FAILED: no route"
         );
-        let printer = Printer::new(false, false);
+        assert_eq!(exit_of(&[run(Some(0), None, None)]), Exit::SUCCESS);
         assert_eq!(
-            summarize(&[run(Some(0), None, None)], printer),
-            Exit::SUCCESS
-        );
-        assert_eq!(
-            summarize(
-                &[run(Some(0), None, None), run(Some(1), None, None)],
-                printer
-            ),
+            exit_of(&[run(Some(0), None, None), run(Some(1), None, None)]),
             Exit::FAILURE
         );
+        assert_eq!(exit_of(&[run(None, None, Some("x"))]), Exit::FAILURE);
     }
 }

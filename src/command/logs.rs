@@ -47,10 +47,6 @@ pub struct Args {
 }
 
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
-    // Caught from here on, so that an interrupt always closes the
-    // connection (and what runs on it) rather than killing berth outright.
-    let mut interrupt =
-        signal(SignalKind::interrupt()).context("could not catch interrupts (SIGINT)")?;
     let mut query = Query {
         units: Vec::new(),
         lines: args.lines.or(args.since.is_none().then_some(DEFAULT_LINES)),
@@ -70,6 +66,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
                 host: host.clone(),
                 user: args.user.clone(),
             };
+            let mut interrupt = catch_interrupts()?;
             let Some(host) = interruptible(
                 app::connect(ctx, &host_args, service.as_ref()),
                 &mut interrupt,
@@ -96,6 +93,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
         None => {
             let node = nodes::one(ctx, &args.target).await?;
             query.units = args.unit.clone();
+            let mut interrupt = catch_interrupts()?;
             let Some(host) = interruptible(nodes::reach(&ctx.ssh, &node), &mut interrupt).await
             else {
                 return Ok(Exit::INTERRUPTED);
@@ -112,6 +110,13 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
             exit
         }
     }
+}
+
+/// SIGINT, caught from now on: an interrupt then closes the connection
+/// (and what runs on it) rather than killing berth outright, which would
+/// leave the SSH master behind.
+pub fn catch_interrupts() -> anyhow::Result<Signal> {
+    signal(SignalKind::interrupt()).context("could not catch interrupts (SIGINT)")
 }
 
 /// `future`'s output, or `None` when berth is interrupted first.
