@@ -124,6 +124,10 @@ async fn service_journal(w: &World, started: &str) {
         "{}",
         run.stderr
     );
+    // Root may, as the hint says.
+    let run = berth(w, &["logs", SERVICE, "--host", "h1", "--user", "root"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains(started), "{}", run.stdout);
     w.sh(&format!("usermod -aG systemd-journal {SERVICE}"))
         .await;
 
