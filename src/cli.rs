@@ -72,6 +72,10 @@ pub enum Command {
     History(command::history::Args),
     /// What each node's host runs and how its last deploy went
     Status(command::status::Args),
+    /// A service's or a host's systemd journal: the last lines, since a time, or followed
+    Logs(command::logs::Args),
+    /// Run one command on many hosts at once, each line prefixed with its node
+    Exec(command::exec::Args),
     /// Read-only HTTP checks of a deployed app: status codes of paths, with a summary
     Smoke(command::smoke::Args),
     /// Wait for the GitHub checks of one commit to finish; exit 0 when they passed
@@ -262,6 +266,8 @@ async fn run(ctx: Context, command: Command) -> anyhow::Result<Exit> {
         Command::Rollback(args) => command::rollback::run(&ctx, args).await,
         Command::History(args) => command::history::run(&ctx, args).await,
         Command::Status(args) => command::status::run(&ctx, args).await,
+        Command::Logs(args) => command::logs::run(&ctx, args).await,
+        Command::Exec(args) => command::exec::run(&ctx, args).await,
         Command::Smoke(args) => command::smoke::run(&ctx, args).await,
         Command::CiGate(args) => command::ci_gate::run(&ctx, args).await,
         Command::Converge(args) => command::converge::run(&ctx, args).await,

@@ -160,6 +160,9 @@ fn diagnose(err: &(dyn StdError + 'static)) -> (Option<String>, bool) {
     if let Some(e) = err.downcast_ref::<TailscaleError>() {
         return (e.hint(), e.is_usage());
     }
+    if let Some(e) = err.downcast_ref::<crate::journal::JournalError>() {
+        return (e.hint(), e.is_usage());
+    }
     (None, false)
 }
 

@@ -15,6 +15,7 @@ pub mod flake;
 mod fuzz;
 pub mod github;
 pub mod host;
+pub mod journal;
 pub mod lab;
 pub mod nix;
 pub mod notify;

@@ -100,6 +100,15 @@ impl Printer {
         let _ = stdout.flush();
     }
 
+    /// A line of what a host printed (`berth logs`, `berth exec`), on
+    /// stdout where data goes; an error once stdout is closed (`| head`).
+    pub fn data(&self, text: &str) -> std::io::Result<()> {
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(text.as_bytes())?;
+        stdout.write_all(b"\n")?;
+        stdout.flush()
+    }
+
     /// A line for humans, on stderr.
     pub fn line(&self, text: impl AsRef<str>) {
         let _ = writeln!(std::io::stderr().lock(), "{}", text.as_ref());

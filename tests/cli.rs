@@ -17,6 +17,8 @@ fn help_lists_the_commands() {
     assert!(out.contains("Usage: berth [OPTIONS] <COMMAND>"), "{out}");
     for word in [
         "lab",
+        "logs",
+        "exec",
         "completions",
         "man",
         "--json",
@@ -49,6 +51,8 @@ fn help_puts_global_options_after_the_commands_own() {
         (&["deploy", "--help"][..], "--confirm-timeout"),
         (&["app", "deploy", "--help"][..], "--skip-untouched"),
         (&["app", "status", "--help"][..], "--follow"),
+        (&["logs", "--help"][..], "--since"),
+        (&["exec", "--help"][..], "--parallel"),
     ] {
         let (code, out, err) = run(berth().args(command));
         assert_eq!(code, 0, "{err}");
@@ -94,6 +98,20 @@ fn usage_errors_exit_2_on_stderr() {
     let (code, _, err) = run(berth().arg("deploi"));
     assert_eq!(code, 2);
     assert!(err.contains("unrecognized subcommand 'deploi'"), "{err}");
+    // exec's command comes after `--`, and there must be one.
+    for args in [&["exec", "."][..], &["exec", ".", "uptime"]] {
+        let (code, out, err) = run(berth().args(args));
+        assert_eq!((code, out.as_str()), (2, ""), "{args:?}: {err}");
+    }
+    let (code, _, err) = run(berth().args(["exec", "-p", "0", ".", "--", "uptime"]));
+    assert_eq!(code, 2, "{err}");
+    // `--unit` is for a node's host, `--user` for a service's.
+    let (code, _, err) = run(berth().args(["logs", "notes", "--host", "h1", "--unit", "x"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--unit"), "{err}");
+    let (code, _, err) = run(berth().args(["logs", ".#web1", "--user", "root"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--host"), "{err}");
 }
 
 #[test]
@@ -397,6 +415,26 @@ fn hostile_names_are_refused_before_any_connection() {
         (
             vec!["status", "--", "-oProxyCommand=x#web1"],
             "which nix would read as an option",
+        ),
+        (
+            vec!["logs", &touch, "--host", "h1"],
+            "is not a valid service name: it starts with '$'",
+        ),
+        (
+            vec!["logs", "notes", "--host", "h1;id", "-f"],
+            "`notes@h1;id` is not an SSH destination",
+        ),
+        (
+            vec!["logs", ".#$(id)", "--unit", "x"],
+            "`$(id)` is not a valid node name",
+        ),
+        (
+            vec!["exec", "--on", "web;id", ".", "--", "true"],
+            "`web;id` is not a valid node selector",
+        ),
+        (
+            vec!["exec", ".#a b", "--", "true"],
+            "is not a valid node name",
         ),
     ];
     for (args, says) in cases {

@@ -8,7 +8,7 @@ use crate::cli::Context;
 use crate::deploy;
 use crate::diagnostics::UsageError;
 use crate::flake::{self, FlakeRef, NodeMeta, Selector};
-use crate::host::{Host, SshHost};
+use crate::host::{Host, SshHost, SshSettings};
 use crate::process::Cmd;
 
 /// Which nodes a command acts on: `[FLAKE[#NODE]] [--on SELECTOR]`.
@@ -78,15 +78,21 @@ impl Connected {
     }
 }
 
+/// A node's host with the agent installed.
 pub async fn connect(ctx: &Context, node: &NodeMeta) -> anyhow::Result<Connected> {
+    let host = reach(&ctx.ssh, node).await?;
+    ctx.agent.install(&host.host).await?;
+    Ok(host)
+}
+
+/// A node's host, as its `targetUser` with its `sshOptions`; nothing is
+/// installed (`berth logs`, `berth exec` need no agent).
+pub async fn reach(ssh: &SshSettings, node: &NodeMeta) -> anyhow::Result<Connected> {
     let destination =
         deploy::destination(&node.name, &node.settings).map_err(anyhow::Error::msg)?;
     let scratch = tempfile::tempdir().context("could not make a temporary directory")?;
-    let ssh = ctx
-        .ssh
-        .with_options(&node.settings.ssh_options, scratch.path())?;
+    let ssh = ssh.with_options(&node.settings.ssh_options, scratch.path())?;
     let host = SshHost::connect(&destination, &ssh).await?;
-    ctx.agent.install(&host).await?;
     Ok(Connected {
         host,
         _scratch: scratch,

@@ -85,7 +85,7 @@ impl fmt::Display for ExitStatus {
 }
 
 /// Which output stream a line came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Stream {
     Stdout,
     Stderr,
@@ -368,8 +368,8 @@ async fn run_local(cmd: &Cmd, log: &JobLog) -> Result<Finished, Local> {
     let finish = async {
         let (_, stdout, stderr) = tokio::try_join!(
             feed(stdin, cmd.get_stdin()),
-            pump(stdout, Stream::Stdout, None, log),
-            pump(stderr, Stream::Stderr, None, log),
+            pump(stdout, Stream::Stdout, keeps_stdout(cmd), None, log),
+            pump(stderr, Stream::Stderr, true, None, log),
         )?;
         let status = child.wait().await?;
         Ok::<_, io::Error>((status.into(), stdout, stderr))
@@ -423,8 +423,14 @@ async fn run_ssh(
     let mut child = command.spawn().await?;
     let (_, stdout, stderr) = tokio::try_join!(
         feed(child.stdin().take(), cmd.get_stdin()),
-        pump(child.stdout().take(), Stream::Stdout, Some(host), log),
-        pump(child.stderr().take(), Stream::Stderr, Some(host), log),
+        pump(
+            child.stdout().take(),
+            Stream::Stdout,
+            keeps_stdout(cmd),
+            Some(host),
+            log
+        ),
+        pump(child.stderr().take(), Stream::Stderr, true, Some(host), log),
     )
     .map_err(openssh::Error::ChildIo)?;
     let status = child.wait().await?;
@@ -439,10 +445,17 @@ async fn feed<W: AsyncWrite + Unpin>(stdin: Option<W>, bytes: Option<&[u8]>) -> 
     Ok(())
 }
 
-/// Reads a stream to its end, logging each line and returning every byte.
+/// Whether the command's stdout is kept, not only streamed.
+fn keeps_stdout(cmd: &Cmd) -> bool {
+    cmd.get_stdio() != StdioMode::Stream
+}
+
+/// Reads a stream to its end, logging each line and returning every byte
+/// (or nothing, unless `keep`).
 async fn pump<R: AsyncRead + Unpin>(
     reader: Option<R>,
     stream: Stream,
+    keep: bool,
     host: Option<&str>,
     log: &JobLog,
 ) -> io::Result<Vec<u8>> {
@@ -457,7 +470,9 @@ async fn pump<R: AsyncRead + Unpin>(
         if reader.read_until(b'\n', &mut line).await? == 0 {
             return Ok(captured);
         }
-        captured.extend_from_slice(&line);
+        if keep {
+            captured.extend_from_slice(&line);
+        }
         let text = String::from_utf8_lossy(line.strip_suffix(b"\n").unwrap_or(&line));
         tracing::trace!(host, ?stream, "{text}");
         log.push(stream, &text);
@@ -548,6 +563,36 @@ mod tests {
             .timeout(Duration::from_secs(10)))
         .unwrap();
         assert_eq!(out.stdout, b"done\n");
+    }
+
+    #[test]
+    fn a_streamed_command_shows_its_lines_and_keeps_only_stderr() {
+        let log = JobLog::new();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let lines = seen.clone();
+        log.watch(move |stream, line| lines.lock().unwrap().push((stream, line.to_owned())));
+        let cmd = Cmd::new("sh")
+            .args(["-c", "echo one; echo two; echo oops >&2"])
+            .stdio(StdioMode::Stream);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let out = rt
+            .block_on(async { output(&cmd, Via::Local, &log).await })
+            .unwrap();
+        assert!(out.stdout.is_empty());
+        assert_eq!(out.stderr, b"oops\n");
+        let mut seen = seen.lock().unwrap().clone();
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                (Stream::Stdout, "one".to_owned()),
+                (Stream::Stdout, "two".to_owned()),
+                (Stream::Stderr, "oops".to_owned()),
+            ]
+        );
     }
 
     #[test]

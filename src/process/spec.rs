@@ -16,6 +16,10 @@ pub enum StdioMode {
     Capture,
     /// Shared with berth's own terminal (interactive `lab ssh`).
     Inherit,
+    /// As [`StdioMode::Capture`], but stdout lines go only to the job's
+    /// log and its watcher and are not kept: for a command that runs until
+    /// it is stopped (`journalctl --follow`). Stderr is still captured.
+    Stream,
 }
 
 /// A command to run: program, arguments, environment, working directory.

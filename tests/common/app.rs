@@ -297,15 +297,23 @@ impl World {
     /// service set up; `body` runs against it, then the lab goes down (or,
     /// on a panic, the guard takes it down).
     pub fn run(name: &str, body: impl AsyncFnOnce(&World)) {
+        World::run_with(name, &[], body)
+    }
+
+    /// As [`World::run`], with more hosts of `kinds` (h2, h3, …) beside
+    /// the app's h1.
+    pub fn run_with(name: &str, kinds: &[HostKind], body: impl AsyncFnOnce(&World)) {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .unwrap();
         runtime.block_on(async {
             let dir = PathBuf::from(format!("/srv/berth-{name}-{}-app", std::process::id()));
-            let lab = LabGuard::up(&dir, &[HostKind::Systemd])
-                .await
-                .expect("lab up");
+            let kinds: Vec<HostKind> = [HostKind::Systemd]
+                .into_iter()
+                .chain(kinds.iter().copied())
+                .collect();
+            let lab = LabGuard::up(&dir, &kinds).await.expect("lab up");
             let root = lab.connect("h1").await.unwrap();
             let addr = lab.host("h1").unwrap().net.addr.to_string();
             let w = World { lab, root, addr };
