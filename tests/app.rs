@@ -502,7 +502,7 @@ async fn blocked_revisions(w: &World, blocked: &[&str], never: &str) {
     let line = run
         .stderr
         .lines()
-        .find(|l| l.contains(unhealthy))
+        .find(|l| l.trim_start().starts_with(unhealthy))
         .unwrap_or_else(|| panic!("{unhealthy} not listed:\n{}", run.stderr));
     assert!(
         line.contains(" since ") && line.contains("health failed"),

@@ -604,13 +604,16 @@ fn show_status(printer: Printer, service: &str, s: &serde_json::Value) {
 /// One blocked revision: which, since when, the deployment that failed, why
 /// (the first line of it: `--json` has all of it).
 fn blocked_line(b: &state::Blocked) -> String {
-    let why = b.reason.as_deref().and_then(|r| r.lines().next());
+    let reason = b.reason.as_deref().unwrap_or("-");
+    let why = match reason.split_once('\n') {
+        Some((first, _)) => format!("{first} …"),
+        None => reason.to_owned(),
+    };
     format!(
-        "{}  since {}  deploy {}: {}",
+        "{}  since {}  deploy {}: {why}",
         b.revision,
         b.at.map_or("-".into(), state::utc_time),
         b.deployment_id.as_deref().unwrap_or("-"),
-        why.unwrap_or("-")
     )
 }
 
