@@ -101,18 +101,9 @@ pub enum AppError {
     },
     #[error(
         "refusing to skip the snapshot of {service} in CI (CI is set): {} would not be protected",
-        unprotected(.data)
+        .data.join(", ")
     )]
     SkipSnapshotInCi { service: String, data: Vec<String> },
-}
-
-/// The declared data a skipped snapshot leaves unprotected, for messages.
-fn unprotected(data: &[String]) -> String {
-    if data.is_empty() {
-        "no data (none is declared)".into()
-    } else {
-        data.join(", ")
-    }
 }
 
 fn blocked_list(blocked: &[String]) -> String {
@@ -215,12 +206,14 @@ pub struct SkipSnapshotGuard {
 }
 
 /// Refuses `--skip-snapshot` in CI unless the flag or the manifest's
-/// `allowSkipSnapshot` allows it; checked before anything is touched.
+/// `allowSkipSnapshot` allows it, or the service declares no data (there
+/// is nothing to lose); checked before anything is touched.
 pub fn check_skip_snapshot(manifest: &Manifest, guard: SkipSnapshotGuard) -> Result<(), AppError> {
-    if guard.in_ci && !guard.allowed_in_ci && !manifest.allow_skip_snapshot {
+    let data = declared_data(manifest);
+    if guard.in_ci && !guard.allowed_in_ci && !manifest.allow_skip_snapshot && !data.is_empty() {
         return Err(AppError::SkipSnapshotInCi {
             service: manifest.service.clone(),
-            data: declared_data(manifest),
+            data,
         });
     }
     Ok(())
@@ -935,21 +928,28 @@ impl AppAgent {
             .events(&d.id)?
             .iter()
             .any(|e| e.phase == ROLLBACK);
+        let skipped = self.snapshot_skipped(&d.id)?;
         self.phase(&d.id, ROLLBACK, why);
         let mut problems = Vec::new();
         if let Err(e) = unit::control("stop", &self.manifest.unit, &self.log).await {
             problems.push(format!("stop: {e}"));
         }
         let snap_dir = self.layout.snapshot(&d.id);
-        let skipped = self.snapshot_skipped(&d.id)?;
         let mut data_note = String::new();
-        if skipped && !declared_data(&self.manifest).is_empty() {
+        let data = declared_data(&self.manifest).join(", ");
+        if skipped && !data.is_empty() {
             data_note = format!(
                 "; its data was NOT restored (the snapshot was skipped with --skip-snapshot): \
-                 {} as the failed deploy left it",
-                declared_data(&self.manifest).join(", ")
+                 {data} as the failed deploy left it"
             );
-            self.phase(&d.id, "restore", &format!("not restored{data_note}"));
+            self.phase(
+                &d.id,
+                "restore",
+                &format!(
+                    "not restored: the snapshot was skipped with --skip-snapshot; \
+                     {data} stays as the failed deploy left it"
+                ),
+            );
         } else if snapshot::read(&snap_dir).is_ok() {
             let restored = match resume {
                 true => snapshot::resume_restore(&snap_dir, &d.id),
@@ -1474,5 +1474,53 @@ impl Busy {
             message,
             deployment: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(allow: bool) -> Manifest {
+        with_data(
+            allow,
+            serde_json::json!({ "sqlite": ["data/app.db"], "files": ["data/uploads"] }),
+        )
+    }
+
+    fn with_data(allow: bool, data: serde_json::Value) -> Manifest {
+        serde_json::from_value(serde_json::json!({
+            "version": 1,
+            "service": "notes",
+            "dir": "/var/lib/notes",
+            "unit": "notes.service",
+            "repository": null,
+            "health": { "url": "http://127.0.0.1:3000/health" },
+            "data": data,
+            "allowSkipSnapshot": allow,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn skipping_the_snapshot_in_ci_needs_the_flag_or_the_manifest() {
+        let guard = |in_ci, allowed_in_ci| SkipSnapshotGuard {
+            in_ci,
+            allowed_in_ci,
+        };
+        assert!(check_skip_snapshot(&manifest(false), guard(false, false)).is_ok());
+        assert!(check_skip_snapshot(&manifest(false), guard(true, true)).is_ok());
+        assert!(check_skip_snapshot(&manifest(true), guard(true, false)).is_ok());
+        // Nothing declared, nothing to lose.
+        let bare = with_data(false, serde_json::json!({}));
+        assert!(check_skip_snapshot(&bare, guard(true, false)).is_ok());
+        let err = check_skip_snapshot(&manifest(false), guard(true, false)).unwrap_err();
+        assert!(err.is_usage());
+        assert_eq!(
+            err.to_string(),
+            "refusing to skip the snapshot of notes in CI (CI is set): \
+             data/app.db, data/uploads would not be protected"
+        );
+        assert!(err.hint().unwrap().contains("allowSkipSnapshot = true"));
     }
 }
