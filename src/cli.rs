@@ -347,6 +347,7 @@ mod doc_tests {
             env::GITHUB_SHA,
             env::BERTH_SIGN_KEY,
             env::BERTH_STAGE,
+            env::CI,
         ] {
             assert!(doc.contains(&format!("`{var}`")), "docs/cli.md lacks {var}");
         }

@@ -31,6 +31,17 @@ pub const BERTH_STAGE: &str = "BERTH_STAGE";
 /// `/var/lib/berth`.
 pub const BERTH_STATE_DIR: &str = "BERTH_STATE_DIR";
 
+/// Set by CI services (GitHub Actions sets `CI=true`): any value but empty,
+/// `false` or `0` means berth runs in CI, where `berth app deploy
+/// --skip-snapshot` is refused unless `--allow-skip-snapshot-in-ci` or the
+/// service's `allowSkipSnapshot` allows it.
+pub const CI: &str = "CI";
+
+/// Whether a value of [`CI`] means CI.
+pub fn is_ci(value: Option<&str>) -> bool {
+    value.is_some_and(|v| !matches!(v.trim(), "" | "0") && !v.trim().eq_ignore_ascii_case("false"))
+}
+
 /// Who deploys, recorded on the host: `$USER@<hostname>`.
 pub const USER: &str = "USER";
 
@@ -51,3 +62,25 @@ pub const GITHUB_API_URL: &str = "GITHUB_API_URL";
 /// GitHub Actions: the commit the workflow runs for; `berth deploy
 /// --ci-gate` gates on it when neither `--ci-sha` nor the flake names one.
 pub const GITHUB_SHA: &str = "GITHUB_SHA";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_ci_as_ci_services_set_it() {
+        for yes in ["true", "1", "yes", "TRUE"] {
+            assert!(is_ci(Some(yes)), "{yes}");
+        }
+        for no in [
+            None,
+            Some(""),
+            Some("0"),
+            Some("false"),
+            Some("False"),
+            Some(" "),
+        ] {
+            assert!(!is_ci(no), "{no:?}");
+        }
+    }
+}

@@ -201,6 +201,8 @@ async fn scenarios(w: &World) {
     );
     assert_eq!(w.current().await, rev2);
 
+    blocked_revisions(w, &[&bad_migration, &crash, &unhealthy], &rev1).await;
+
     // Two deploys at once: the second names the holder, or waits.
     let slow = w
         .commit(serde_json::json!({ "install": "slow", "v": 3 }), "main")
@@ -457,6 +459,263 @@ async fn scenarios(w: &World) {
         .all(|d| d["actor"].as_str().unwrap().starts_with("tester@")));
 
     changes(w).await;
+    skip_snapshot(w).await;
+}
+
+/// Blocked revisions (`blocked`, the last of them failed its health
+/// check; `never` was never blocked): `app status` lists them with when
+/// and why; a later commit deploys without --force while the blocked one is
+/// still refused; `app unblock` clears one, after which it is accepted.
+async fn blocked_revisions(w: &World, blocked: &[&str], never: &str) {
+    let unhealthy = blocked[blocked.len() - 1];
+    let status = |w: &World| {
+        let run = w.berth(&["app", "status", SERVICE, "--host", "h1"]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        run
+    };
+    let listed = |run: &Run| -> Vec<String> {
+        let mut revs: Vec<String> = run.events("status")[0]["blocked"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no blocked list in {}", run.stdout))
+            .iter()
+            .map(|b| b["revision"].as_str().unwrap().to_owned())
+            .collect();
+        revs.sort();
+        revs
+    };
+    let mut expected: Vec<String> = blocked.iter().map(|r| r.to_string()).collect();
+    expected.sort();
+
+    let run = status(w);
+    assert_eq!(listed(&run), expected);
+    for b in run.events("status")[0]["blocked"].as_array().unwrap() {
+        assert!(b["at"].as_i64().unwrap() > 1_700_000_000, "{b}");
+        assert!(b["deployment_id"].as_str().is_some(), "{b}");
+        assert!(!b["reason"].as_str().unwrap().is_empty(), "{b}");
+    }
+    assert!(
+        run.stderr
+            .contains("blocked (deployed again only with --force"),
+        "{}",
+        run.stderr
+    );
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.trim_start().starts_with(unhealthy))
+        .unwrap_or_else(|| panic!("{unhealthy} not listed:\n{}", run.stderr));
+    assert!(
+        line.contains(" since ") && line.contains("health failed"),
+        "{line}"
+    );
+
+    // The branch moves past it: a later commit deploys as usual, the
+    // blocked one is still refused without --force.
+    let fixed = w.commit(serde_json::json!({ "v": "fixed" }), "main").await;
+    let run = w.deploy(&fixed, &[]);
+    assert_eq!(
+        (run.code, run.outcome().as_str()),
+        (0, "confirmed"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(w.serving().as_deref(), Some(fixed.as_str()));
+    let run = w.deploy(unhealthy, &["--dry-run"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("is blocked"), "{}", run.stderr);
+
+    // A revision that is not blocked: the error names the service and
+    // lists what is.
+    let run = w.berth(&["app", "unblock", SERVICE, "--host", "h1", "--rev", never]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains(&format!("revision {never} of notes is not blocked")),
+        "{}",
+        run.stderr
+    );
+    for rev in blocked {
+        assert!(
+            run.stderr.contains(rev),
+            "{rev} not listed:\n{}",
+            run.stderr
+        );
+    }
+    assert_eq!(listed(&status(w)), expected);
+
+    // Unblocked by the start of its hash: listed no more, accepted without
+    // --force.
+    let run = w.berth(&[
+        "app",
+        "unblock",
+        SERVICE,
+        "--host",
+        "h1",
+        "--rev",
+        &unhealthy[..12],
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.events("unblocked")[0]["revision"], unhealthy);
+    assert!(
+        run.stderr
+            .contains(&format!("notes: unblocked {unhealthy}")),
+        "{}",
+        run.stderr
+    );
+    expected.retain(|r| r != unhealthy);
+    assert_eq!(listed(&status(w)), expected);
+    let run = w.deploy(unhealthy, &["--dry-run"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.events("plan")[0]["to"], unhealthy);
+    assert_eq!(w.serving().as_deref(), Some(fixed.as_str()));
+}
+
+/// `--skip-snapshot`: refused in CI unless allowed (nothing changes), warns
+/// naming the database, takes no snapshot, is recorded in the history, and
+/// a failed deploy brings the release back but says the data was not.
+async fn skip_snapshot(w: &World) {
+    let db = format!("{DIR}/data/app.db");
+    w.write("/etc/berth/services/notes.json", &manifest().to_string())
+        .await;
+    let deploy_in_ci = |rev: &str, extra: &[&str]| {
+        let mut args = vec!["app", "deploy", SERVICE, "--host", "h1", "--rev", rev];
+        args.extend_from_slice(extra);
+        Run::of(w.berth_cmd(&args).env("CI", "true"))
+    };
+    let history = |w: &World| {
+        let run = w.berth(&["app", "history", SERVICE, "--host", "h1"]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        run
+    };
+    let state = format!(
+        "ls {DIR}/releases {DIR}/snapshots; readlink {DIR}/current; \
+         systemctl show -p MainPID --value notes"
+    );
+
+    // Told what it would not do.
+    let next = w.commit(serde_json::json!({ "v": 10 }), "main").await;
+    let run = w.deploy(&next, &["--skip-snapshot", "--dry-run"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.events("plan")[0]["skip_snapshot"], true);
+    assert!(run.stderr.contains("NOT snapshotting"), "{}", run.stderr);
+
+    // In CI: refused before anything changes.
+    let before = (w.sh(&state).await, history(w).stdout);
+    let run = deploy_in_ci(&next, &["--skip-snapshot"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("refusing to skip the snapshot of notes in CI")
+            && run.stderr.contains("data/app.db")
+            && run.stderr.contains("hint: ")
+            && run.stderr.contains("--allow-skip-snapshot-in-ci"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!((w.sh(&state).await, history(w).stdout), before);
+
+    // Allowed by the flag: a warning naming the database, no snapshot,
+    // recorded.
+    let run = deploy_in_ci(&next, &["--skip-snapshot", "--allow-skip-snapshot-in-ci"]);
+    assert_eq!(
+        (run.code, run.outcome().as_str()),
+        (0, "confirmed"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.lines().any(|l| l.starts_with("warning: ")
+            && l.contains("data/app.db")
+            && l.contains("will not be protected")),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.events("warning")[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("data/app.db"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.events("phase")
+            .iter()
+            .any(|p| p["phase"] == "snapshot-skipped"),
+        "{}",
+        run.stdout
+    );
+    let id = run.result()["deployment"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let gone = w
+        .sh(&format!(
+            "test -e {DIR}/snapshots/{id} && echo there || echo none"
+        ))
+        .await;
+    assert_eq!(gone.trim(), "none");
+    assert_eq!(w.serving().as_deref(), Some(next.as_str()));
+    let run = history(w);
+    let deploys = run.events("deployment");
+    assert_eq!(deploys[0]["id"], id.as_str());
+    assert_eq!(deploys[0]["snapshot_skipped"], true);
+    assert_eq!(deploys[1]["snapshot_skipped"], false);
+    let line = run.stderr.lines().find(|l| l.contains(&id)).unwrap();
+    assert!(line.contains("snapshot skipped"), "{line}");
+
+    // Allowed by the manifest; the migration fails after writing: the
+    // previous release comes back, the data does not, and berth says so.
+    let mut m = manifest();
+    m["allowSkipSnapshot"] = true.into();
+    w.write("/etc/berth/services/notes.json", &m.to_string())
+        .await;
+    let bad = w
+        .commit(serde_json::json!({ "migrate": "fail", "v": 11 }), "main")
+        .await;
+    let run = deploy_in_ci(&bad, &["--skip-snapshot"]);
+    assert_eq!(
+        (run.code, run.outcome().as_str()),
+        (1, "rolled_back"),
+        "{}",
+        run.stderr
+    );
+    let message = run.result()["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains(&format!("notes runs {next} again"))
+            && message.contains("data was NOT restored")
+            && message.contains("data/app.db"),
+        "{message}"
+    );
+    assert!(
+        run.events("phase").iter().any(|p| p["phase"] == "restore"
+            && p["message"].as_str().unwrap().starts_with("not restored")),
+        "{}",
+        run.stdout
+    );
+    let partial = w
+        .sqlite(
+            &db,
+            "SELECT count(*) > 0 FROM rows WHERE revision = 'MIGRATION-PARTIAL'",
+        )
+        .await;
+    assert_eq!(partial, "1", "the failed migration's write should be left");
+    assert_eq!(w.current().await, next);
+    assert_eq!(w.serving().as_deref(), Some(next.as_str()));
+    let id = run.result()["deployment"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let deploys = history(w).events("deployment");
+    assert_eq!(
+        (
+            deploys[0]["id"].as_str(),
+            deploys[0]["snapshot_skipped"].clone()
+        ),
+        (Some(id.as_str()), true.into())
+    );
+    w.write("/etc/berth/services/notes.json", &manifest().to_string())
+        .await;
 }
 
 /// `--stage`: a service whose manifest declares another stage, or none, is

@@ -335,6 +335,31 @@ fn hostile_names_are_refused_before_any_connection() {
             "`--output=/x` is not a revision",
         ),
         (
+            vec!["app", "unblock", "notes", "--host", "h1", "--rev", &touch],
+            "is not a revision: give a commit's hex name",
+        ),
+        (
+            vec!["app", "unblock", "notes", "--host", "h1", "--rev", "abc"],
+            "`abc` is not a revision: give a commit's hex name, 7 to 64 characters",
+        ),
+        (
+            vec!["agent", "app-unblock", "--service", "notes", "--rev=--x"],
+            "`--x` is not a revision",
+        ),
+        (
+            vec![
+                "app",
+                "deploy",
+                "notes",
+                "--host",
+                "h1",
+                "--rev",
+                rev,
+                "--allow-skip-snapshot-in-ci",
+            ],
+            "--skip-snapshot",
+        ),
+        (
             vec!["app", "deploy", "notes", "--host", "h1", "--ref=-x"],
             "`-x` is not a branch or tag name: it starts with `-`",
         ),

@@ -9,7 +9,7 @@ in
     service = name;
     dir = service.dir name;
     unit = "${name}.service";
-    inherit (cfg) repository branch paths quietPaths environment keepReleases keepSnapshots stage;
+    inherit (cfg) repository branch paths quietPaths environment keepReleases keepSnapshots stage allowSkipSnapshot;
     health = {
       url = service.healthUrl cfg;
       inherit (cfg.health) status timeout settle expectRevision;

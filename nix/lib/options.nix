@@ -325,6 +325,15 @@ let
       description = "Data snapshots kept.";
     };
 
+    allowSkipSnapshot = mkEnable false ''
+      Whether `berth app deploy --skip-snapshot` may run in CI (where `CI`
+      is set) without `--allow-skip-snapshot-in-ci`. A deploy that skips
+      its snapshot leaves `data` unprotected: if it fails, the previous
+      release comes back but the data stays as the failed deploy left it.
+      Outside CI, `--skip-snapshot` needs no permission; it always warns
+      and is recorded in the deploy's history.
+    '';
+
     stage = option {
       type = t.nullOr t.str;
       default = null;

@@ -64,6 +64,8 @@ pub const EVENT_PHASE: &str = "phase";
 pub const EVENT_RESULT: &str = "result";
 pub const EVENT_STATUS: &str = "status";
 pub const EVENT_DEPLOYMENT: &str = "deployment";
+/// Something the deployer shows as `warning:` (a `message` field).
+pub const EVENT_WARNING: &str = "warning";
 
 /// Finds the `result` event in an agent's stdout.
 pub fn find_result(stdout: &[u8]) -> Option<AgentResult> {

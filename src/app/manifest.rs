@@ -59,6 +59,10 @@ pub struct Manifest {
     /// `berth app deploy --stage` refuses to deploy it for another one.
     #[serde(default)]
     pub stage: Option<Stage>,
+    /// Whether `berth app deploy --skip-snapshot` may run in CI without
+    /// `--allow-skip-snapshot-in-ci`.
+    #[serde(default)]
+    pub allow_skip_snapshot: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -372,6 +376,7 @@ impl Manifest {
             keep_snapshots: default_keep(),
             environment: BTreeMap::new(),
             stage: None,
+            allow_skip_snapshot: false,
         }
     }
 
@@ -594,6 +599,7 @@ mod tests {
         assert_eq!(m.keep_releases, 5);
         assert_eq!(m.layout().current(), Path::new("/var/lib/notes/current"));
         assert_eq!(m.stage, None);
+        assert!(!m.allow_skip_snapshot);
     }
 
     #[test]

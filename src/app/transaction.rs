@@ -20,12 +20,12 @@ use super::manifest::{Layout, Manifest};
 use super::release::{self, ReleaseError, Repo, Wanted};
 use super::snapshot::{self, Snapshot};
 use super::unit::{self, HealthCheck, UnitState};
-use crate::agent::{AgentResult, Outcome, EVENT_PHASE};
+use crate::agent::{AgentResult, Outcome, EVENT_PHASE, EVENT_WARNING};
 use crate::output::Printer;
 use crate::process::{self, CommandError, JobLog};
 use crate::state::{
-    self, service_scope, Deployment, Kind, LockError, LockHolder, NewDeployment, StateError,
-    Status, Store,
+    self, service_scope, Blocked, Deployment, Kind, LockError, LockHolder, NewDeployment,
+    StateError, Status, Store,
 };
 
 /// The goal recorded for each kind of app deployment.
@@ -37,9 +37,16 @@ pub const GOAL_RESTORE: &str = "restore";
 /// command's own work.
 pub const EVENT_RECOVERED: &str = "recovered";
 
+/// The event that names the blocked revision `app unblock` cleared.
+pub const EVENT_UNBLOCKED: &str = "unblocked";
+
 /// The event that says what a deploy changes for the service
 /// ([`Changes`]).
 pub const EVENT_CHANGES: &str = "changes";
+
+/// The phase recorded when a deploy skips its snapshot
+/// (`--skip-snapshot`), naming the data left unprotected; history reads it.
+pub const SNAPSHOT_SKIPPED: &str = "snapshot-skipped";
 
 /// The phase recorded right before the service is first touched: an
 /// interrupted deployment that reached it must be rolled back.
@@ -80,6 +87,31 @@ pub enum AppError {
     Nothing(String),
     #[error("no snapshot {id} of {service}")]
     NoSuchSnapshot { service: String, id: String },
+    #[error("revision {wanted} of {service} is not blocked{}", blocked_list(.blocked))]
+    NotBlocked {
+        service: String,
+        wanted: String,
+        blocked: Vec<String>,
+    },
+    #[error("{wanted} names more than one blocked revision of {service}: {}", .matches.join(", "))]
+    AmbiguousBlocked {
+        service: String,
+        wanted: String,
+        matches: Vec<String>,
+    },
+    #[error(
+        "refusing to skip the snapshot of {service} in CI (CI is set): {} would not be protected",
+        .data.join(", ")
+    )]
+    SkipSnapshotInCi { service: String, data: Vec<String> },
+}
+
+fn blocked_list(blocked: &[String]) -> String {
+    if blocked.is_empty() {
+        " (none is)".into()
+    } else {
+        format!(" (blocked: {})", blocked.join(", "))
+    }
 }
 
 fn kept_list(kept: &[String]) -> String {
@@ -96,6 +128,17 @@ impl AppError {
             AppError::Blocked { .. } => Some(
                 "fix it in a new commit, or pass --force to deploy this revision anyway".into(),
             ),
+            AppError::NotBlocked { .. } => {
+                Some("`berth app status` lists the service's blocked revisions".into())
+            }
+            AppError::AmbiguousBlocked { .. } => {
+                Some("give more of the commit's hash, or all of it".into())
+            }
+            AppError::SkipSnapshotInCi { service, .. } => Some(format!(
+                "drop --skip-snapshot; or, if losing that data on a failed deploy is acceptable, \
+                 pass --allow-skip-snapshot-in-ci too, or set \
+                 `berth.services.{service}.allowSkipSnapshot = true;` on the host"
+            )),
             AppError::Release(e) => e.hint(),
             AppError::Snapshot(e) => e.hint(),
             AppError::NotSqlite(_) => Some(
@@ -114,6 +157,9 @@ impl AppError {
                 | AppError::NotSqlite(_)
                 | AppError::NoSuchRelease { .. }
                 | AppError::NoSuchSnapshot { .. }
+                | AppError::NotBlocked { .. }
+                | AppError::AmbiguousBlocked { .. }
+                | AppError::SkipSnapshotInCi { .. }
                 | AppError::Nothing(_)
         ) || matches!(
             self,
@@ -145,7 +191,40 @@ pub struct DeployRequest {
     /// Do nothing when the revision changes none of the manifest's `paths`
     /// since the one the service runs.
     pub skip_untouched: bool,
+    /// Take no snapshot of the data before the service is touched: a
+    /// failed deploy then puts the release back but not the data.
+    pub skip_snapshot: bool,
     pub dry_run: bool,
+}
+
+/// `app deploy --skip-snapshot`: the deployer runs in CI (`CI` is set
+/// there), and whether it was told that skipping is fine there.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SkipSnapshotGuard {
+    pub in_ci: bool,
+    pub allowed_in_ci: bool,
+}
+
+/// Refuses `--skip-snapshot` in CI unless the flag or the manifest's
+/// `allowSkipSnapshot` allows it, or the service declares no data (there
+/// is nothing to lose); checked before anything is touched.
+pub fn check_skip_snapshot(manifest: &Manifest, guard: SkipSnapshotGuard) -> Result<(), AppError> {
+    let data = declared_data(manifest);
+    if guard.in_ci && !guard.allowed_in_ci && !manifest.allow_skip_snapshot && !data.is_empty() {
+        return Err(AppError::SkipSnapshotInCi {
+            service: manifest.service.clone(),
+            data,
+        });
+    }
+    Ok(())
+}
+
+/// The manifest's SQLite databases and files, as declared.
+fn declared_data(manifest: &Manifest) -> Vec<String> {
+    (manifest.data.sqlite.iter())
+        .chain(&manifest.data.files)
+        .map(|p| p.display().to_string())
+        .collect()
 }
 
 /// What `app rollback` asks for.
@@ -177,6 +256,8 @@ pub struct Plan {
     pub lock: Option<LockHolder>,
     /// What the revision changes for the service (when it runs one).
     pub changes: Option<Changes>,
+    /// `--skip-snapshot`: the data would not be snapshotted.
+    pub skip_snapshot: bool,
 }
 
 /// `app status`.
@@ -190,8 +271,20 @@ pub struct AppStatus {
     pub active: Option<Deployment>,
     pub last: Option<Deployment>,
     pub lock: Option<LockHolder>,
+    /// Revisions refused without `--force`, each with the deployment that
+    /// failed, why and when (oldest first).
+    pub blocked: Vec<Blocked>,
     /// What this call recovered first, if an agent had died mid-deploy.
     pub recovered: Option<AgentResult>,
+}
+
+/// One deploy of `app history`.
+#[derive(Clone, Debug, Serialize)]
+pub struct HistoryEntry {
+    #[serde(flatten)]
+    pub deployment: Deployment,
+    /// It ran with `--skip-snapshot`: its data was not protected.
+    pub snapshot_skipped: bool,
 }
 
 /// The agent's side of one service.
@@ -457,6 +550,7 @@ impl AppAgent {
             to: sha,
             databases: self.manifest.data.sqlite.clone(),
             files: self.manifest.data.files.clone(),
+            skip_snapshot: req.skip_snapshot,
             migrate: self.manifest.commands.migrate.clone(),
             lock: self
                 .store
@@ -552,7 +646,15 @@ impl AppAgent {
             self.phase(&d.id, EVENT_CHANGES, &c.describe());
             self.printer.event(EVENT_CHANGES, c);
         }
-        match self.run_deploy(&d, &sha, req.force).await {
+        if req.skip_snapshot {
+            let warning = self.skip_warning();
+            self.phase(&d.id, SNAPSHOT_SKIPPED, &warning);
+            self.printer.event(
+                EVENT_WARNING,
+                &serde_json::json!({ "id": d.id, "message": warning }),
+            );
+        }
+        match self.run_deploy(&d, &sha, req).await {
             Ok(result) => Ok(result),
             Err((phase, err)) => self.fail(&d, phase, err).await,
         }
@@ -606,6 +708,24 @@ impl AppAgent {
         ])
     }
 
+    /// What `--skip-snapshot` leaves unprotected, in the words the deploy's
+    /// warning and history use.
+    fn skip_warning(&self) -> String {
+        let data = declared_data(&self.manifest);
+        if data.is_empty() {
+            return format!(
+                "--skip-snapshot: {} declares no data, so there was nothing to snapshot",
+                self.service()
+            );
+        }
+        format!(
+            "--skip-snapshot: no snapshot before this deploy; {} will not be protected: \
+             if the deploy fails, the previous release comes back but this data stays as \
+             the failed deploy left it",
+            data.join(", ")
+        )
+    }
+
     /// Keeps the manifest this deploy uses, so that later commands on a
     /// service deployed with flags alone know it too.
     fn save_manifest(&self) {
@@ -649,14 +769,18 @@ impl AppAgent {
         &mut self,
         d: &Deployment,
         sha: &str,
-        force: bool,
+        req: &DeployRequest,
     ) -> Result<AgentResult, (&'static str, AppError)> {
         let at = |phase: &'static str| move |e: AppError| (phase, e);
         let dir = self.layout.release(sha);
         self.build(d, sha, &dir).await.map_err(at("build"))?;
 
-        let snap = self.snapshot_into(&d.id, true).map_err(at("snapshot"))?;
-        self.phase(&d.id, "snapshot", &describe(&snap));
+        if req.skip_snapshot {
+            self.phase(&d.id, "snapshot", "skipped (--skip-snapshot): none taken");
+        } else {
+            let snap = self.snapshot_into(&d.id, true).map_err(at("snapshot"))?;
+            self.phase(&d.id, "snapshot", &describe(&snap));
+        }
 
         self.stop_unit(&d.id).await?;
         if let Some(migrate) = self.manifest.commands.migrate.clone() {
@@ -670,7 +794,7 @@ impl AppAgent {
         release::swap_symlink(&self.layout.current(), &dir).map_err(|e| ("swap", e.into()))?;
         self.start_healthy(&d.id, Some(sha)).await?;
 
-        if force {
+        if req.force {
             let _ = self.store.unblock(self.service(), sha);
         }
         let done = self
@@ -804,13 +928,29 @@ impl AppAgent {
             .events(&d.id)?
             .iter()
             .any(|e| e.phase == ROLLBACK);
+        let skipped = self.snapshot_skipped(&d.id)?;
         self.phase(&d.id, ROLLBACK, why);
         let mut problems = Vec::new();
         if let Err(e) = unit::control("stop", &self.manifest.unit, &self.log).await {
             problems.push(format!("stop: {e}"));
         }
         let snap_dir = self.layout.snapshot(&d.id);
-        if snapshot::read(&snap_dir).is_ok() {
+        let mut data_note = String::new();
+        let data = declared_data(&self.manifest).join(", ");
+        if skipped && !data.is_empty() {
+            data_note = format!(
+                "; its data was NOT restored (the snapshot was skipped with --skip-snapshot): \
+                 {data} as the failed deploy left it"
+            );
+            self.phase(
+                &d.id,
+                "restore",
+                &format!(
+                    "not restored: the snapshot was skipped with --skip-snapshot; \
+                     {data} stays as the failed deploy left it"
+                ),
+            );
+        } else if snapshot::read(&snap_dir).is_ok() {
             let restored = match resume {
                 true => snapshot::resume_restore(&snap_dir, &d.id),
                 false => snapshot::restore(&snap_dir, &d.id),
@@ -868,7 +1008,7 @@ impl AppAgent {
             Ok(self.result(
                 &done,
                 format!(
-                    "{why}; rolled back: {} runs {} again",
+                    "{why}; rolled back: {} runs {} again{data_note}",
                     self.service(),
                     running(&previous)
                 ),
@@ -879,7 +1019,10 @@ impl AppAgent {
                 .set_status(&d.id, Status::RollbackFailed, Some(failed_phase))?;
             Ok(self.result(
                 &done,
-                format!("{why}; the rollback failed too: {}", problems.join("; ")),
+                format!(
+                    "{why}; the rollback failed too: {}{data_note}",
+                    problems.join("; ")
+                ),
             ))
         }
     }
@@ -1080,12 +1223,71 @@ impl AppAgent {
             active: self.store.active(Kind::App, self.service())?,
             last: history.into_iter().next(),
             lock: self.store.lock_holder(&service_scope(self.service()))?,
+            blocked: self.store.blocked_list(self.service())?,
             recovered,
         })
     }
 
-    pub fn history(&self, limit: usize) -> Result<Vec<Deployment>, AppError> {
-        Ok(self.store.history(Kind::App, Some(self.service()), limit)?)
+    /// `app unblock`: deploys of `wanted` (a blocked revision, or the start
+    /// of its hash) are no longer refused; the deployment that blocked it
+    /// records who cleared it. Returns what it cleared.
+    pub fn unblock(&self, wanted: &str, actor: &str) -> Result<Blocked, AppError> {
+        let blocked = self.store.blocked_list(self.service())?;
+        let wanted_lower = wanted.to_ascii_lowercase();
+        let mut matches: Vec<Blocked> = blocked
+            .iter()
+            .filter(|b| b.revision.starts_with(&wanted_lower))
+            .cloned()
+            .collect();
+        match matches.len() {
+            1 => {
+                let b = matches.remove(0);
+                self.store.unblock(self.service(), &b.revision)?;
+                if let Some(id) = &b.deployment_id {
+                    // The audit trail only: the revision is unblocked anyway.
+                    let _ = self.store.add_event(
+                        id,
+                        EVENT_UNBLOCKED,
+                        &format!("revision {} unblocked by {actor}", b.revision),
+                    );
+                }
+                Ok(b)
+            }
+            0 => Err(AppError::NotBlocked {
+                service: self.service().to_owned(),
+                wanted: wanted.to_owned(),
+                blocked: blocked.into_iter().map(|b| b.revision).collect(),
+            }),
+            _ => Err(AppError::AmbiguousBlocked {
+                service: self.service().to_owned(),
+                wanted: wanted.to_owned(),
+                matches: matches.into_iter().map(|b| b.revision).collect(),
+            }),
+        }
+    }
+
+    /// `app history`: deploys newest first, each with whether it skipped
+    /// its snapshot.
+    pub fn history(&self, limit: usize) -> Result<Vec<HistoryEntry>, AppError> {
+        let deployments = self.store.history(Kind::App, Some(self.service()), limit)?;
+        deployments
+            .into_iter()
+            .map(|deployment| {
+                Ok(HistoryEntry {
+                    snapshot_skipped: self.snapshot_skipped(&deployment.id)?,
+                    deployment,
+                })
+            })
+            .collect()
+    }
+
+    /// Whether deployment `id` was told to skip its snapshot.
+    fn snapshot_skipped(&self, id: &str) -> Result<bool, AppError> {
+        Ok(self
+            .store
+            .events(id)?
+            .iter()
+            .any(|e| e.phase == SNAPSHOT_SKIPPED))
     }
 
     /// `snapshot create`: under the service's lock (backups and deploys
@@ -1272,5 +1474,53 @@ impl Busy {
             message,
             deployment: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(allow: bool) -> Manifest {
+        with_data(
+            allow,
+            serde_json::json!({ "sqlite": ["data/app.db"], "files": ["data/uploads"] }),
+        )
+    }
+
+    fn with_data(allow: bool, data: serde_json::Value) -> Manifest {
+        serde_json::from_value(serde_json::json!({
+            "version": 1,
+            "service": "notes",
+            "dir": "/var/lib/notes",
+            "unit": "notes.service",
+            "repository": null,
+            "health": { "url": "http://127.0.0.1:3000/health" },
+            "data": data,
+            "allowSkipSnapshot": allow,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn skipping_the_snapshot_in_ci_needs_the_flag_or_the_manifest() {
+        let guard = |in_ci, allowed_in_ci| SkipSnapshotGuard {
+            in_ci,
+            allowed_in_ci,
+        };
+        assert!(check_skip_snapshot(&manifest(false), guard(false, false)).is_ok());
+        assert!(check_skip_snapshot(&manifest(false), guard(true, true)).is_ok());
+        assert!(check_skip_snapshot(&manifest(true), guard(true, false)).is_ok());
+        // Nothing declared, nothing to lose.
+        let bare = with_data(false, serde_json::json!({}));
+        assert!(check_skip_snapshot(&bare, guard(true, false)).is_ok());
+        let err = check_skip_snapshot(&manifest(false), guard(true, false)).unwrap_err();
+        assert!(err.is_usage());
+        assert_eq!(
+            err.to_string(),
+            "refusing to skip the snapshot of notes in CI (CI is set): \
+             data/app.db, data/uploads would not be protected"
+        );
+        assert!(err.hint().unwrap().contains("allowSkipSnapshot = true"));
     }
 }

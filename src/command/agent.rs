@@ -10,7 +10,9 @@ use crate::agent::call::Audit;
 use crate::agent::system::{Activation, Agent, Goal, DEFAULT_ACTIVATION_TIMEOUT};
 use crate::agent::{AgentResult, Outcome, EVENT_DEPLOYMENT, EVENT_RESULT, EVENT_STATUS};
 use crate::app::manifest::{self, Manifest, Overrides, ServiceName};
-use crate::app::transaction::{AppAgent, DeployRequest, RollbackRequest, EVENT_CHANGES};
+use crate::app::transaction::{
+    AppAgent, DeployRequest, RollbackRequest, SkipSnapshotGuard, EVENT_CHANGES, EVENT_UNBLOCKED,
+};
 use crate::cli::Context;
 use crate::command::app;
 use crate::diagnostics::Exit;
@@ -165,6 +167,17 @@ pub enum Verb {
         skip_superseded: bool,
         #[arg(long)]
         skip_untouched: bool,
+        /// Take no snapshot of the data (a failed deploy then cannot
+        /// restore it)
+        #[arg(long)]
+        skip_snapshot: bool,
+        /// The deployer runs in CI: `--skip-snapshot` is refused there
+        /// unless allowed
+        #[arg(long, requires = "skip_snapshot")]
+        in_ci: bool,
+        /// `--skip-snapshot` is fine in CI
+        #[arg(long, requires = "skip_snapshot")]
+        allow_skip_snapshot_in_ci: bool,
         #[arg(long)]
         dry_run: bool,
         /// Refuse unless the manifest declares this stage
@@ -196,6 +209,16 @@ pub enum Verb {
         service: ServiceName,
         #[command(flatten)]
         overrides: Overrides,
+    },
+    /// Deploy a blocked revision of an app again without --force
+    AppUnblock {
+        #[arg(long)]
+        service: ServiceName,
+        /// The blocked revision, or the start of its hash
+        #[arg(long, value_parser = crate::app::release::parse_rev)]
+        rev: String,
+        #[command(flatten)]
+        audit: AppAudit,
     },
     /// What a range of commits changes for an app (its manifest's paths)
     AppChanged {
@@ -367,6 +390,7 @@ pub async fn run(_ctx: &Context, args: Args) -> anyhow::Result<Exit> {
         Verb::AppDeploy { .. }
         | Verb::AppRollback { .. }
         | Verb::AppStatus { .. }
+        | Verb::AppUnblock { .. }
         | Verb::AppChanged { .. }
         | Verb::AppHistory { .. }
         | Verb::Snapshot { .. }
@@ -398,6 +422,9 @@ async fn run_app(args: &Args, printer: Printer) -> anyhow::Result<Option<Exit>> 
             force,
             skip_superseded,
             skip_untouched,
+            skip_snapshot,
+            in_ci,
+            allow_skip_snapshot_in_ci,
             dry_run,
             stage,
             audit,
@@ -411,6 +438,15 @@ async fn run_app(args: &Args, printer: Printer) -> anyhow::Result<Option<Exit>> 
                 manifest.stage.as_ref(),
                 stage.as_ref(),
             )?;
+            if *skip_snapshot {
+                crate::app::transaction::check_skip_snapshot(
+                    &manifest,
+                    SkipSnapshotGuard {
+                        in_ci: *in_ci,
+                        allowed_in_ci: *allow_skip_snapshot_in_ci,
+                    },
+                )?;
+            }
             let mut agent = AppAgent::open(manifest, &args.state_dir)?;
             let request = DeployRequest {
                 id: id.clone(),
@@ -422,6 +458,7 @@ async fn run_app(args: &Args, printer: Printer) -> anyhow::Result<Option<Exit>> 
                 force: *force,
                 skip_superseded: *skip_superseded,
                 skip_untouched: *skip_untouched,
+                skip_snapshot: *skip_snapshot,
                 dry_run: *dry_run,
             };
             if *dry_run {
@@ -454,6 +491,15 @@ async fn run_app(args: &Args, printer: Printer) -> anyhow::Result<Option<Exit>> 
         Verb::AppStatus { service, overrides } => {
             let status = open(service, overrides)?.status("status").await?;
             printer.event(EVENT_STATUS, &status);
+            return Ok(Some(Exit::SUCCESS));
+        }
+        Verb::AppUnblock {
+            service,
+            rev,
+            audit,
+        } => {
+            let cleared = open(service, &Overrides::default())?.unblock(rev, &audit.actor)?;
+            printer.event(EVENT_UNBLOCKED, &cleared);
             return Ok(Some(Exit::SUCCESS));
         }
         Verb::AppChanged {

@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 use crate::agent::{
-    AgentResult, Outcome, EVENT_DEPLOYMENT, EVENT_PHASE, EVENT_RESULT, EVENT_STATUS,
+    AgentResult, Outcome, EVENT_DEPLOYMENT, EVENT_PHASE, EVENT_RESULT, EVENT_STATUS, EVENT_WARNING,
 };
 use crate::app::changes::Changes;
 use crate::app::manifest::{Overrides, ServiceName};
 use crate::app::release::{self, Wanted};
-use crate::app::transaction::EVENT_CHANGES;
+use crate::app::transaction::{EVENT_CHANGES, EVENT_UNBLOCKED};
 use crate::cli::Context;
 use crate::diagnostics::{Exit, RemoteError, UsageError};
 use crate::host::{Destination, Host, SshHost};
@@ -28,8 +28,10 @@ pub enum AppCommand {
     Deploy(Box<DeployArgs>),
     /// Go back to the previous (or a named) kept release, without rebuilding
     Rollback(RollbackArgs),
-    /// What the service runs, its unit, its releases and its last deploy
+    /// What the service runs, its unit, its releases, its last deploy and its blocked revisions
     Status(StatusArgs),
+    /// Let a revision blocked after a failed deploy be deployed again without --force
+    Unblock(UnblockArgs),
     /// Past deploys of the service, newest first
     History(HistoryArgs),
     /// Whether a range of commits touches each service (its `paths`), and whether only its
@@ -111,6 +113,14 @@ pub struct DeployArgs {
     /// revision it runs and this one
     #[arg(long)]
     pub skip_untouched: bool,
+    /// Take no snapshot of the data before the service is touched: a failed deploy then puts
+    /// the previous release back but NOT the data. Warns, naming the data; recorded in the
+    /// history; refused in CI (`CI` set) unless allowed
+    #[arg(long)]
+    pub skip_snapshot: bool,
+    /// Let --skip-snapshot run in CI (else the service's `allowSkipSnapshot` must allow it)
+    #[arg(long, requires = "skip_snapshot")]
+    pub allow_skip_snapshot_in_ci: bool,
     /// Resolve the revision and show what would happen; change nothing
     #[arg(long)]
     pub dry_run: bool,
@@ -158,6 +168,15 @@ pub struct StatusArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct UnblockArgs {
+    #[command(flatten)]
+    pub target: ServiceArgs,
+    /// The blocked revision (as `berth app status` lists it, or the start of its hash)
+    #[arg(long, value_name = "SHA", value_parser = release::parse_rev)]
+    pub rev: String,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct ChangedArgs {
     /// The services, as `berth.services.<name>` declares them
     #[arg(value_name = "SERVICE", required = true)]
@@ -186,6 +205,7 @@ pub async fn run(ctx: &Context, command: AppCommand) -> anyhow::Result<Exit> {
         AppCommand::Deploy(args) => deploy(ctx, *args).await,
         AppCommand::Rollback(args) => rollback(ctx, args).await,
         AppCommand::Status(args) => status(ctx, args).await,
+        AppCommand::Unblock(args) => unblock(ctx, args).await,
         AppCommand::History(args) => history(ctx, args).await,
         AppCommand::Changed(args) => changed(ctx, args).await,
     }
@@ -272,6 +292,10 @@ fn show_event(printer: Printer, host: &str, line: &str) {
         let field = |k: &str| event.get(k).and_then(|v| v.as_str()).unwrap_or("");
         printer.line(format!("{host}: {}: {}", field("phase"), field("message")));
     }
+    if name == EVENT_WARNING {
+        let message = event.get("message").and_then(|v| v.as_str()).unwrap_or("");
+        printer.warn(format!("{host}: {message}"));
+    }
     if name == crate::app::transaction::EVENT_RECOVERED {
         let message = event.get("message").and_then(|v| v.as_str()).unwrap_or("");
         printer.line(format!(
@@ -348,6 +372,15 @@ async fn deploy(ctx: &Context, args: DeployArgs) -> anyhow::Result<Exit> {
     if args.skip_untouched {
         cmd = cmd.arg("--skip-untouched");
     }
+    if args.skip_snapshot {
+        cmd = cmd.arg("--skip-snapshot");
+        if crate::env::is_ci(std::env::var(crate::env::CI).ok().as_deref()) {
+            cmd = cmd.arg("--in-ci");
+        }
+        if args.allow_skip_snapshot_in_ci {
+            cmd = cmd.arg("--allow-skip-snapshot-in-ci");
+        }
+    }
     if args.dry_run {
         cmd = cmd.arg("--dry-run");
     }
@@ -404,7 +437,13 @@ fn describe_plan(plan: &serde_json::Value) -> String {
         text.push_str(", building the release");
     }
     let dbs = plan["databases"].as_array().map_or(0, Vec::len);
-    text.push_str(&format!(", snapshotting {dbs} database(s)"));
+    if plan["skip_snapshot"] == true {
+        text.push_str(&format!(
+            ", NOT snapshotting its {dbs} database(s) (--skip-snapshot)"
+        ));
+    } else {
+        text.push_str(&format!(", snapshotting {dbs} database(s)"));
+    }
     if let Some(m) = plan["migrate"].as_str() {
         text.push_str(&format!(", migrating with `{m}`"));
     }
@@ -552,6 +591,44 @@ fn show_status(printer: Printer, service: &str, s: &serde_json::Value) {
             text(&s["lock"]["reason"])
         ));
     }
+    let blocked: Vec<state::Blocked> =
+        serde_json::from_value(s["blocked"].clone()).unwrap_or_default();
+    if !blocked.is_empty() {
+        printer.line("  blocked (deployed again only with --force, or after `berth app unblock`):");
+    }
+    for b in &blocked {
+        printer.line(format!("    {}", blocked_line(b)));
+    }
+}
+
+/// One blocked revision: which, since when, the deployment that failed, why
+/// (the first line of it: `--json` has all of it).
+fn blocked_line(b: &state::Blocked) -> String {
+    let reason = b.reason.as_deref().unwrap_or("-");
+    let why = match reason.split_once('\n') {
+        Some((first, _)) => format!("{first} …"),
+        None => reason.to_owned(),
+    };
+    format!(
+        "{}  since {}  deploy {}: {why}",
+        b.revision,
+        b.at.map_or("-".into(), state::utc_time),
+        b.deployment_id.as_deref().unwrap_or("-"),
+    )
+}
+
+async fn unblock(ctx: &Context, args: UnblockArgs) -> anyhow::Result<Exit> {
+    let service = &args.target.service;
+    let cmd = agent(ctx, "app-unblock", Some(service)).args(["--rev", &args.rev]);
+    let cmd = audit_args(cmd, None);
+    for event in query(ctx, &args.target, &cmd, EVENT_UNBLOCKED).await? {
+        ctx.printer.event(EVENT_UNBLOCKED, &event);
+        if let Ok(b) = serde_json::from_value::<state::Blocked>(event) {
+            ctx.printer
+                .line(format!("{service}: unblocked {}", blocked_line(&b)));
+        }
+    }
+    Ok(Exit::SUCCESS)
 }
 
 async fn changed(ctx: &Context, args: ChangedArgs) -> anyhow::Result<Exit> {
@@ -585,8 +662,13 @@ async fn history(ctx: &Context, args: HistoryArgs) -> anyhow::Result<Exit> {
     }
     for event in events {
         ctx.printer.event(EVENT_DEPLOYMENT, &event);
+        let skipped = event["snapshot_skipped"] == true;
         if let Ok(d) = serde_json::from_value::<Deployment>(event) {
-            ctx.printer.line(line(&d));
+            let mut text = line(&d);
+            if skipped {
+                text.push_str("  snapshot skipped");
+            }
+            ctx.printer.line(text);
         }
     }
     Ok(Exit::SUCCESS)

@@ -250,7 +250,7 @@ pub fn read_system_activity(state_dir: &Path) -> Option<SystemActivity> {
 }
 
 /// A blocked revision: one that failed and was rolled back.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Blocked {
     pub service: String,
     pub revision: String,
@@ -430,19 +430,37 @@ impl Store {
             .query_row(
                 "SELECT * FROM blocked_revisions WHERE service = ?1 AND revision = ?2",
                 (service, revision),
-                |row| {
-                    Ok(Blocked {
-                        service: row.get("service")?,
-                        revision: row.get("revision")?,
-                        deployment_id: row.get("deployment_id")?,
-                        reason: row.get("reason")?,
-                        at: row.get("at")?,
-                    })
-                },
+                blocked_row,
             )
             .optional()
             .map_err(sql_err(format!("read blocked revisions of {service}")))
     }
+
+    /// Every blocked revision of `service`, oldest first.
+    pub fn blocked_list(&self, service: &str) -> Result<Vec<Blocked>, StateError> {
+        let what = || format!("read blocked revisions of {service}");
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT * FROM blocked_revisions WHERE service = ?1
+                 ORDER BY at, revision",
+            )
+            .map_err(sql_err(what()))?;
+        let rows = stmt
+            .query_map([service], blocked_row)
+            .map_err(sql_err(what()))?;
+        rows.collect::<Result<_, _>>().map_err(sql_err(what()))
+    }
+}
+
+fn blocked_row(row: &Row<'_>) -> rusqlite::Result<Blocked> {
+    Ok(Blocked {
+        service: row.get("service")?,
+        revision: row.get("revision")?,
+        deployment_id: row.get("deployment_id")?,
+        reason: row.get("reason")?,
+        at: row.get("at")?,
+    })
 }
 
 #[cfg(test)]
@@ -591,7 +609,18 @@ mod tests {
         s.block("notes", "abc", "D1", "health failed").unwrap();
         let b = s.blocked("notes", "abc").unwrap().unwrap();
         assert_eq!(b.deployment_id.as_deref(), Some("D1"));
+        s.block("notes", "def", "D2", "migration failed").unwrap();
+        s.block("other", "abc", "D3", "crash").unwrap();
+        let list: Vec<_> = s
+            .blocked_list("notes")
+            .unwrap()
+            .into_iter()
+            .map(|b| b.revision)
+            .collect();
+        assert_eq!(list, ["abc", "def"]);
         s.unblock("notes", "abc").unwrap();
         assert!(s.blocked("notes", "abc").unwrap().is_none());
+        assert_eq!(s.blocked_list("notes").unwrap().len(), 1);
+        assert_eq!(s.blocked_list("other").unwrap().len(), 1);
     }
 }

@@ -38,7 +38,9 @@ impl World {
             .args(["--agent", BIN, "--json"])
             .env("BERTH_SSH_CONFIG", self.lab.ssh_config())
             .env("USER", "tester")
-            .env_remove("GITHUB_REPOSITORY");
+            .env_remove("GITHUB_REPOSITORY")
+            // The tests that want CI set it themselves.
+            .env_remove("CI");
         cmd
     }
 

@@ -42,6 +42,7 @@ in [
       keepSnapshots = 5;
       environment = {};
       stage = null;
+      allowSkipSnapshot = false;
     };
   }
   {
@@ -73,6 +74,7 @@ in [
       keepReleases = 3;
       keepSnapshots = 10;
       stage = "production";
+      allowSkipSnapshot = true;
     });
     expected = {
       version = 1;
@@ -105,6 +107,7 @@ in [
       keepSnapshots = 10;
       environment.LOG_LEVEL = "debug";
       stage = "production";
+      allowSkipSnapshot = true;
     };
   }
   {
