@@ -11,6 +11,11 @@ use serde::{Deserialize, Serialize};
 use crate::diagnostics::character;
 use crate::stage::Stage;
 
+/// In the health URL: the port of the instance checked.
+pub const PORT_PLACEHOLDER: &str = "{port}";
+/// In the health URL: the number of the instance checked.
+pub const INSTANCE_PLACEHOLDER: &str = "{instance}";
+
 /// Where the NixOS module writes manifests.
 pub const MANIFEST_DIR: &str = "/etc/berth/services";
 
@@ -25,8 +30,21 @@ pub struct Manifest {
     /// The service's directory: `repo.git`, `releases/`, `current`,
     /// `data/`, `snapshots/`.
     pub dir: PathBuf,
-    /// The systemd unit that runs `current`.
+    /// The systemd unit that runs `current`: `<name>.service`, or with
+    /// instances the template `<name>@.service`, run as `<name>@1.service`
+    /// … `<name>@N.service`.
     pub unit: String,
+    /// How many instances of the template a deploy runs (1 for a plain
+    /// unit).
+    #[serde(default = "default_instances")]
+    pub instances: u32,
+    /// The most instances `berth app scale` may run [default: `instances`].
+    #[serde(default)]
+    pub max_instances: Option<u32>,
+    /// The first instance's port (instance `i` listens on `port + i - 1`):
+    /// what `{port}` in the health URL stands for.
+    #[serde(default)]
+    pub port: Option<u16>,
     /// Where the code is fetched from (any URL git fetches).
     pub repository: Option<String>,
     /// Revisions must be reachable from this branch (unless forced).
@@ -111,6 +129,27 @@ pub struct Data {
     pub exclude: Vec<String>,
 }
 
+/// The most instances a service may run (`berth.services.<name>.instances`
+/// and `maxInstances` have the same bound).
+pub const MAX_INSTANCES: u32 = 32;
+
+/// A count of instances as `berth app scale` takes it: a whole number
+/// from 1 to [`MAX_INSTANCES`].
+pub fn parse_instances(text: &str) -> Result<u32, String> {
+    let rule = format!("a count of instances is a whole number from 1 to {MAX_INSTANCES}");
+    match text.parse::<u32>() {
+        Ok(n) if (1..=MAX_INSTANCES).contains(&n) => Ok(n),
+        Ok(n) => Err(format!("{n} is out of range: {rule}")),
+        Err(_) => Err(format!(
+            "`{}` is not a number: {rule}",
+            crate::diagnostics::printable(text)
+        )),
+    }
+}
+
+fn default_instances() -> u32 {
+    1
+}
 fn default_branch() -> String {
     "main".into()
 }
@@ -355,6 +394,9 @@ impl Manifest {
             service: service.to_owned(),
             dir: PathBuf::from(format!("/var/lib/{service}")),
             unit: format!("{service}.service"),
+            instances: default_instances(),
+            max_instances: None,
+            port: None,
             repository: None,
             branch: default_branch(),
             paths: Vec::new(),
@@ -433,6 +475,7 @@ impl Manifest {
                 self.health.url
             ));
         }
+        self.validate_instances()?;
         for patterns in [&self.paths, &self.quiet_paths] {
             super::changes::Filter::new(patterns)?;
         }
@@ -455,6 +498,100 @@ impl Manifest {
             *path = inside(&dir, path)?;
         }
         Ok(())
+    }
+
+    /// Checks `instances`, `maxInstances`, the unit they need and the
+    /// health URL each instance is checked on; fills in `maxInstances`.
+    fn validate_instances(&mut self) -> Result<(), String> {
+        let bound = |what: &str, n: u32| {
+            if (1..=MAX_INSTANCES).contains(&n) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "its {what} is {n}: a service runs 1 to {MAX_INSTANCES} instances"
+                ))
+            }
+        };
+        bound("instances", self.instances)?;
+        let max = self.max_instances.unwrap_or(self.instances);
+        bound("maxInstances", max)?;
+        if max < self.instances {
+            return Err(format!(
+                "its maxInstances ({max}) is below its instances ({})",
+                self.instances
+            ));
+        }
+        self.max_instances = Some(max);
+        if max > 1 && !self.is_template() {
+            return Err(format!(
+                "it runs up to {max} instances, but its unit `{}` is not a template unit                  (`{}@.service`)",
+                self.unit, self.service
+            ));
+        }
+        let url = &self.health.url;
+        if url.contains(PORT_PLACEHOLDER) && self.port.is_none() {
+            return Err(format!(
+                "its health URL `{url}` holds {PORT_PLACEHOLDER}, but it has no port"
+            ));
+        }
+        if max > 1 && !url.contains(PORT_PLACEHOLDER) && !url.contains(INSTANCE_PLACEHOLDER) {
+            return Err(format!(
+                "its health URL `{url}` would check all its instances at one address: put                  {PORT_PLACEHOLDER} (each instance's port) or {INSTANCE_PLACEHOLDER} (its number)                  in it"
+            ));
+        }
+        if let Some(port) = self.port {
+            if u32::from(port) + max - 1 > u32::from(u16::MAX) {
+                return Err(format!(
+                    "its {max} instances would need ports {port} to {}, past 65535",
+                    u32::from(port) + max - 1
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The most instances `berth app scale` may run.
+    pub fn max_instances(&self) -> u32 {
+        self.max_instances.unwrap_or(self.instances)
+    }
+
+    /// Whether the unit is a template (`<name>@.service`), run as
+    /// instances.
+    pub fn is_template(&self) -> bool {
+        self.unit.ends_with("@.service")
+    }
+
+    /// The unit of instance `i` (from 1): `<name>@<i>.service`, or the plain
+    /// unit.
+    pub fn instance_unit(&self, i: u32) -> String {
+        match self.unit.strip_suffix("@.service") {
+            Some(prefix) => format!("{prefix}@{i}.service"),
+            None => self.unit.clone(),
+        }
+    }
+
+    /// The units of instances `1..=count` (the plain unit, once, without a
+    /// template).
+    pub fn instance_units(&self, count: u32) -> Vec<String> {
+        if self.is_template() {
+            (1..=count).map(|i| self.instance_unit(i)).collect()
+        } else {
+            vec![self.unit.clone()]
+        }
+    }
+
+    /// The health URL of instance `i`: `{port}` is its port, `{instance}`
+    /// its number.
+    pub fn health_url(&self, i: u32) -> String {
+        let mut url = self
+            .health
+            .url
+            .replace(INSTANCE_PLACEHOLDER, &i.to_string());
+        if let Some(port) = self.port {
+            let port = u32::from(port) + i.saturating_sub(1);
+            url = url.replace(PORT_PLACEHOLDER, &port.to_string());
+        }
+        url
     }
 
     pub fn layout(&self) -> Layout {
@@ -551,6 +688,11 @@ impl Layout {
     /// The manifest the last deploy used.
     pub fn saved_manifest(&self) -> PathBuf {
         self.state().join("manifest.json")
+    }
+    /// How many instances `berth app scale` left running, until the next
+    /// deploy or boot.
+    pub fn scale(&self) -> PathBuf {
+        self.state().join("scale.json")
     }
 }
 

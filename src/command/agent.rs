@@ -10,7 +10,9 @@ use crate::agent::call::Audit;
 use crate::agent::system::{Activation, Agent, Goal, DEFAULT_ACTIVATION_TIMEOUT};
 use crate::agent::{AgentResult, Outcome, EVENT_DEPLOYMENT, EVENT_RESULT, EVENT_STATUS};
 use crate::app::manifest::{self, Manifest, Overrides, ServiceName};
-use crate::app::transaction::{AppAgent, DeployRequest, RollbackRequest, EVENT_CHANGES};
+use crate::app::transaction::{
+    AppAgent, DeployRequest, RollbackRequest, ScaleRequest, EVENT_CHANGES,
+};
 use crate::cli::Context;
 use crate::command::app;
 use crate::diagnostics::Exit;
@@ -185,6 +187,19 @@ pub enum Verb {
         to: Option<String>,
         #[arg(long)]
         restore_data: bool,
+        #[command(flatten)]
+        audit: AppAudit,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+    /// Start or stop an app's instances until N run
+    AppScale {
+        #[arg(long)]
+        service: ServiceName,
+        #[arg(long, value_parser = state::id::parse_id)]
+        id: String,
+        #[arg(long, value_parser = manifest::parse_instances)]
+        instances: u32,
         #[command(flatten)]
         audit: AppAudit,
         #[command(flatten)]
@@ -367,6 +382,7 @@ pub async fn run(_ctx: &Context, args: Args) -> anyhow::Result<Exit> {
         Verb::AppDeploy { .. }
         | Verb::AppRollback { .. }
         | Verb::AppStatus { .. }
+        | Verb::AppScale { .. }
         | Verb::AppChanged { .. }
         | Verb::AppHistory { .. }
         | Verb::Snapshot { .. }
@@ -444,6 +460,24 @@ async fn run_app(args: &Args, printer: Printer) -> anyhow::Result<Option<Exit>> 
                     id: id.clone(),
                     to: to.clone(),
                     restore_data: *restore_data,
+                    actor: audit.actor.clone(),
+                    reason: audit.reason.clone(),
+                    ci_run_url: audit.ci_run_url.clone(),
+                    lock_wait: wait(audit),
+                })
+                .await?
+        }
+        Verb::AppScale {
+            service,
+            id,
+            instances,
+            audit,
+            overrides,
+        } => {
+            open(service, overrides)?
+                .scale(&ScaleRequest {
+                    id: id.clone(),
+                    instances: *instances,
                     actor: audit.actor.clone(),
                     reason: audit.reason.clone(),
                     ci_run_url: audit.ci_run_url.clone(),
