@@ -524,7 +524,8 @@ impl Manifest {
         self.max_instances = Some(max);
         if max > 1 && !self.is_template() {
             return Err(format!(
-                "it runs up to {max} instances, but its unit `{}` is not a template unit                  (`{}@.service`)",
+                "it runs up to {max} instances, but its unit `{}` is not a template unit \
+                 (`{}@.service`)",
                 self.unit, self.service
             ));
         }
@@ -536,7 +537,9 @@ impl Manifest {
         }
         if max > 1 && !url.contains(PORT_PLACEHOLDER) && !url.contains(INSTANCE_PLACEHOLDER) {
             return Err(format!(
-                "its health URL `{url}` would check all its instances at one address: put                  {PORT_PLACEHOLDER} (each instance's port) or {INSTANCE_PLACEHOLDER} (its number)                  in it"
+                "its health URL `{url}` would check all its instances at one address: put \
+                 {PORT_PLACEHOLDER} (each instance's port) or {INSTANCE_PLACEHOLDER} (its number) \
+                 in it"
             ));
         }
         if let Some(port) = self.port {
@@ -702,6 +705,14 @@ mod tests {
 
     fn write(dir: &Path, service: &str, json: serde_json::Value) {
         std::fs::write(dir.join(format!("{service}.json")), json.to_string()).unwrap();
+    }
+
+    impl Manifest {
+        /// Writes `json` as `notes`' manifest in `dir` and loads it.
+        fn load_json(dir: &Path, json: serde_json::Value) -> Manifest {
+            write(dir, "notes", json);
+            Manifest::load(dir, "notes", &Overrides::default()).unwrap()
+        }
     }
 
     fn minimal(service: &str) -> serde_json::Value {
@@ -1018,6 +1029,110 @@ mod tests {
     fn prop_oneof_dirs() -> impl proptest::strategy::Strategy<Value = String> {
         use proptest::prelude::*;
         prop_oneof![data_path(), crate::testing::prop::text()]
+    }
+
+    #[test]
+    fn instances_name_their_units_and_health_urls() {
+        let tmp = tempfile::tempdir().unwrap();
+        let m = Manifest::load_json(tmp.path(), minimal("notes"));
+        assert_eq!((m.instances, m.max_instances()), (1, 1));
+        assert!(!m.is_template());
+        assert_eq!(m.instance_units(1), ["notes.service"]);
+        assert_eq!(m.health_url(1), "http://127.0.0.1:3000/health");
+
+        let mut json = minimal("notes");
+        json["unit"] = "notes@".into();
+        json["instances"] = 3.into();
+        json["maxInstances"] = 4.into();
+        json["port"] = 8090.into();
+        json["health"]["url"] = "http://127.0.0.1:{port}/health?i={instance}".into();
+        let m = Manifest::load_json(tmp.path(), json);
+        assert_eq!(m.unit, "notes@.service");
+        assert!(m.is_template());
+        assert_eq!(m.max_instances(), 4);
+        assert_eq!(
+            m.instance_units(3),
+            ["notes@1.service", "notes@2.service", "notes@3.service"]
+        );
+        assert_eq!(m.health_url(1), "http://127.0.0.1:8090/health?i=1");
+        assert_eq!(m.health_url(3), "http://127.0.0.1:8092/health?i=3");
+    }
+
+    #[test]
+    fn refuses_instances_it_cannot_run() {
+        let tmp = tempfile::tempdir().unwrap();
+        let template = |changes: serde_json::Value| {
+            let mut json = minimal("notes");
+            json["unit"] = "notes@.service".into();
+            json["instances"] = 2.into();
+            json["port"] = 3000.into();
+            json["health"]["url"] = "http://127.0.0.1:{port}/health".into();
+            for (k, v) in changes.as_object().unwrap() {
+                json[k] = v.clone();
+            }
+            json
+        };
+        for (json, says) in [
+            (
+                template(serde_json::json!({ "instances": 0 })),
+                "its instances is 0: a service runs 1 to 32 instances",
+            ),
+            (
+                template(serde_json::json!({ "instances": 33 })),
+                "its instances is 33",
+            ),
+            (
+                template(serde_json::json!({ "maxInstances": 1 })),
+                "its maxInstances (1) is below its instances (2)",
+            ),
+            (
+                template(serde_json::json!({ "unit": "notes.service" })),
+                "its unit `notes.service` is not a template unit (`notes@.service`)",
+            ),
+            (
+                template(serde_json::json!({ "port": null })),
+                "holds {port}, but it has no port",
+            ),
+            (
+                template(serde_json::json!({ "port": 65535 })),
+                "would need ports 65535 to 65536, past 65535",
+            ),
+            (
+                template(
+                    serde_json::json!({ "health": { "url": "http://127.0.0.1:3000/health" } }),
+                ),
+                "would check all its instances at one address: put {port}",
+            ),
+        ] {
+            write(tmp.path(), "notes", json);
+            let err = Manifest::load(tmp.path(), "notes", &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains(says), "{err}");
+        }
+        // One instance of a template is fine (scaled up later).
+        write(
+            tmp.path(),
+            "notes",
+            template(serde_json::json!({ "instances": 1 })),
+        );
+        Manifest::load(tmp.path(), "notes", &Overrides::default()).unwrap();
+    }
+
+    #[test]
+    fn a_count_of_instances_is_a_whole_number_from_1_to_32() {
+        assert_eq!(parse_instances("1"), Ok(1));
+        assert_eq!(parse_instances("32"), Ok(32));
+        for (text, says) in [
+            ("0", "0 is out of range"),
+            ("33", "33 is out of range"),
+            ("-1", "`-1` is not a number"),
+            ("three", "`three` is not a number"),
+            ("", "`` is not a number"),
+            ("2\n", "`2\\n` is not a number"),
+        ] {
+            let err = parse_instances(text).unwrap_err();
+            assert!(err.starts_with(says), "{text:?}: {err}");
+            assert!(err.ends_with("a count of instances is a whole number from 1 to 32"));
+        }
     }
 
     #[test]

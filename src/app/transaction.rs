@@ -1270,7 +1270,8 @@ impl AppAgent {
                     self.manifest.unit
                 ),
                 hint: format!(
-                    "set berth.services.{service}.instances (or maxInstances) above 1 and deploy                      the host: its unit becomes the template {service}@.service"
+                    "set berth.services.{service}.instances (or maxInstances) above 1 and deploy \
+                 the host: its unit becomes the template {service}@.service"
                 ),
             });
         }
