@@ -278,4 +278,14 @@ async fn scenarios(w: &World) {
         .sh(&format!("cat {DIR}/.berth/scale.json 2>&1 || true"))
         .await;
     assert!(scaled.contains("No such file"), "{scaled}");
+
+    // An instance running past the count (started by hand here; a dead
+    // agent's scale could leave one) is stopped with the others, and not
+    // started again.
+    w.sh("systemctl start notes@4.service").await;
+    assert_eq!(states(w).await, running(4));
+    let run = w.berth(&["app", "rollback", SERVICE, "--host", "h1"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(states(w).await, running(3));
+    all_serve(w, 3, &rev1);
 }

@@ -725,13 +725,31 @@ impl AppAgent {
     /// `id` touches the service (from here on, a failure or a dead agent
     /// means rollback).
     async fn stop_unit(&self, id: &str, count: u32) -> Result<(), (&'static str, AppError)> {
-        let units = self
-            .manifest
-            .instance_units(count.max(self.running_instances()));
+        let units = self.units_to_stop(count).await;
         self.phase(id, TOUCHED, &format!("stopping {}", units.join(", ")));
         self.control_all("stop", &units)
             .await
             .map_err(|e| ("stop", e.into()))
+    }
+
+    /// The units to stop before instances `1..=count` start again:
+    /// those, the ones that should run now, and any other instance (up to
+    /// `maxInstances`) systemd says is not inactive (one a dead agent's
+    /// `app scale` started, say).
+    async fn units_to_stop(&self, count: u32) -> Vec<String> {
+        let n = count.max(self.running_instances());
+        let mut units = self.manifest.instance_units(n);
+        if self.manifest.is_template() {
+            for i in n + 1..=self.manifest.max_instances() {
+                let unit = self.manifest.instance_unit(i);
+                if let Ok(state) = unit::show(&unit, &self.log).await {
+                    if state.active_state != "inactive" {
+                        units.push(unit);
+                    }
+                }
+            }
+        }
+        units
     }
 
     /// `systemctl VERB` of each unit in turn; the first failure ends it.
@@ -940,9 +958,7 @@ impl AppAgent {
         // What ran before `d` (a failed deploy leaves `berth app scale`'s
         // count in place), after stopping whatever `d` may have started.
         let count = self.running_instances();
-        let all = self
-            .manifest
-            .instance_units(count.max(self.manifest.instances));
+        let all = self.units_to_stop(self.manifest.instances).await;
         if let Err(e) = self.control_all("stop", &all).await {
             problems.push(format!("stop: {e}"));
         }
