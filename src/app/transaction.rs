@@ -406,6 +406,10 @@ impl AppAgent {
             ),
         );
         let result = if seen(HEALTHY) {
+            if d.goal == GOAL_DEPLOY {
+                // As the deploy would have: the manifest's count runs now.
+                let _ = std::fs::remove_file(self.layout.scale());
+            }
             let done = self.store.set_status(&d.id, Status::Confirmed, None)?;
             self.result(
                 &done,
