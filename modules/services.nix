@@ -2,7 +2,8 @@
 # app deploy` (docs/app.md). nix/lib computes each piece from the options
 # (the manifest, the unit, the sudo rule, the Caddy host, the checks); this
 # module puts them into NixOS: per service a user and group, directories, the
-# unit, the first release, the sudo rule, a Caddy virtual host, the manifest
+# unit (the template <name>@.service and its instances, with instances),
+# the first release, the sudo rule, a Caddy virtual host, the manifest
 # /etc/berth/services/<name>.json and a backup timer; across services, the
 # assertions. berth.caddy says how Caddy gets the plugins they need.
 {
@@ -14,7 +15,7 @@
   berth = import ../nix/lib {};
   util = import ../nix/lib/util.nix;
 
-  inherit (lib) attrNames concatLines concatLists concatMap escapeShellArg escapeShellArgs filter filterAttrs getExe' groupBy head listToAttrs mapAttrs mapAttrsToList mkDefault mkIf mkMerge nameValuePair optional optionalAttrs optionalString optionals unique;
+  inherit (lib) attrNames concatLines concatLists concatMap escapeShellArg escapeShellArgs filter filterAttrs getExe' groupBy head listToAttrs mapAttrs mapAttrs' mapAttrsToList mkDefault mkIf mkMerge nameValuePair optional optionalAttrs optionalString optionals unique;
 
   inherit (config.berth) services agent;
   enabled = filterAttrs (_: cfg: cfg.enable) services;
@@ -265,7 +266,15 @@ in {
     systemd = {
       tmpfiles.rules = forEach berth.tmpfiles;
       services = mkMerge [
-        (mapAttrs appUnit enabled)
+        # <name>.service, or the template <name>@.service of a service
+        # with instances.
+        (mapAttrs' (name: cfg:
+          nameValuePair (
+            if berth.templated cfg
+            then "${name}@"
+            else name
+          ) (appUnit name cfg))
+        enabled)
         (unitsOf hasFirstRelease firstReleaseName firstReleaseUnit)
         (unitsOf hasBackup backupName backupUnit)
         (mkIf (caddyCredentials != []) {
@@ -273,6 +282,10 @@ in {
         })
       ];
       timers = unitsOf hasBackup backupName backupTimer;
+      # A template runs as its instances: `instances` of them at boot (and
+      # after a system deploy); `berth app scale` changes the count until
+      # the next app deploy.
+      targets.multi-user.wants = forEach (name: cfg: optionals (berth.templated cfg) (berth.instanceUnits name cfg cfg.instances));
     };
 
     security.sudo.extraRules = forEach (name: cfg: berth.sudoRules name cfg "/run/current-system/sw/bin/systemctl");

@@ -202,6 +202,26 @@ async fn scenarios(w: &World) {
     assert_eq!(w.current().await, rev2);
 
     blocked_revisions(w, &[&bad_migration, &crash, &unhealthy], &rev1).await;
+    // A service with one plain unit (instances = 1) does not scale.
+    let pid_before = w.sh("systemctl show -p MainPID --value notes").await;
+    let run = w.berth(&["app", "scale", SERVICE, "--host", "h1", "2"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("notes runs as the single unit notes.service, not as instances"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("hint: set berth.services.notes.instances"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        w.sh("systemctl show -p MainPID --value notes").await,
+        pid_before
+    );
 
     // Two deploys at once: the second names the holder, or waits.
     let slow = w

@@ -53,6 +53,7 @@ fn help_puts_global_options_after_the_commands_own() {
         (&["app", "status", "--help"][..], "--follow"),
         (&["logs", "--help"][..], "--since"),
         (&["exec", "--help"][..], "--parallel"),
+        (&["app", "scale", "--help"][..], "--lock-wait"),
     ] {
         let (code, out, err) = run(berth().args(command));
         assert_eq!(code, 0, "{err}");
@@ -510,6 +511,18 @@ fn the_agent_refuses_a_manifest_that_escapes_its_service() {
             "-x".into(),
             "`-x.service` is not a systemd unit name",
         ),
+        (
+            "instances",
+            0.into(),
+            "service `notes`: its instances is 0: a service runs 1 to 32 instances",
+        ),
+        (
+            "instances",
+            2.into(),
+            "it runs up to 2 instances, but its unit `notes.service` is not a template unit \
+             (`notes@.service`)",
+        ),
+        ("maxInstances", 33.into(), "its maxInstances is 33"),
     ];
     for (field, value, says) in cases {
         let mut json = serde_json::json!({

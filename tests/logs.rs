@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use berth::host::Host;
 use berth::lab::HostKind;
 use berth::process::Cmd;
-use common::app::{World, SERVICE};
+use common::app::{Instances, World, SERVICE};
 use common::fleet::Fleet;
 use common::Run;
 
@@ -75,6 +75,7 @@ fn processes_naming(word: &str) -> BTreeSet<u32> {
 fn logs_and_exec_on_lab_hosts() {
     World::run_with(
         "logs",
+        Instances::ONE,
         &[HostKind::Plain, HostKind::Plain, HostKind::Plain],
         async |w| scenarios(w).await,
     );

@@ -9,6 +9,7 @@
 let
   inherit (builtins) attrNames concatLists concatStringsSep filter sort;
   util = import ./util.nix;
+  service = import ./service.nix;
 
   rateLimitPlugin = "github.com/mholt/caddy-ratelimit";
 
@@ -84,11 +85,23 @@ let
         ["route {"]
         (rateLimit name cfg)
         [
-          "\treverse_proxy 127.0.0.1:${toString cfg.port} {"
+          # With instances, every port one may listen on: a scaled-down
+          # instance refuses, and Caddy tries another.
+          "\treverse_proxy ${concatStringsSep " " (map (port: "127.0.0.1:${toString port}") (service.ports cfg))} {"
           # A deploy stops and starts the app: hold requests until it
           # answers again instead of failing them.
           "\t\tlb_try_duration 30s"
           "\t\tlb_try_interval 250ms"
+        ]
+        (
+          if service.templated cfg
+          then [
+            # Leave an instance that refused alone for a while.
+            "\t\tfail_duration 10s"
+          ]
+          else []
+        )
+        [
           "\t}"
           "}"
           ""

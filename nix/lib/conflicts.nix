@@ -6,6 +6,7 @@ let
   inherit (builtins) attrNames concatLists concatMap elem filter groupBy length sort;
   util = import ./util.nix;
   caddy = import ./caddy.nix;
+  service = import ./service.nix;
 
   enabled = services: filter (name: services.${name}.enable) (attrNames services);
 
@@ -35,21 +36,22 @@ let
 
   lessThanNumerically = a: b: builtins.fromJSON a < builtins.fromJSON b;
 
-  portOf = cfg:
-    if cfg.port == null
-    then []
-    else [(toString cfg.port)];
+  # Every port a service may listen on: with instances, port …
+  # port + maxInstances - 1.
+  portsOf = cfg: map toString (service.ports cfg);
 
   # ports services reserved: services without a port take none.
   ports = services: reserved:
     shared {
-      takes = _: portOf;
+      takes = _: portsOf;
       what = port: "use port ${port}; give each service its own port";
       lessThan = lessThanNumerically;
     }
     services
-    ++ map (name: "berth.services.${name} uses port ${toString services.${name}.port}, which berth.ports.reserved lists; choose another port")
-    (filter (name: services.${name}.port != null && elem services.${name}.port reserved) (enabled services));
+    ++ concatMap (name:
+      map (port: "berth.services.${name} uses port ${toString port}, which berth.ports.reserved lists; choose another port")
+      (filter (port: elem port reserved) (service.ports services.${name})))
+    (enabled services);
 
   # The user owns the service's directory and its sudo rule names the unit:
   # two services on one user could each touch the other's.

@@ -88,8 +88,9 @@ in {
   hardening = import ./hardening.nix;
 
   # sudoRules name cfg systemctl -> security.sudo.extraRules: cfg.user may
-  # run `<systemctl> restart|stop|start|status <name>.service` as root
-  # without a password, nothing else. Pass
+  # run `<systemctl> restart|stop|start|status <name>.service` (with
+  # instances: each of <name>@1.service … <name>@<maxInstances>.service) as
+  # root without a password, nothing else. Pass
   # "/run/current-system/sw/bin/systemctl" (see sudo.nix for why).
   sudoRules = import ./sudo.nix;
 
@@ -130,8 +131,19 @@ in {
   # data path, or null when it is outside /var/lib/<name>.
   inherit (service) dataPath;
 
-  # healthUrl cfg -> the manifest's health URL ("" without port and URL).
+  # healthUrl cfg -> the manifest's health URL ("" without port and URL;
+  # `{port}` for each instance's port when the service has instances).
   inherit (service) healthUrl;
+
+  # Instances (berth.services.<name>.instances, maxInstances):
+  # maxInstances cfg -> the most `berth app scale` may run;
+  # templated cfg -> whether the service runs as <name>@.service (its
+  # maxInstances is above 1); unitName name cfg -> the unit the manifest
+  # names (<name>@.service or <name>.service); instanceUnits name cfg n ->
+  # the units of n instances (<name>@1.service …, or [<name>.service]);
+  # ports cfg -> every port it may listen on (port … port + maxInstances
+  # - 1, instance i on port + i - 1), [] without a port.
+  inherit (service) maxInstances templated unitName instanceUnits ports;
 
   # problems name cfg -> assertion messages (each says what to change);
   # warnings name cfg -> warnings. The module maps them to

@@ -8,7 +8,12 @@ in
     version = 1;
     service = name;
     dir = service.dir name;
-    unit = "${name}.service";
+    # The template <name>@.service when the service scales, else
+    # <name>.service; `instances` of it run after a deploy, at most
+    # `maxInstances`, instance i on port `port` + i - 1.
+    unit = service.unitName name cfg;
+    inherit (cfg) instances port;
+    maxInstances = service.maxInstances cfg;
     inherit (cfg) repository branch paths quietPaths environment keepReleases keepSnapshots stage allowSkipSnapshot;
     health = {
       url = service.healthUrl cfg;

@@ -84,10 +84,40 @@ let
       default = null;
       example = 3000;
       description = ''
-        The loopback port the app listens on, passed to it as `PORT`. Caddy
-        proxies to it and the deploy's health check asks it. `null` for a
-        service that serves no HTTP (then set `health.url`, or deploy with
-        `--health-url`).
+        The loopback port the app listens on, passed to it as `PORT` (with
+        `instances`, the first instance's port). Caddy proxies to it and the
+        deploy's health check asks it. `null` for a service that serves no
+        HTTP (then set `health.url`, or deploy with `--health-url`).
+      '';
+    };
+
+    instances = option {
+      type = t.between 1 32;
+      default = 1;
+      example = 3;
+      description = ''
+        How many copies of the app run, as the instances `<name>@1` …
+        `<name>@N` of the template unit `<name>@.service` (with 1, and
+        `maxInstances` unset, the plain unit `<name>.service`). Instance
+        `i` gets `BERTH_INSTANCE=i` and, with `port`, its own port
+        `PORT = port + i - 1`; Caddy balances over their ports, and an app
+        deploy stops, starts and health-checks every one. `berth app scale`
+        changes the running count on the host until the next app deploy,
+        which brings back this number.
+      '';
+    };
+
+    maxInstances = option {
+      type = t.nullOr (t.between 1 32);
+      default = null;
+      defaultText = "`instances`";
+      example = 8;
+      description = ''
+        The most instances `berth app scale` may run. Their ports (`port`
+        … `port + maxInstances - 1`) are reserved for this service by the
+        port-conflict check, and its sudo rule covers instances 1 to
+        `maxInstances` only. Above 1, the service runs as the template
+        unit `<name>@.service` even with `instances = 1`.
       '';
     };
 
@@ -262,7 +292,12 @@ let
         type = t.nullOr t.str;
         default = null;
         example = "http://127.0.0.1:9090/ready";
-        description = "The health check URL, over loopback on the host; overrides `port` and `health.path`.";
+        description = ''
+          The health check URL, over loopback on the host; overrides `port`
+          and `health.path`. With more than one instance, each is checked on
+          its own: `{port}` in the URL stands for the instance's port and
+          `{instance}` for its number, and one of them must be there.
+        '';
       };
       status = option {
         type = t.between 100 599;

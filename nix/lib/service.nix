@@ -3,7 +3,7 @@
 # `cfg` is the evaluated `berth.services.<name>` (every option, defaults
 # filled in).
 let
-  inherit (builtins) attrNames concatLists filter match;
+  inherit (builtins) attrNames concatLists filter genList match;
   util = import ./util.nix;
 
   # The layout berth's agent uses (src/app/manifest.rs, `Layout`).
@@ -21,14 +21,51 @@ let
     then cfg.start
     else defaultStart.${cfg.runtime} or null;
 
+  # --- Instances ---------------------------------------------------------
+  #
+  # `instances` copies of the app: with maxInstances above 1, the template
+  # unit <name>@.service and its instances <name>@1 … <name>@N; else the
+  # plain unit <name>.service, as before instances existed.
+
+  # The most instances `berth app scale` may run.
+  maxInstances = cfg:
+    if cfg.maxInstances == null
+    then cfg.instances
+    else cfg.maxInstances;
+
+  templated = cfg: maxInstances cfg > 1;
+
+  # The unit the manifest names: the template, or the plain unit.
+  unitName = name: cfg:
+    if templated cfg
+    then "${name}@.service"
+    else "${name}.service";
+
+  # The units of `count` instances: <name>@1.service …, or <name>.service.
+  instanceUnits = name: cfg: count:
+    if templated cfg
+    then genList (i: "${name}@${toString (i + 1)}.service") count
+    else ["${name}.service"];
+
+  # Every port the service may listen on: port … port + maxInstances - 1
+  # (instance i on port + i - 1); [] without a port.
+  ports = cfg:
+    if cfg.port == null
+    then []
+    else genList (i: cfg.port + i) (maxInstances cfg);
+
   # Checked over loopback; "" when there is nothing to check (no port, no
-  # URL): the deploy then needs `--health-url`, and a warning says so.
+  # URL): the deploy then needs `--health-url`, and a warning says so. The
+  # agent puts each instance's port for `{port}` (and its number for
+  # `{instance}`).
   healthUrl = cfg:
     if cfg.health.url != null
     then cfg.health.url
-    else if cfg.port != null
-    then "http://127.0.0.1:${toString cfg.port}${cfg.health.path}"
-    else "";
+    else if cfg.port == null
+    then ""
+    else if templated cfg
+    then "http://127.0.0.1:{port}${cfg.health.path}"
+    else "http://127.0.0.1:${toString cfg.port}${cfg.health.path}";
 
   # A data path as the agent resolves it: relative to the service's
   # directory, or absolute inside it, never the directory itself.
@@ -72,6 +109,21 @@ let
         then ["${at}.caddy.tls.dnsTokenFile is set but ${at}.caddy.tls.dnsProvider is not; name the DNS provider (e.g. \"cloudflare\")"]
         else []
       )
+      (
+        if cfg.maxInstances != null && cfg.maxInstances < cfg.instances
+        then ["${at}.maxInstances is ${toString cfg.maxInstances}, below instances (${toString cfg.instances}); raise ${at}.maxInstances or lower ${at}.instances"]
+        else []
+      )
+      (
+        if cfg.port != null && cfg.port + maxInstances cfg - 1 > 65535
+        then ["${at}: its ${toString (maxInstances cfg)} instances would need ports ${toString cfg.port} to ${toString (cfg.port + maxInstances cfg - 1)}, past 65535; choose a lower ${at}.port"]
+        else []
+      )
+      (
+        if templated cfg && cfg.health.url != null && match ".*\\{(port|instance)}.*" cfg.health.url == null
+        then ["${at}.health.url would check every instance at one address; put {port} (each instance's port) or {instance} (its number) in it"]
+        else []
+      )
       (map (secret: "${at}.secrets.${secret}: a secret's name is an environment variable name (letters, digits and `_`, not starting with a digit)")
         (filter (secret: match "[A-Za-z_][A-Za-z0-9_]*" secret == null) (attrNames cfg.secrets)))
       (outside "sqlite")
@@ -98,5 +150,5 @@ let
     then ["berth.services.${name} has no port and no health.url: `berth app deploy ${name}` needs --health-url"]
     else [];
 in {
-  inherit dir start healthUrl dataPath problems warnings tmpfiles snapshotArgs;
+  inherit dir start healthUrl dataPath problems warnings tmpfiles snapshotArgs maxInstances templated unitName instanceUnits ports;
 }

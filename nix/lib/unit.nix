@@ -19,9 +19,16 @@ let
       else {}
     )
     // (
-      if cfg.port == null
+      if cfg.port == null || service.templated cfg
       then {}
       else {PORT = toString cfg.port;}
+    )
+    # An instance of the template learns its number from systemd (%i), and
+    # the start command below makes its port from it.
+    // (
+      if service.templated cfg
+      then {BERTH_INSTANCE = "%i";}
+      else {}
     )
     // mapAttrs (_: literal) cfg.environment
     // listToAttrs (map (secret: {
@@ -29,12 +36,18 @@ let
       value = "%d/${secret}";
     }) (attrNames cfg.secrets));
 
+  # With instances and a port, instance i listens on port + i - 1:
+  # systemd cannot add, so the shell does, before the app's command.
   start = name: cfg: let
     command = service.start cfg;
+    port =
+      if cfg.port != null && service.templated cfg
+      then "PORT=$((${toString cfg.port} + BERTH_INSTANCE - 1)); export PORT; "
+      else "";
   in
     if command == null
     then "echo ${toJSON "berth.services.${name}.start is not set"} >&2; exit 1"
-    else command;
+    else port + command;
 
   # serviceConfig name cfg: how the unit runs the app, then the hardening,
   # then hardening.extraServiceConfig over both.
@@ -65,7 +78,12 @@ let
     inherit (cfg) description;
     wants = ["network-online.target"];
     after = ["network-online.target"];
-    wantedBy = ["multi-user.target"];
+    # A template is wanted through its instances (the module puts
+    # `instanceUnits` into multi-user.target's wants).
+    wantedBy =
+      if service.templated cfg
+      then []
+      else ["multi-user.target"];
     environment = environment name cfg;
     serviceConfig = serviceConfig name cfg;
   };

@@ -11,6 +11,11 @@ use serde::{Deserialize, Serialize};
 use crate::diagnostics::character;
 use crate::stage::Stage;
 
+/// In the health URL: the port of the instance checked.
+pub const PORT_PLACEHOLDER: &str = "{port}";
+/// In the health URL: the number of the instance checked.
+pub const INSTANCE_PLACEHOLDER: &str = "{instance}";
+
 /// Where the NixOS module writes manifests.
 pub const MANIFEST_DIR: &str = "/etc/berth/services";
 
@@ -25,8 +30,21 @@ pub struct Manifest {
     /// The service's directory: `repo.git`, `releases/`, `current`,
     /// `data/`, `snapshots/`.
     pub dir: PathBuf,
-    /// The systemd unit that runs `current`.
+    /// The systemd unit that runs `current`: `<name>.service`, or with
+    /// instances the template `<name>@.service`, run as `<name>@1.service`
+    /// … `<name>@N.service`.
     pub unit: String,
+    /// How many instances of the template a deploy runs (1 for a plain
+    /// unit).
+    #[serde(default = "default_instances")]
+    pub instances: u32,
+    /// The most instances `berth app scale` may run [default: `instances`].
+    #[serde(default)]
+    pub max_instances: Option<u32>,
+    /// The first instance's port (instance `i` listens on `port + i - 1`):
+    /// what `{port}` in the health URL stands for.
+    #[serde(default)]
+    pub port: Option<u16>,
     /// Where the code is fetched from (any URL git fetches).
     pub repository: Option<String>,
     /// Revisions must be reachable from this branch (unless forced).
@@ -115,6 +133,27 @@ pub struct Data {
     pub exclude: Vec<String>,
 }
 
+/// The most instances a service may run (`berth.services.<name>.instances`
+/// and `maxInstances` have the same bound).
+pub const MAX_INSTANCES: u32 = 32;
+
+/// A count of instances as `berth app scale` takes it: a whole number
+/// from 1 to [`MAX_INSTANCES`].
+pub fn parse_instances(text: &str) -> Result<u32, String> {
+    let rule = format!("a count of instances is a whole number from 1 to {MAX_INSTANCES}");
+    match text.parse::<u32>() {
+        Ok(n) if (1..=MAX_INSTANCES).contains(&n) => Ok(n),
+        Ok(n) => Err(format!("{n} is out of range: {rule}")),
+        Err(_) => Err(format!(
+            "`{}` is not a number: {rule}",
+            crate::diagnostics::printable(text)
+        )),
+    }
+}
+
+fn default_instances() -> u32 {
+    1
+}
 fn default_branch() -> String {
     "main".into()
 }
@@ -359,6 +398,9 @@ impl Manifest {
             service: service.to_owned(),
             dir: PathBuf::from(format!("/var/lib/{service}")),
             unit: format!("{service}.service"),
+            instances: default_instances(),
+            max_instances: None,
+            port: None,
             repository: None,
             branch: default_branch(),
             paths: Vec::new(),
@@ -438,6 +480,7 @@ impl Manifest {
                 self.health.url
             ));
         }
+        self.validate_instances()?;
         for patterns in [&self.paths, &self.quiet_paths] {
             super::changes::Filter::new(patterns)?;
         }
@@ -460,6 +503,103 @@ impl Manifest {
             *path = inside(&dir, path)?;
         }
         Ok(())
+    }
+
+    /// Checks `instances`, `maxInstances`, the unit they need and the
+    /// health URL each instance is checked on; fills in `maxInstances`.
+    fn validate_instances(&mut self) -> Result<(), String> {
+        let bound = |what: &str, n: u32| {
+            if (1..=MAX_INSTANCES).contains(&n) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "its {what} is {n}: a service runs 1 to {MAX_INSTANCES} instances"
+                ))
+            }
+        };
+        bound("instances", self.instances)?;
+        let max = self.max_instances.unwrap_or(self.instances);
+        bound("maxInstances", max)?;
+        if max < self.instances {
+            return Err(format!(
+                "its maxInstances ({max}) is below its instances ({})",
+                self.instances
+            ));
+        }
+        self.max_instances = Some(max);
+        if max > 1 && !self.is_template() {
+            return Err(format!(
+                "it runs up to {max} instances, but its unit `{}` is not a template unit \
+                 (`{}@.service`)",
+                self.unit, self.service
+            ));
+        }
+        let url = &self.health.url;
+        if url.contains(PORT_PLACEHOLDER) && self.port.is_none() {
+            return Err(format!(
+                "its health URL `{url}` holds {PORT_PLACEHOLDER}, but it has no port"
+            ));
+        }
+        if max > 1 && !url.contains(PORT_PLACEHOLDER) && !url.contains(INSTANCE_PLACEHOLDER) {
+            return Err(format!(
+                "its health URL `{url}` would check all its instances at one address: put \
+                 {PORT_PLACEHOLDER} (each instance's port) or {INSTANCE_PLACEHOLDER} (its number) \
+                 in it"
+            ));
+        }
+        if let Some(port) = self.port {
+            if u32::from(port) + max - 1 > u32::from(u16::MAX) {
+                return Err(format!(
+                    "its {max} instances would need ports {port} to {}, past 65535",
+                    u32::from(port) + max - 1
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The most instances `berth app scale` may run.
+    pub fn max_instances(&self) -> u32 {
+        self.max_instances.unwrap_or(self.instances)
+    }
+
+    /// Whether the unit is a template (`<name>@.service`), run as
+    /// instances.
+    pub fn is_template(&self) -> bool {
+        self.unit.ends_with("@.service")
+    }
+
+    /// The unit of instance `i` (from 1): `<name>@<i>.service`, or the plain
+    /// unit.
+    pub fn instance_unit(&self, i: u32) -> String {
+        match self.unit.strip_suffix("@.service") {
+            Some(prefix) => format!("{prefix}@{i}.service"),
+            None => self.unit.clone(),
+        }
+    }
+
+    /// The units of instances `1..=count` (the plain unit, once, without a
+    /// template).
+    pub fn instance_units(&self, count: u32) -> Vec<String> {
+        if self.is_template() {
+            (1..=count).map(|i| self.instance_unit(i)).collect()
+        } else {
+            vec![self.unit.clone()]
+        }
+    }
+
+    /// The health URL of instance `i`: `{port}` is its port, `{instance}`
+    /// its number.
+    pub fn health_url(&self, i: u32) -> String {
+        let mut url = self
+            .health
+            .url
+            .replace(INSTANCE_PLACEHOLDER, &i.to_string());
+        if let Some(port) = self.port {
+            let port = u32::from(port) + i.saturating_sub(1);
+            url = url.replace(PORT_PLACEHOLDER, &port.to_string());
+        }
+        url
     }
 
     pub fn layout(&self) -> Layout {
@@ -557,6 +697,11 @@ impl Layout {
     pub fn saved_manifest(&self) -> PathBuf {
         self.state().join("manifest.json")
     }
+    /// How many instances `berth app scale` left running, until the next
+    /// deploy or boot.
+    pub fn scale(&self) -> PathBuf {
+        self.state().join("scale.json")
+    }
 }
 
 #[cfg(test)]
@@ -565,6 +710,14 @@ mod tests {
 
     fn write(dir: &Path, service: &str, json: serde_json::Value) {
         std::fs::write(dir.join(format!("{service}.json")), json.to_string()).unwrap();
+    }
+
+    impl Manifest {
+        /// Writes `json` as `notes`' manifest in `dir` and loads it.
+        fn load_json(dir: &Path, json: serde_json::Value) -> Manifest {
+            write(dir, "notes", json);
+            Manifest::load(dir, "notes", &Overrides::default()).unwrap()
+        }
     }
 
     fn minimal(service: &str) -> serde_json::Value {
@@ -882,6 +1035,110 @@ mod tests {
     fn prop_oneof_dirs() -> impl proptest::strategy::Strategy<Value = String> {
         use proptest::prelude::*;
         prop_oneof![data_path(), crate::testing::prop::text()]
+    }
+
+    #[test]
+    fn instances_name_their_units_and_health_urls() {
+        let tmp = tempfile::tempdir().unwrap();
+        let m = Manifest::load_json(tmp.path(), minimal("notes"));
+        assert_eq!((m.instances, m.max_instances()), (1, 1));
+        assert!(!m.is_template());
+        assert_eq!(m.instance_units(1), ["notes.service"]);
+        assert_eq!(m.health_url(1), "http://127.0.0.1:3000/health");
+
+        let mut json = minimal("notes");
+        json["unit"] = "notes@".into();
+        json["instances"] = 3.into();
+        json["maxInstances"] = 4.into();
+        json["port"] = 8090.into();
+        json["health"]["url"] = "http://127.0.0.1:{port}/health?i={instance}".into();
+        let m = Manifest::load_json(tmp.path(), json);
+        assert_eq!(m.unit, "notes@.service");
+        assert!(m.is_template());
+        assert_eq!(m.max_instances(), 4);
+        assert_eq!(
+            m.instance_units(3),
+            ["notes@1.service", "notes@2.service", "notes@3.service"]
+        );
+        assert_eq!(m.health_url(1), "http://127.0.0.1:8090/health?i=1");
+        assert_eq!(m.health_url(3), "http://127.0.0.1:8092/health?i=3");
+    }
+
+    #[test]
+    fn refuses_instances_it_cannot_run() {
+        let tmp = tempfile::tempdir().unwrap();
+        let template = |changes: serde_json::Value| {
+            let mut json = minimal("notes");
+            json["unit"] = "notes@.service".into();
+            json["instances"] = 2.into();
+            json["port"] = 3000.into();
+            json["health"]["url"] = "http://127.0.0.1:{port}/health".into();
+            for (k, v) in changes.as_object().unwrap() {
+                json[k] = v.clone();
+            }
+            json
+        };
+        for (json, says) in [
+            (
+                template(serde_json::json!({ "instances": 0 })),
+                "its instances is 0: a service runs 1 to 32 instances",
+            ),
+            (
+                template(serde_json::json!({ "instances": 33 })),
+                "its instances is 33",
+            ),
+            (
+                template(serde_json::json!({ "maxInstances": 1 })),
+                "its maxInstances (1) is below its instances (2)",
+            ),
+            (
+                template(serde_json::json!({ "unit": "notes.service" })),
+                "its unit `notes.service` is not a template unit (`notes@.service`)",
+            ),
+            (
+                template(serde_json::json!({ "port": null })),
+                "holds {port}, but it has no port",
+            ),
+            (
+                template(serde_json::json!({ "port": 65535 })),
+                "would need ports 65535 to 65536, past 65535",
+            ),
+            (
+                template(
+                    serde_json::json!({ "health": { "url": "http://127.0.0.1:3000/health" } }),
+                ),
+                "would check all its instances at one address: put {port}",
+            ),
+        ] {
+            write(tmp.path(), "notes", json);
+            let err = Manifest::load(tmp.path(), "notes", &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains(says), "{err}");
+        }
+        // One instance of a template is fine (scaled up later).
+        write(
+            tmp.path(),
+            "notes",
+            template(serde_json::json!({ "instances": 1 })),
+        );
+        Manifest::load(tmp.path(), "notes", &Overrides::default()).unwrap();
+    }
+
+    #[test]
+    fn a_count_of_instances_is_a_whole_number_from_1_to_32() {
+        assert_eq!(parse_instances("1"), Ok(1));
+        assert_eq!(parse_instances("32"), Ok(32));
+        for (text, says) in [
+            ("0", "0 is out of range"),
+            ("33", "33 is out of range"),
+            ("-1", "`-1` is not a number"),
+            ("three", "`three` is not a number"),
+            ("", "`` is not a number"),
+            ("2\n", "`2\\n` is not a number"),
+        ] {
+            let err = parse_instances(text).unwrap_err();
+            assert!(err.starts_with(says), "{text:?}: {err}");
+            assert!(err.ends_with("a count of instances is a whole number from 1 to 32"));
+        }
     }
 
     #[test]

@@ -32,6 +32,11 @@ use crate::state::{
 pub const GOAL_DEPLOY: &str = "app";
 pub const GOAL_ROLLBACK: &str = "app-rollback";
 pub const GOAL_RESTORE: &str = "restore";
+/// `berth app scale`: the same release, another count of instances.
+pub const GOAL_SCALE: &str = "app-scale";
+
+/// The event `app scale` reports the counts in.
+pub const EVENT_SCALE: &str = "scale";
 
 /// The event that reports a dead agent's deployment, settled before this
 /// command's own work.
@@ -104,6 +109,8 @@ pub enum AppError {
         .data.join(", ")
     )]
     SkipSnapshotInCi { service: String, data: Vec<String> },
+    #[error("{message}")]
+    Scale { message: String, hint: String },
 }
 
 fn blocked_list(blocked: &[String]) -> String {
@@ -141,6 +148,7 @@ impl AppError {
             )),
             AppError::Release(e) => e.hint(),
             AppError::Snapshot(e) => e.hint(),
+            AppError::Scale { hint, .. } => Some(hint.clone()),
             AppError::NotSqlite(_) => Some(
                 "list only SQLite files in data.sqlite (or --db); declare other data in data.files"
                     .into(),
@@ -161,6 +169,7 @@ impl AppError {
                 | AppError::AmbiguousBlocked { .. }
                 | AppError::SkipSnapshotInCi { .. }
                 | AppError::Nothing(_)
+                | AppError::Scale { .. }
         ) || matches!(
             self,
             AppError::Release(
@@ -260,12 +269,38 @@ pub struct Plan {
     pub skip_snapshot: bool,
 }
 
+/// What `app scale` asks for.
+#[derive(Clone, Debug)]
+pub struct ScaleRequest {
+    pub id: String,
+    /// The count of instances to run.
+    pub instances: u32,
+    pub actor: String,
+    pub reason: Option<String>,
+    pub ci_run_url: Option<String>,
+    pub lock_wait: Duration,
+}
+
+/// One instance in `app status`.
+#[derive(Clone, Debug, Serialize)]
+pub struct InstanceStatus {
+    pub instance: u32,
+    pub unit: String,
+    pub state: Option<UnitState>,
+}
+
 /// `app status`.
 #[derive(Clone, Debug, Serialize)]
 pub struct AppStatus {
     pub service: String,
     pub unit: String,
+    /// The first instance's state (the unit's, without instances).
     pub state: Option<UnitState>,
+    /// How many instances should run now (the manifest's count, or what
+    /// `app scale` left), and each one's state.
+    pub running_instances: u32,
+    pub max_instances: u32,
+    pub instances: Vec<InstanceStatus>,
     pub current: Option<String>,
     pub releases: Vec<String>,
     pub active: Option<Deployment>,
@@ -369,10 +404,11 @@ impl AppAgent {
         env
     }
 
-    fn health_check(&self, revision: Option<&str>) -> HealthCheck {
+    /// The health check of instance `instance` (its own port).
+    fn health_check(&self, instance: u32, revision: Option<&str>) -> HealthCheck {
         let h = &self.manifest.health;
         HealthCheck {
-            url: h.url.clone(),
+            url: self.manifest.health_url(instance),
             status: h.status,
             timeout: Duration::from_secs(h.timeout),
             settle: Duration::from_secs(h.settle),
@@ -463,6 +499,10 @@ impl AppAgent {
             ),
         );
         let result = if seen(HEALTHY) {
+            if d.goal == GOAL_DEPLOY {
+                // As the deploy would have: the manifest's count runs now.
+                let _ = std::fs::remove_file(self.layout.scale());
+            }
             let done = self.store.set_status(&d.id, Status::Confirmed, None)?;
             self.result(
                 &done,
@@ -782,7 +822,7 @@ impl AppAgent {
             self.phase(&d.id, "snapshot", &describe(&snap));
         }
 
-        self.stop_unit(&d.id).await?;
+        self.stop_unit(&d.id, self.manifest.instances).await?;
         if let Some(migrate) = self.manifest.commands.migrate.clone() {
             self.phase(&d.id, "migrate", &migrate);
             let env = self.step_env(sha, &dir);
@@ -792,7 +832,10 @@ impl AppAgent {
         }
         self.phase(&d.id, "swap", &format!("current → releases/{sha}"));
         release::swap_symlink(&self.layout.current(), &dir).map_err(|e| ("swap", e.into()))?;
-        self.start_healthy(&d.id, Some(sha)).await?;
+        self.start_healthy(&d.id, Some(sha), self.manifest.instances)
+            .await?;
+        // A deploy brings back the manifest's count of instances.
+        let _ = std::fs::remove_file(self.layout.scale());
 
         if req.force {
             let _ = self.store.unblock(self.service(), sha);
@@ -805,34 +848,144 @@ impl AppAgent {
         Ok(self.result(&done, format!("{} runs {sha}", self.service())))
     }
 
-    /// Stops the unit, recording first that deployment `id` touches the
-    /// service (from here on, a failure or a dead agent means rollback).
-    async fn stop_unit(&self, id: &str) -> Result<(), (&'static str, AppError)> {
-        self.phase(id, TOUCHED, &format!("stopping {}", self.manifest.unit));
-        unit::control("stop", &self.manifest.unit, &self.log)
+    /// Stops the unit (every instance that may run: `count` or the ones
+    /// running now, whichever is more), recording first that deployment
+    /// `id` touches the service (from here on, a failure or a dead agent
+    /// means rollback).
+    async fn stop_unit(&self, id: &str, count: u32) -> Result<(), (&'static str, AppError)> {
+        let units = self.units_to_stop(count).await;
+        self.phase(id, TOUCHED, &format!("stopping {}", units.join(", ")));
+        self.control_all("stop", &units)
             .await
             .map_err(|e| ("stop", e.into()))
     }
 
-    /// Starts the unit and waits until it is healthy (serving `revision`,
-    /// when the manifest asks for that), recording that it passed.
+    /// The units to stop before instances `1..=count` start again:
+    /// those, the ones that should run now, and any other instance (up to
+    /// `maxInstances`) systemd says is not inactive (one a dead agent's
+    /// `app scale` started, say).
+    async fn units_to_stop(&self, count: u32) -> Vec<String> {
+        let n = count.max(self.running_instances());
+        let mut units = self.manifest.instance_units(n);
+        if self.manifest.is_template() {
+            for i in n + 1..=self.manifest.max_instances() {
+                let unit = self.manifest.instance_unit(i);
+                if let Ok(state) = unit::show(&unit, &self.log).await {
+                    if state.active_state != "inactive" {
+                        units.push(unit);
+                    }
+                }
+            }
+        }
+        units
+    }
+
+    /// `systemctl VERB` of each unit in turn; the first failure ends it.
+    async fn control_all(&self, verb: &str, units: &[String]) -> Result<(), CommandError> {
+        for unit in units {
+            unit::control(verb, unit, &self.log).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts instances `1..=count` and waits until each is healthy
+    /// (serving `revision`, when the manifest asks for that), recording that
+    /// they passed.
     async fn start_healthy(
         &self,
         id: &str,
         revision: Option<&str>,
+        count: u32,
     ) -> Result<(), (&'static str, AppError)> {
-        self.phase(id, "start", &format!("starting {}", self.manifest.unit));
-        unit::control("start", &self.manifest.unit, &self.log)
+        let instances: Vec<u32> = (1..=count).collect();
+        self.start_instances(id, revision, &instances).await
+    }
+
+    /// Starts the given instances and waits until each is healthy.
+    async fn start_instances(
+        &self,
+        id: &str,
+        revision: Option<&str>,
+        instances: &[u32],
+    ) -> Result<(), (&'static str, AppError)> {
+        let units: Vec<String> = instances
+            .iter()
+            .map(|&i| self.manifest.instance_unit(i))
+            .collect();
+        self.phase(id, "start", &format!("starting {}", units.join(", ")));
+        self.control_all("start", &units)
             .await
             .map_err(|e| ("start", e.into()))?;
-        self.phase(id, "health", &self.manifest.health.url);
-        let verdict =
-            unit::wait_healthy(&self.manifest.unit, &self.health_check(revision), &self.log).await;
+        let urls: Vec<String> = instances
+            .iter()
+            .map(|&i| self.manifest.health_url(i))
+            .collect();
+        self.phase(id, "health", &urls.join(", "));
+        let verdict = self.check_instances(revision, instances).await;
         if !verdict.healthy {
             return Err(("health", AppError::Nothing(verdict.message)));
         }
         self.phase(id, HEALTHY, &verdict.message);
         Ok(())
+    }
+
+    /// The health of each instance, checked at the same time: healthy when
+    /// all are; else what the first unhealthy one (by number) said.
+    async fn check_instances(&self, revision: Option<&str>, instances: &[u32]) -> unit::Verdict {
+        let mut checks = tokio::task::JoinSet::new();
+        for &i in instances {
+            let (unit, check, log) = (
+                self.manifest.instance_unit(i),
+                self.health_check(i, revision),
+                self.log.clone(),
+            );
+            checks.spawn(async move { (i, unit::wait_healthy(&unit, &check, &log).await) });
+        }
+        let mut verdicts = Vec::new();
+        while let Some(joined) = checks.join_next().await {
+            match joined {
+                Ok(v) => verdicts.push(v),
+                Err(e) => {
+                    return unit::Verdict {
+                        healthy: false,
+                        message: format!("a health check did not finish: {e}"),
+                    }
+                }
+            }
+        }
+        verdicts.sort_by_key(|(i, _)| *i);
+        let template = self.manifest.is_template();
+        let name = |i: u32| {
+            if template {
+                format!("instance {i} ({}): ", self.manifest.instance_unit(i))
+            } else {
+                String::new()
+            }
+        };
+        match verdicts.iter().find(|(_, v)| !v.healthy) {
+            Some((i, v)) => unit::Verdict {
+                healthy: false,
+                message: format!("{}{}", name(*i), v.message),
+            },
+            None => unit::Verdict {
+                healthy: true,
+                message: verdicts
+                    .iter()
+                    .map(|(_, v)| v.message.clone())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            },
+        }
+    }
+
+    /// How many instances run now: what `berth app scale` left during this
+    /// boot, else the manifest's count.
+    pub fn running_instances(&self) -> u32 {
+        read_scaled(&self.layout.scale())
+            .filter(|s| s.boot_id == boot_id())
+            .map(|s| s.instances)
+            .filter(|n| (1..=self.manifest.max_instances()).contains(n))
+            .unwrap_or(self.manifest.instances)
     }
 
     /// Builds `releases/<sha>` unless it is already built.
@@ -931,7 +1084,11 @@ impl AppAgent {
         let skipped = self.snapshot_skipped(&d.id)?;
         self.phase(&d.id, ROLLBACK, why);
         let mut problems = Vec::new();
-        if let Err(e) = unit::control("stop", &self.manifest.unit, &self.log).await {
+        // What ran before `d` (a failed deploy leaves `berth app scale`'s
+        // count in place), after stopping whatever `d` may have started.
+        let count = self.running_instances();
+        let all = self.units_to_stop(self.manifest.instances).await;
+        if let Err(e) = self.control_all("stop", &all).await {
             problems.push(format!("stop: {e}"));
         }
         let snap_dir = self.layout.snapshot(&d.id);
@@ -968,15 +1125,14 @@ impl AppAgent {
                     problems.push(format!("swap: {e}"));
                 }
                 self.phase(&d.id, "swap", &format!("current → releases/{prev}"));
-                if let Err(e) = unit::control("start", &self.manifest.unit, &self.log).await {
+                if let Err(e) = self
+                    .control_all("start", &self.manifest.instance_units(count))
+                    .await
+                {
                     problems.push(format!("start: {e}"));
                 }
-                let verdict = unit::wait_healthy(
-                    &self.manifest.unit,
-                    &self.health_check(Some(prev)),
-                    &self.log,
-                )
-                .await;
+                let instances: Vec<u32> = (1..=count).collect();
+                let verdict = self.check_instances(Some(prev), &instances).await;
                 self.phase(&d.id, "health", &verdict.message);
                 if !verdict.healthy {
                     problems.push(format!("{prev} is not healthy either: {}", verdict.message));
@@ -1151,6 +1307,8 @@ impl AppAgent {
             "recorded",
             &format!("{} → {target}", current.as_deref().unwrap_or("nothing")),
         );
+        // Every instance running now goes back.
+        let count = self.running_instances();
         let steps = async {
             if let Some(source) = &data {
                 // The data now is kept too, so this rollback can be undone.
@@ -1158,7 +1316,7 @@ impl AppAgent {
                     .snapshot_into(&d.id, true)
                     .map_err(|e| ("snapshot", e))?;
                 self.phase(&d.id, "snapshot", &describe(&snap));
-                self.stop_unit(&d.id).await?;
+                self.stop_unit(&d.id, count).await?;
                 let restored = snapshot::restore(source, &replaced_tag(&d.id))
                     .map_err(|e| ("restore", e.into()))?;
                 self.phase(
@@ -1167,12 +1325,12 @@ impl AppAgent {
                     &format!("restored {}", describe(&restored)),
                 );
             } else {
-                self.stop_unit(&d.id).await?;
+                self.stop_unit(&d.id, count).await?;
             }
             self.phase(&d.id, "swap", &format!("current → releases/{target}"));
             release::swap_symlink(&self.layout.current(), &self.layout.release(&target))
                 .map_err(|e| ("swap", e.into()))?;
-            self.start_healthy(&d.id, Some(&target)).await
+            self.start_healthy(&d.id, Some(&target), count).await
         }
         .await;
         match steps {
@@ -1193,6 +1351,7 @@ impl AppAgent {
             .find(|d| {
                 d.status == Status::Confirmed
                     && d.goal != GOAL_RESTORE
+                    && d.goal != GOAL_SCALE
                     && Some(d.to_path.as_str()) == current
             })
             .and_then(|d| d.from_path))
@@ -1209,12 +1368,30 @@ impl AppAgent {
             }
             Err(_) => None,
         };
-        let unit_state = unit::show(&self.manifest.unit, &self.log).await.ok();
+        let running = self.running_instances();
+        let mut instances = Vec::new();
+        // The ones that should run, and any left running past them.
+        for i in 1..=self.manifest.max_instances() {
+            let unit = self.manifest.instance_unit(i);
+            let state = unit::show(&unit, &self.log).await.ok();
+            let active = state.as_ref().is_some_and(|s| s.active_state != "inactive");
+            if i <= running || active {
+                instances.push(InstanceStatus {
+                    instance: i,
+                    unit,
+                    state,
+                });
+            }
+        }
+        let unit_state = instances.first().and_then(|i| i.state.clone());
         let history = self.store.history(Kind::App, Some(self.service()), 1)?;
         Ok(AppStatus {
             service: self.service().to_owned(),
             unit: self.manifest.unit.clone(),
             state: unit_state,
+            running_instances: running,
+            max_instances: self.manifest.max_instances(),
+            instances,
             current: release::current_revision(&self.layout.current()),
             releases: release::list(&self.layout.releases())
                 .into_iter()
@@ -1288,6 +1465,157 @@ impl AppAgent {
             .events(id)?
             .iter()
             .any(|e| e.phase == SNAPSHOT_SKIPPED))
+    }
+
+    /// `app scale`: starts or stops instances until `req.instances` run,
+    /// checking the health of each one it starts; the count holds until
+    /// the next deploy (which runs the manifest's count) or the next boot.
+    /// Recorded as a deployment of its own (goal `app-scale`).
+    pub async fn scale(&mut self, req: &ScaleRequest) -> Result<AgentResult, AppError> {
+        self.check_scale(req.instances)?;
+        let reason = format!("scale {} by {}", req.id, req.actor);
+        if let Err(busy) = self.lock(&req.actor, &reason, req.lock_wait).await {
+            return Ok(busy.result());
+        }
+        let result = match self.recover().await {
+            Ok(_) => self.scale_locked(req).await,
+            Err(e) => Err(e),
+        };
+        self.unlock();
+        result
+    }
+
+    /// Refuses a count the service cannot run, before anything is touched.
+    fn check_scale(&self, n: u32) -> Result<(), AppError> {
+        let service = self.service();
+        let max = self.manifest.max_instances();
+        if !self.manifest.is_template() {
+            return Err(AppError::Scale {
+                message: format!(
+                    "{service} runs as the single unit {}, not as instances",
+                    self.manifest.unit
+                ),
+                hint: format!(
+                    "set berth.services.{service}.instances (or maxInstances) above 1 and deploy \
+                 the host: its unit becomes the template {service}@.service"
+                ),
+            });
+        }
+        if !(1..=max).contains(&n) {
+            return Err(AppError::Scale {
+                message: format!("{service} can run 1 to {max} instances, not {n}"),
+                hint: format!(
+                    "raise berth.services.{service}.maxInstances (at most {}) to run more",
+                    super::manifest::MAX_INSTANCES
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    async fn scale_locked(&mut self, req: &ScaleRequest) -> Result<AgentResult, AppError> {
+        let Some(current) = release::current_revision(&self.layout.current()) else {
+            return Err(AppError::Nothing(format!(
+                "{} runs no release yet: deploy it first (berth app deploy)",
+                self.service()
+            )));
+        };
+        let from = self.running_instances();
+        let to = req.instances;
+        let scale = serde_json::json!({ "service": self.service(), "from": from, "to": to });
+        if from == to {
+            self.printer.event(EVENT_SCALE, &scale);
+            return Ok(AgentResult {
+                outcome: Outcome::Unchanged,
+                message: format!("{} already runs {to} instance(s)", self.service()),
+                deployment: None,
+            });
+        }
+        let d = self.store.begin(&NewDeployment {
+            id: req.id.clone(),
+            kind: Kind::App,
+            target: self.service().to_owned(),
+            from_path: Some(current.clone()),
+            from_generation: None,
+            to_path: current.clone(),
+            goal: GOAL_SCALE.into(),
+            actor: req.actor.clone(),
+            reason: req
+                .reason
+                .clone()
+                .or_else(|| Some(format!("scale from {from} to {to} instance(s)"))),
+            ci_run_url: req.ci_run_url.clone(),
+            revision: None,
+        })?;
+        self.store.set_agent_pid(&d.id, std::process::id())?;
+        self.phase(&d.id, "recorded", &format!("{from} → {to} instance(s)"));
+        if to < from {
+            let units: Vec<String> = (to + 1..=from)
+                .map(|i| self.manifest.instance_unit(i))
+                .collect();
+            self.phase(&d.id, "stop", &format!("stopping {}", units.join(", ")));
+            if let Err(e) = self.control_all("stop", &units).await {
+                // Some may have stopped: start them again.
+                let _ = self.control_all("start", &units).await;
+                let done = self.store.set_status(&d.id, Status::Failed, Some("stop"))?;
+                return Ok(self.result(
+                    &done,
+                    format!(
+                        "stop failed: {e}; {} still runs {from} instance(s)",
+                        self.service()
+                    ),
+                ));
+            }
+        } else {
+            let added: Vec<u32> = (from + 1..=to).collect();
+            if let Err((phase, err)) = self.start_instances(&d.id, Some(&current), &added).await {
+                let units: Vec<String> = added
+                    .iter()
+                    .map(|&i| self.manifest.instance_unit(i))
+                    .collect();
+                let stopped = self.control_all("stop", &units).await;
+                let why = format!("{phase} failed: {err}");
+                self.phase(
+                    &d.id,
+                    ROLLBACK,
+                    &format!("{why}; stopping {}", units.join(", ")),
+                );
+                return Ok(match stopped {
+                    Ok(()) => {
+                        let done = self
+                            .store
+                            .set_status(&d.id, Status::RolledBack, Some(phase))?;
+                        self.result(
+                            &done,
+                            format!(
+                                "{why}; stopped the new instances: {} runs {from} instance(s)",
+                                self.service()
+                            ),
+                        )
+                    }
+                    Err(e) => {
+                        let done =
+                            self.store
+                                .set_status(&d.id, Status::RollbackFailed, Some(phase))?;
+                        self.result(
+                            &done,
+                            format!("{why}; stopping the new instances failed too: {e}"),
+                        )
+                    }
+                });
+            }
+        }
+        write_scaled(&self.layout.scale(), to)
+            .map_err(io(format!("write {}", self.layout.scale().display())))?;
+        let done = self.store.set_status(&d.id, Status::Confirmed, None)?;
+        self.printer.event(EVENT_SCALE, &scale);
+        Ok(self.result(
+            &done,
+            format!(
+                "{} runs {to} instance(s) (was {from}) until its next deploy",
+                self.service()
+            ),
+        ))
     }
 
     /// `snapshot create`: under the service's lock (backups and deploys
@@ -1377,11 +1705,12 @@ impl AppAgent {
                 "snapshot",
                 &format!("kept the data now: {}", describe(&snap)),
             );
-            self.stop_unit(id).await?;
+            let count = self.running_instances();
+            self.stop_unit(id, count).await?;
             let restored =
                 snapshot::restore(&dir, &replaced_tag(id)).map_err(|e| ("restore", e.into()))?;
             self.phase(id, "restore", &format!("restored {}", describe(&restored)));
-            self.start_healthy(id, current.as_deref()).await
+            self.start_healthy(id, current.as_deref(), count).await
         }
         .await;
         let result = match steps {
@@ -1394,6 +1723,36 @@ impl AppAgent {
         self.unlock();
         result
     }
+}
+
+/// What `app scale` left: the count of instances, for the boot it was made
+/// in (a reboot starts the manifest's count again).
+#[derive(Debug, Serialize, serde::Deserialize)]
+struct Scaled {
+    instances: u32,
+    boot_id: String,
+}
+
+fn read_scaled(path: &Path) -> Option<Scaled> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+/// Writes the count atomically (a new file renamed over the old one).
+fn write_scaled(path: &Path, instances: u32) -> std::io::Result<()> {
+    let json = serde_json::to_vec(&Scaled {
+        instances,
+        boot_id: boot_id(),
+    })?;
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, json)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// This boot's id (Linux); "" where there is none.
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
 }
 
 /// What a restore that is not an undo keeps the data it replaces as

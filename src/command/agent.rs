@@ -11,7 +11,8 @@ use crate::agent::system::{Activation, Agent, Goal, DEFAULT_ACTIVATION_TIMEOUT};
 use crate::agent::{AgentResult, Outcome, EVENT_DEPLOYMENT, EVENT_RESULT, EVENT_STATUS};
 use crate::app::manifest::{self, Manifest, Overrides, ServiceName};
 use crate::app::transaction::{
-    AppAgent, DeployRequest, RollbackRequest, SkipSnapshotGuard, EVENT_CHANGES, EVENT_UNBLOCKED,
+    AppAgent, DeployRequest, RollbackRequest, ScaleRequest, SkipSnapshotGuard, EVENT_CHANGES,
+    EVENT_UNBLOCKED,
 };
 use crate::cli::Context;
 use crate::command::app;
@@ -198,6 +199,19 @@ pub enum Verb {
         to: Option<String>,
         #[arg(long)]
         restore_data: bool,
+        #[command(flatten)]
+        audit: AppAudit,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+    /// Start or stop an app's instances until N run
+    AppScale {
+        #[arg(long)]
+        service: ServiceName,
+        #[arg(long, value_parser = state::id::parse_id)]
+        id: String,
+        #[arg(long, value_parser = manifest::parse_instances)]
+        instances: u32,
         #[command(flatten)]
         audit: AppAudit,
         #[command(flatten)]
@@ -391,6 +405,7 @@ pub async fn run(_ctx: &Context, args: Args) -> anyhow::Result<Exit> {
         | Verb::AppRollback { .. }
         | Verb::AppStatus { .. }
         | Verb::AppUnblock { .. }
+        | Verb::AppScale { .. }
         | Verb::AppChanged { .. }
         | Verb::AppHistory { .. }
         | Verb::Snapshot { .. }
@@ -481,6 +496,24 @@ async fn run_app(args: &Args, printer: Printer) -> anyhow::Result<Option<Exit>> 
                     id: id.clone(),
                     to: to.clone(),
                     restore_data: *restore_data,
+                    actor: audit.actor.clone(),
+                    reason: audit.reason.clone(),
+                    ci_run_url: audit.ci_run_url.clone(),
+                    lock_wait: wait(audit),
+                })
+                .await?
+        }
+        Verb::AppScale {
+            service,
+            id,
+            instances,
+            audit,
+            overrides,
+        } => {
+            open(service, overrides)?
+                .scale(&ScaleRequest {
+                    id: id.clone(),
+                    instances: *instances,
                     actor: audit.actor.clone(),
                     reason: audit.reason.clone(),
                     ci_run_url: audit.ci_run_url.clone(),

@@ -32,6 +32,9 @@ pub enum AppCommand {
     Status(StatusArgs),
     /// Let a revision blocked after a failed deploy be deployed again without --force
     Unblock(UnblockArgs),
+    /// Start or stop instances of a service (`berth.services.<name>.instances`) until COUNT
+    /// run; the count holds until the service's next deploy or the host's next boot
+    Scale(ScaleArgs),
     /// Past deploys of the service, newest first
     History(HistoryArgs),
     /// Whether a range of commits touches each service (its `paths`), and whether only its
@@ -158,6 +161,21 @@ pub struct RollbackArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct ScaleArgs {
+    #[command(flatten)]
+    pub target: ServiceArgs,
+    /// How many instances to run: 1 to the service's maxInstances (at most 32)
+    #[arg(value_name = "COUNT", value_parser = crate::app::manifest::parse_instances)]
+    pub instances: u32,
+    /// Wait this long for the service's lock before giving up
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub lock_wait: u64,
+    /// Why (recorded in the history)
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct StatusArgs {
     #[command(flatten)]
     pub target: ServiceArgs,
@@ -206,6 +224,7 @@ pub async fn run(ctx: &Context, command: AppCommand) -> anyhow::Result<Exit> {
         AppCommand::Rollback(args) => rollback(ctx, args).await,
         AppCommand::Status(args) => status(ctx, args).await,
         AppCommand::Unblock(args) => unblock(ctx, args).await,
+        AppCommand::Scale(args) => scale(ctx, args).await,
         AppCommand::History(args) => history(ctx, args).await,
         AppCommand::Changed(args) => changed(ctx, args).await,
     }
@@ -483,6 +502,29 @@ async fn rollback(ctx: &Context, args: RollbackArgs) -> anyhow::Result<Exit> {
     Ok(report(ctx, &what, &result, started))
 }
 
+async fn scale(ctx: &Context, args: ScaleArgs) -> anyhow::Result<Exit> {
+    let started = Instant::now();
+    let service = &args.target.service;
+    let host = connect(ctx, &args.target.host, service).await?;
+    let id = state::new_id();
+    let cmd = agent(ctx, "app-scale", Some(service))
+        .args(["--id", &id])
+        .args(["--instances", &args.instances.to_string()])
+        .args(["--lock-wait", &args.lock_wait.to_string()]);
+    let cmd = audit_args(cmd, args.reason.clone());
+    let what = format!("{service} on {}", host.name());
+    ctx.printer.line(format!(
+        "{what}: scaling to {} instance(s) (scale {id})",
+        args.instances
+    ));
+    let run = run_agent(ctx, &host, &cmd).await;
+    let _ = host.close().await;
+    let result = run?
+        .result
+        .context("the agent ended without saying how the scale went")?;
+    Ok(report(ctx, &what, &result, started))
+}
+
 async fn status(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
     let service = &args.target.service;
     let cmd = agent(ctx, "app-status", Some(service));
@@ -569,13 +611,22 @@ async fn query(
 fn show_status(printer: Printer, service: &str, s: &serde_json::Value) {
     let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
     printer.line(format!("{service}: runs {}", text(&s["current"])));
-    printer.line(format!(
-        "  unit {}: {} ({}), restarts {}",
-        text(&s["unit"]),
-        text(&s["state"]["active_state"]),
-        text(&s["state"]["sub_state"]),
-        s["state"]["n_restarts"]
-    ));
+    let instances = s["instances"].as_array().cloned().unwrap_or_default();
+    if s["unit"].as_str().is_some_and(|u| u.ends_with("@.service")) {
+        printer.line(format!(
+            "  {} of at most {} instance(s) should run",
+            s["running_instances"], s["max_instances"]
+        ));
+    }
+    for i in &instances {
+        printer.line(format!(
+            "  unit {}: {} ({}), restarts {}",
+            text(&i["unit"]),
+            text(&i["state"]["active_state"]),
+            text(&i["state"]["sub_state"]),
+            i["state"]["n_restarts"]
+        ));
+    }
     let releases: Vec<String> = s["releases"]
         .as_array()
         .map(|a| a.iter().map(text).collect())

@@ -10,12 +10,16 @@ Python 3 standard library only. Run in a release directory (the cwd):
   `"health": "ok" | "fail" | "slow"`: fail answers /health with 500 forever
   (rows keep coming); slow answers 503 for APP_SLOW_SECS after start, then 200
   `"write_ms": N`: write a row every N ms (default 10)
+  `"fail_instances": [N, …]`: the instances (BERTH_INSTANCE) that answer
+  /health with 500 forever, as `"health": "fail"` does
   (`install` and `migrate` are read by install.sh and migrate.sh)
 
 Environment: APP_DB (default ../data/app.db, relative to the cwd), APP_PORT
-(default 8090), APP_HOST (default 127.0.0.1), APP_SLOW_SECS (default 20).
+(else PORT, as berth's unit passes it; default 8090), APP_HOST (default
+127.0.0.1), APP_SLOW_SECS (default 20), BERTH_INSTANCE (the instance of a
+template unit; default 1).
 
-Endpoints: GET /health -> {"revision", "rows"}; GET /rows -> {"count",
+Endpoints: GET /health -> {"revision", "rows", "instance"}; GET /rows -> {"count",
 "max_id", "revision"}; GET /api/items -> 401; anything else 404.
 """
 
@@ -101,7 +105,9 @@ def main():
     behaviour = read_behaviour()
     db_path = os.environ.get("APP_DB", os.path.join("..", "data", "app.db"))
     host = os.environ.get("APP_HOST", "127.0.0.1")
-    port = int(os.environ.get("APP_PORT", "8090"))
+    port = int(os.environ.get("APP_PORT") or os.environ.get("PORT") or "8090")
+    instance = int(os.environ.get("BERTH_INSTANCE") or "1")
+    failing = instance in behaviour.get("fail_instances", [])
     slow_secs = float(os.environ.get("APP_SLOW_SECS", "20"))
     started = time.monotonic()
 
@@ -138,14 +144,15 @@ def main():
             path = urlsplit(self.path).path
             if path == "/health":
                 health = behaviour.get("health", "ok")
-                if health == "fail":
-                    self.send(500, {"revision": revision, "error": "health=fail"})
+                if health == "fail" or failing:
+                    self.send(500, {"revision": revision, "instance": instance,
+                                    "error": "health=fail"})
                     return
                 if health == "slow" and time.monotonic() - started < slow_secs:
                     self.send(503, {"revision": revision, "starting": True})
                     return
                 rows, _ = count()
-                self.send(200, {"revision": revision, "rows": rows})
+                self.send(200, {"revision": revision, "rows": rows, "instance": instance})
             elif path == "/rows":
                 rows, max_id = count()
                 self.send(200, {"count": rows, "max_id": max_id, "revision": revision})
@@ -172,7 +179,7 @@ def main():
 
     signal.signal(signal.SIGTERM, shut_down)
     signal.signal(signal.SIGINT, shut_down)
-    log(f"revision {revision} on http://{host}:{port}, db {db_path}, "
+    log(f"revision {revision}, instance {instance} on http://{host}:{port}, db {db_path}, "
         f"behaviour {json.dumps(behaviour)}")
     server.serve_forever()
     server.server_close()

@@ -162,9 +162,14 @@ impl World {
 
 /// A GET over plain TCP: the status line decides.
 pub fn http_get(addr: &str, path: &str) -> Result<String, String> {
+    http_get_at(addr, PORT, path)
+}
+
+/// A GET of `path` on `port`.
+pub fn http_get_at(addr: &str, port: u16, path: &str) -> Result<String, String> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect_timeout(
-        &format!("{addr}:{PORT}").parse().unwrap(),
+        &format!("{addr}:{port}").parse().unwrap(),
         Duration::from_secs(2),
     )
     .map_err(|e| e.to_string())?;
@@ -225,8 +230,46 @@ impl Poller {
     }
 }
 
+/// How the service runs: one plain unit `notes.service` (as
+/// `berth.services.notes` with `instances = 1`), or `instances` of the
+/// template `notes@.service`, at most `max`.
+#[derive(Clone, Copy, Debug)]
+pub struct Instances {
+    pub instances: u32,
+    pub max: u32,
+}
+
+impl Instances {
+    pub const ONE: Instances = Instances {
+        instances: 1,
+        max: 1,
+    };
+
+    pub fn templated(self) -> bool {
+        self.max > 1
+    }
+}
+
 /// The service's manifest, as the module would write it.
 pub fn manifest() -> serde_json::Value {
+    manifest_of(Instances::ONE)
+}
+
+/// The manifest of the service run as `how` (nix/lib/manifest.nix: a
+/// template, the counts, the base port and `{port}` in the health URL).
+pub fn manifest_of(how: Instances) -> serde_json::Value {
+    let mut m = manifest_plain();
+    if how.templated() {
+        m["unit"] = "notes@.service".into();
+        m["instances"] = how.instances.into();
+        m["maxInstances"] = how.max.into();
+        m["port"] = PORT.into();
+        m["health"]["url"] = "http://127.0.0.1:{port}/health".into();
+    }
+    m
+}
+
+fn manifest_plain() -> serde_json::Value {
     serde_json::json!({
         "version": 1,
         "service": SERVICE,
@@ -249,17 +292,46 @@ pub fn manifest() -> serde_json::Value {
     })
 }
 
-pub async fn set_up(lab: &LabGuard) -> String {
+pub async fn set_up(lab: &LabGuard, how: Instances) -> String {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/app");
-    let unit = std::fs::read_to_string(fixture.join("app.service.in"))
+    let (unit_file, unit_name) = if how.templated() {
+        ("app@.service.in", "notes@.service")
+    } else {
+        ("app.service.in", "notes.service")
+    };
+    let unit = std::fs::read_to_string(fixture.join(unit_file))
         .unwrap()
         .replace("@SERVICE@", SERVICE)
         .replace("@DIR@", DIR)
         .replace("@PORT@", &PORT.to_string())
         // The test polls from outside the host; the health check stays on
         // loopback.
-        .replace("APP_PORT=", "APP_HOST=0.0.0.0 APP_SLOW_SECS=6 APP_PORT=");
-    let manifest = manifest();
+        .replace("APP_DB=", "APP_HOST=0.0.0.0 APP_SLOW_SECS=6 APP_DB=");
+    let manifest = manifest_of(how);
+    // The sudo rule nix/lib/sudo.nix writes: four verbs of each unit the
+    // service may run, each named.
+    let units: Vec<String> = if how.templated() {
+        (1..=how.max)
+            .map(|i| format!("{SERVICE}@{i}.service"))
+            .collect()
+    } else {
+        vec![format!("{SERVICE}.service")]
+    };
+    let commands: Vec<String> = units
+        .iter()
+        .flat_map(|unit| {
+            ["restart", "stop", "start", "status"]
+                .map(|verb| format!("/usr/bin/systemctl {verb} {unit}"))
+        })
+        .collect();
+    let sudoers = format!("{SERVICE} ALL=(root) NOPASSWD: {}", commands.join(", "));
+    let wanted: Vec<String> = if how.templated() {
+        (1..=how.instances)
+            .map(|i| format!("{SERVICE}@{i}.service"))
+            .collect()
+    } else {
+        Vec::new()
+    };
     format!(
         r#"set -e
 useradd --system --home-dir {DIR} --shell /bin/sh {SERVICE}
@@ -277,12 +349,20 @@ cp {fixture}/app.py {fixture}/install.sh {fixture}/migrate.sh {fixture}/requirem
 cd /srv/notes-work && git init -q -b main && git add -A && git commit -q -m app
 git init -q --bare /srv/notes.git && git push -q /srv/notes.git main
 git remote add origin /srv/notes.git
-printf '%s ALL=(root) NOPASSWD: /usr/bin/systemctl restart %s.service, /usr/bin/systemctl stop %s.service, /usr/bin/systemctl start %s.service, /usr/bin/systemctl status %s.service\n' {SERVICE} {SERVICE} {SERVICE} {SERVICE} {SERVICE} > /etc/sudoers.d/{SERVICE}
+cat > /etc/sudoers.d/{SERVICE} <<'SUDO'
+{sudoers}
+SUDO
 chmod 0440 /etc/sudoers.d/{SERVICE}
+visudo -c -q -f /etc/sudoers.d/{SERVICE}
 printf '[Service]\nExecStart=/bin/sleep infinity\n' > /etc/systemd/system/other.service
-cat > /etc/systemd/system/notes.service <<'UNIT'
+cat > /etc/systemd/system/{unit_name} <<'UNIT'
 {unit}
 UNIT
+# The instances a boot starts (the module's multi-user.target wants).
+for unit in {wanted}; do
+  mkdir -p /etc/systemd/system/multi-user.target.wants
+  ln -sf /etc/systemd/system/{unit_name} /etc/systemd/system/multi-user.target.wants/$unit
+done
 cat > /etc/berth/services/notes.json <<'JSON'
 {manifest}
 JSON
@@ -290,6 +370,7 @@ systemctl daemon-reload
 systemctl start other.service
 "#,
         key = lab.dir().join("id_ed25519.pub").display(),
+        wanted = wanted.join(" "),
         fixture = fixture.display(),
     )
 }
@@ -299,12 +380,17 @@ impl World {
     /// service set up; `body` runs against it, then the lab goes down (or,
     /// on a panic, the guard takes it down).
     pub fn run(name: &str, body: impl AsyncFnOnce(&World)) {
-        World::run_with(name, &[], body)
+        World::run_with(name, Instances::ONE, &[], body)
     }
 
-    /// As [`World::run`], with more hosts of `kinds` (h2, h3, …) beside
-    /// the app's h1.
-    pub fn run_with(name: &str, kinds: &[HostKind], body: impl AsyncFnOnce(&World)) {
+    /// As [`World::run`], with the service run as `how` and more hosts of
+    /// `kinds` (h2, h3, …) beside the app's h1.
+    pub fn run_with(
+        name: &str,
+        how: Instances,
+        kinds: &[HostKind],
+        body: impl AsyncFnOnce(&World),
+    ) {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -319,7 +405,7 @@ impl World {
             let root = lab.connect("h1").await.unwrap();
             let addr = lab.host("h1").unwrap().net.addr.to_string();
             let w = World { lab, root, addr };
-            let script = set_up(&w.lab).await;
+            let script = set_up(&w.lab, how).await;
             w.sh(&script).await;
             body(&w).await;
             let World { lab, root, .. } = w;

@@ -44,10 +44,10 @@ in [
     actual = builtins.length (builtins.split (escape ''
         ### `berth.services.<name>.port`
 
-        The loopback port the app listens on, passed to it as `PORT`. Caddy
-        proxies to it and the deploy's health check asks it. `null` for a
-        service that serves no HTTP (then set `health.url`, or deploy with
-        `--health-url`).
+        The loopback port the app listens on, passed to it as `PORT` (with
+        `instances`, the first instance's port). Caddy proxies to it and the
+        deploy's health check asks it. `null` for a service that serves no
+        HTTP (then set `health.url`, or deploy with `--health-url`).
 
         - Type: null or 16 bit unsigned integer; between 0 and 65535 (both inclusive)
         - Default: `null`

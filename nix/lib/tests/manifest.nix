@@ -16,6 +16,9 @@ in [
       service = "notes";
       dir = "/var/lib/notes";
       unit = "notes.service";
+      instances = 1;
+      maxInstances = 1;
+      port = 3000;
       repository = "https://example.com/notes.git";
       branch = "main";
       paths = [];
@@ -81,6 +84,9 @@ in [
       service = "wiki";
       dir = "/var/lib/wiki";
       unit = "wiki.service";
+      instances = 1;
+      maxInstances = 1;
+      port = 8080;
       repository = "git@github.com:acme/wiki.git";
       branch = "production";
       paths = ["apps/wiki" "!apps/wiki/e2e"];
