@@ -8,8 +8,10 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::command;
-use crate::diagnostics::{self, Exit, UsageError};
+use crate::context::Context;
+use crate::diagnostics;
 use crate::env;
+use crate::error::{Exit, UsageError};
 use crate::host::SshSettings;
 use crate::output::{ColorChoice, Printer};
 
@@ -106,47 +108,36 @@ pub enum Command {
     Agent(Box<command::agent::Args>),
 }
 
-/// What every command gets: where output goes and how to reach hosts.
-#[derive(Debug)]
-pub struct Context {
-    pub printer: Printer,
-    pub ssh: SshSettings,
-    /// The agent on the hosts.
-    pub agent: crate::agent::Program,
-}
-
-impl Context {
-    /// `uses_ssh`: whether the command reaches hosts with the deployer's
-    /// SSH settings (the lab writes its own ssh_config, so
-    /// `BERTH_SSH_CONFIG` may name one that `lab up` is about to make).
-    fn resolve(global: &GlobalArgs, uses_ssh: bool) -> Result<Context, UsageError> {
-        if let Some(config) = global.ssh_config.as_ref().filter(|_| uses_ssh) {
-            if !config.is_file() {
-                return Err(UsageError::new(format!(
-                    "the ssh_config {} does not exist",
-                    config.display()
-                ))
-                .hint(format!("check --ssh-config or {}", env::BERTH_SSH_CONFIG)));
-            }
-            // Nix splits NIX_SSHOPTS on whitespace.
-            if config.to_string_lossy().contains(char::is_whitespace) {
-                return Err(UsageError::new(format!(
-                    "the ssh_config path {} contains whitespace, which nix cannot pass to ssh",
-                    config.display()
-                ))
-                .hint("move or link it to a path without spaces"));
-            }
+/// The [`Context`] the global flags and environment make. `uses_ssh`: whether the command reaches hosts with the deployer's
+/// SSH settings (the lab writes its own ssh_config, so
+/// `BERTH_SSH_CONFIG` may name one that `lab up` is about to make).
+fn context(global: &GlobalArgs, uses_ssh: bool) -> Result<Context, UsageError> {
+    if let Some(config) = global.ssh_config.as_ref().filter(|_| uses_ssh) {
+        if !config.is_file() {
+            return Err(UsageError::new(format!(
+                "the ssh_config {} does not exist",
+                config.display()
+            ))
+            .hint(format!("check --ssh-config or {}", env::BERTH_SSH_CONFIG)));
         }
-        Ok(Context {
-            printer: Printer::new(global.json, global.color.enabled()),
-            ssh: SshSettings {
-                config_file: global.ssh_config.clone(),
-                accept_new_host_keys: global.accept_new_host_keys,
-                ..SshSettings::default()
-            },
-            agent: crate::agent::Program::resolve(global.agent.clone()),
-        })
+        // Nix splits NIX_SSHOPTS on whitespace.
+        if config.to_string_lossy().contains(char::is_whitespace) {
+            return Err(UsageError::new(format!(
+                "the ssh_config path {} contains whitespace, which nix cannot pass to ssh",
+                config.display()
+            ))
+            .hint("move or link it to a path without spaces"));
+        }
     }
+    Ok(Context {
+        printer: Printer::new(global.json, global.color.enabled()),
+        ssh: SshSettings {
+            config_file: global.ssh_config.clone(),
+            accept_new_host_keys: global.accept_new_host_keys,
+            ..SshSettings::default()
+        },
+        agent: crate::agent::Program::resolve(global.agent.clone()),
+    })
 }
 
 /// `--color` as given on the command line, read before clap parses so that
@@ -235,7 +226,7 @@ pub fn main() -> ExitCode {
             Command::Deploy(args) => !args.dry_run,
             _ => true,
         };
-        let ctx = Context::resolve(&cli.global, uses_ssh)?;
+        let ctx = context(&cli.global, uses_ssh)?;
         run(ctx, cli.command).await
     });
     match result {
@@ -254,7 +245,7 @@ fn report(err: &anyhow::Error, color: ColorChoice) -> ExitCode {
     if broken_pipe {
         return Exit::SUCCESS.into();
     }
-    let (text, exit) = diagnostics::render(err, color.enabled());
+    let (text, exit) = diagnostics::render(err, color.enabled(), command::diagnose);
     eprint!("{text}");
     exit.into()
 }
@@ -276,8 +267,8 @@ async fn run(ctx: Context, command: Command) -> anyhow::Result<Exit> {
         Command::Snapshot(cmd) => command::snapshot::run(&ctx, cmd).await,
         Command::Keys(cmd) => command::keys::run(&ctx, cmd).await,
         Command::Lab(cmd) => command::lab::run(&ctx, cmd).await,
-        Command::Completions(args) => command::completions::run(args),
-        Command::Man(args) => command::man::run(args),
+        Command::Completions(args) => command::completions::run(args, Cli::command()),
+        Command::Man(args) => command::man::run(args, Cli::command()),
         Command::Agent(args) => command::agent::run(&ctx, *args).await,
     }
 }

@@ -11,8 +11,8 @@ use reqwest::header::{HeaderMap, ACCEPT, AUTHORIZATION, LINK};
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 
-use crate::diagnostics::UsageError;
 use crate::env;
+use crate::error::UsageError;
 use crate::output::{paint, Printer, Style};
 
 /// The API when `GITHUB_API_URL` is not set.
@@ -594,7 +594,7 @@ pub async fn gate(
             Err(Failure::Transient(err)) if answered => {
                 printer.warn(format!(
                     "{err}: {}; asking again",
-                    crate::diagnostics::causes(&err)
+                    crate::error::causes(&err)
                 ));
             }
             Err(Failure::Transient(err)) => return Err(err.into()),

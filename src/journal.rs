@@ -76,6 +76,15 @@ pub enum JournalError {
     },
 }
 
+impl crate::error::Diagnose for JournalError {
+    fn diagnosis(&self) -> crate::error::Diagnosis {
+        crate::error::Diagnosis {
+            hint: self.hint(),
+            usage: self.is_usage(),
+        }
+    }
+}
+
 impl JournalError {
     /// What to do about it.
     pub fn hint(&self) -> Option<String> {
@@ -232,7 +241,7 @@ mod tests {
         .unwrap_err();
         assert!(!failed.is_usage());
         assert!(
-            crate::diagnostics::causes(&failed).contains("Failed to parse timestamp"),
+            crate::error::causes(&failed).contains("Failed to parse timestamp"),
             "{failed:?}"
         );
         let none = check_booted("h2", &output(code(1), "")).unwrap_err();

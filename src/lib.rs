@@ -7,9 +7,11 @@ pub mod agent;
 pub mod app;
 pub mod cli;
 pub mod command;
+pub mod context;
 pub mod deploy;
 pub mod diagnostics;
 pub mod env;
+pub mod error;
 pub mod flake;
 #[cfg(test)]
 mod fuzz;

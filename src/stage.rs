@@ -19,7 +19,7 @@ pub struct Stage(String);
 
 /// A stage name that breaks [`STAGE_RULE`].
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
-#[error("`{}` is not a valid stage: {STAGE_RULE}", crate::diagnostics::printable(.0))]
+#[error("`{}` is not a valid stage: {STAGE_RULE}", crate::error::printable(.0))]
 pub struct InvalidStage(pub String);
 
 impl Stage {
@@ -84,6 +84,15 @@ pub enum StageError {
         /// Where the stage is declared, e.g. `berth.deployment.stage`.
         option: String,
     },
+}
+
+impl crate::error::Diagnose for StageError {
+    fn diagnosis(&self) -> crate::error::Diagnosis {
+        crate::error::Diagnosis {
+            hint: Some(self.hint()),
+            usage: true,
+        }
+    }
 }
 
 impl StageError {

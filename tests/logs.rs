@@ -85,7 +85,7 @@ async fn scenarios(w: &World) {
     let rev = w.commit(serde_json::json!({ "v": 1 }), "main").await;
     let run = w.deploy(&rev, &[]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let started = format!("app: revision {rev} on http");
+    let started = format!("app: revision {rev}, instance 1 on http");
 
     let mut fleet = Fleet::new("logs");
     let spec = |host: &str, tags: &[&str]| {

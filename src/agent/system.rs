@@ -418,7 +418,7 @@ impl Agent {
             Ok(Signatures::NotRequired) => return Ok(None),
             Ok(Signatures::Required(trust)) => trust,
             Err(err) => {
-                let cause = crate::diagnostics::causes(&err);
+                let cause = crate::error::causes(&err);
                 let cause = if cause.is_empty() {
                     String::new()
                 } else {

@@ -8,7 +8,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::diagnostics::character;
+use crate::error::character;
 use crate::stage::Stage;
 
 /// In the health URL: the port of the instance checked.
@@ -146,7 +146,7 @@ pub fn parse_instances(text: &str) -> Result<u32, String> {
         Ok(n) => Err(format!("{n} is out of range: {rule}")),
         Err(_) => Err(format!(
             "`{}` is not a number: {rule}",
-            crate::diagnostics::printable(text)
+            crate::error::printable(text)
         )),
     }
 }
@@ -243,8 +243,17 @@ pub enum ManifestError {
     },
     #[error("the manifest {} has version {found}; this berth reads version {VERSION}", .path.display())]
     Version { path: PathBuf, found: u32 },
-    #[error("service `{}`: {problem}", crate::diagnostics::printable(.service))]
+    #[error("service `{}`: {problem}", crate::error::printable(.service))]
     Invalid { service: String, problem: String },
+}
+
+impl crate::error::Diagnose for ManifestError {
+    fn diagnosis(&self) -> crate::error::Diagnosis {
+        crate::error::Diagnosis {
+            hint: self.hint(),
+            usage: true,
+        }
+    }
 }
 
 impl ManifestError {
@@ -276,7 +285,7 @@ pub struct ServiceName(String);
 
 /// A service name that breaks [`SERVICE_NAME_RULE`].
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
-#[error("`{}` is not a valid service name: {why} ({SERVICE_NAME_RULE})", crate::diagnostics::printable(.text))]
+#[error("`{}` is not a valid service name: {why} ({SERVICE_NAME_RULE})", crate::error::printable(.text))]
 pub struct InvalidServiceName {
     pub text: String,
     pub why: String,
@@ -470,7 +479,7 @@ impl Manifest {
                 return Err(format!(
                     "its repository `{}` is not a URL git can fetch: it must not be empty, \
                      start with `-` (git would read an option) or hold control characters",
-                    crate::diagnostics::printable(repo)
+                    crate::error::printable(repo)
                 ));
             }
         }
@@ -490,7 +499,7 @@ impl Manifest {
             return Err(format!(
                 "its environment names the variable `{}`: a variable name is letters, digits \
                  and `_`, and does not start with a digit",
-                crate::diagnostics::printable(key)
+                crate::error::printable(key)
             ));
         }
         let dir = self.dir.clone();
@@ -879,7 +888,7 @@ mod tests {
         for (text, why) in cases {
             let err = ServiceName::new(text).unwrap_err();
             assert_eq!(err.why, why, "{text:?}");
-            let shown = crate::diagnostics::printable(text);
+            let shown = crate::error::printable(text);
             assert_eq!(
                 err.to_string(),
                 format!("`{shown}` is not a valid service name: {why} ({SERVICE_NAME_RULE})")
@@ -980,7 +989,7 @@ mod tests {
                 }
                 Err(e) => {
                     let message = e.to_string();
-                    let shown = crate::diagnostics::printable(&text);
+                    let shown = crate::error::printable(&text);
                     proptest::prop_assert!(message.contains(&shown), "{}", message);
                     proptest::prop_assert!(message.contains(SERVICE_NAME_RULE));
                     proptest::prop_assert!(!message.contains(|c: char| c.is_control()));

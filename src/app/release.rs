@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::diagnostics::{character, printable};
+use crate::error::{character, printable};
 use crate::process::{self, Cmd, CommandError, JobLog, Via};
 
 /// What to deploy, as asked.

@@ -160,6 +160,15 @@ pub enum SnapshotError {
     },
 }
 
+impl crate::error::Diagnose for SnapshotError {
+    fn diagnosis(&self) -> crate::error::Diagnosis {
+        crate::error::Diagnosis {
+            hint: self.hint(),
+            usage: false,
+        }
+    }
+}
+
 impl SnapshotError {
     pub fn hint(&self) -> Option<String> {
         match self {

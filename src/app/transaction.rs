@@ -129,6 +129,15 @@ fn kept_list(kept: &[String]) -> String {
     }
 }
 
+impl crate::error::Diagnose for AppError {
+    fn diagnosis(&self) -> crate::error::Diagnosis {
+        crate::error::Diagnosis {
+            hint: self.hint(),
+            usage: self.is_usage(),
+        }
+    }
+}
+
 impl AppError {
     pub fn hint(&self) -> Option<String> {
         match self {

@@ -101,7 +101,7 @@ async fn probe(client: &reqwest::Client, check: &HealthCheck) -> Result<(), Stri
         .get(&check.url)
         .send()
         .await
-        .map_err(|e| format!("{}: {}", check.url, crate::diagnostics::causes(&e)))?;
+        .map_err(|e| format!("{}: {}", check.url, crate::error::causes(&e)))?;
     let status = response.status().as_u16();
     let body = response.text().await.unwrap_or_default();
     if status != check.status {

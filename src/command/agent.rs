@@ -14,10 +14,10 @@ use crate::app::transaction::{
     AppAgent, DeployRequest, RollbackRequest, ScaleRequest, SkipSnapshotGuard, EVENT_CHANGES,
     EVENT_UNBLOCKED,
 };
-use crate::cli::Context;
 use crate::command::app;
-use crate::diagnostics::Exit;
+use crate::context::Context;
 use crate::env;
+use crate::error::Exit;
 use crate::flake::Revision;
 use crate::nix::{StorePath, SYSTEM_PROFILE};
 use crate::output::Printer;

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use crate::cli::Context;
-use crate::diagnostics::{Exit, UsageError};
+use crate::context::Context;
+use crate::error::{Exit, UsageError};
 use crate::github::{self, GateOptions, Outcome, Repo, Sha};
 
 /// How long the gate waits when no `--timeout` is given.

@@ -1,9 +1,6 @@
 //! `berth completions SHELL`.
 
-use clap::CommandFactory;
-
-use crate::cli::Cli;
-use crate::diagnostics::Exit;
+use crate::error::Exit;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -12,12 +9,8 @@ pub struct Args {
     pub shell: clap_complete::Shell,
 }
 
-pub fn run(args: Args) -> anyhow::Result<Exit> {
-    clap_complete::generate(
-        args.shell,
-        &mut Cli::command(),
-        "berth",
-        &mut std::io::stdout(),
-    );
+/// `cli`: berth's whole command line, which the script completes.
+pub fn run(args: Args, mut cli: clap::Command) -> anyhow::Result<Exit> {
+    clap_complete::generate(args.shell, &mut cli, "berth", &mut std::io::stdout());
     Ok(Exit::SUCCESS)
 }

@@ -14,10 +14,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::agent::call::Audit;
 use crate::agent::system::Goal;
-use crate::cli::Context;
+use crate::context::Context;
 use crate::deploy::{self, Job, Options, Outcome};
-use crate::diagnostics::{Exit, UsageError};
 use crate::env;
+use crate::error::{Exit, UsageError};
 use crate::flake::{self, NodeName};
 use crate::host::{Host, LocalHost};
 use crate::nix::StorePath;

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use crate::agent::call::Audit;
 use crate::agent::system::Goal;
-use crate::cli::Context;
+use crate::context::Context;
 use crate::deploy::{self, Job, Options, Outcome, Report};
-use crate::diagnostics::{Exit, UsageError};
 use crate::env;
+use crate::error::{Exit, UsageError};
 use crate::flake::{self, FlakeRef, NodeMeta, NodeName, Revision, Selector};
 
 use super::nodes;
@@ -429,7 +429,7 @@ pub fn check_sign_key(key: &Path) -> Result<(), UsageError> {
     crate::nix::keys::check_secret_key_file(key)
         .map(|_| ())
         .map_err(|err| {
-            let cause = crate::diagnostics::causes(&err);
+            let cause = crate::error::causes(&err);
             let message = if cause.is_empty() {
                 format!("--sign-key: {err}")
             } else {

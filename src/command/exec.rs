@@ -9,8 +9,8 @@ use std::time::Instant;
 use anyhow::Context as _;
 use serde::Serialize;
 
-use crate::cli::Context;
-use crate::diagnostics::Exit;
+use crate::context::Context;
+use crate::error::Exit;
 use crate::flake::NodeMeta;
 use crate::host::{tailscale, Host, SshSettings};
 use crate::output::Printer;

@@ -2,8 +2,8 @@
 //! host recorded them.
 
 use crate::agent::{call, EVENT_DEPLOYMENT};
-use crate::cli::Context;
-use crate::diagnostics::Exit;
+use crate::context::Context;
+use crate::error::Exit;
 use crate::output::short_commit;
 use crate::state::Deployment;
 

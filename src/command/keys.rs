@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-use crate::cli::Context;
-use crate::diagnostics::{Exit, UsageError};
+use crate::context::Context;
+use crate::error::{Exit, UsageError};
 use crate::nix::keys;
 use crate::process::{self, JobLog, Via};
 

@@ -6,8 +6,8 @@
 use anyhow::Context as _;
 
 use crate::app::manifest::ServiceName;
-use crate::cli::Context;
-use crate::diagnostics::{Exit, RemoteError};
+use crate::context::Context;
+use crate::error::{Exit, RemoteError};
 use crate::host::Host;
 
 use super::app::{self, HostArgs};

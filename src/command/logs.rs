@@ -8,8 +8,8 @@ use anyhow::Context as _;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::app::manifest::{ServiceName, MANIFEST_DIR};
-use crate::cli::Context;
-use crate::diagnostics::{Exit, UsageError};
+use crate::context::Context;
+use crate::error::{Exit, UsageError};
 use crate::host::{Host, SshHost};
 use crate::journal::{self, Query};
 use crate::process::{Cmd, Stream};

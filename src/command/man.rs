@@ -1,16 +1,15 @@
 //! `berth man`: the man page, generated from the same clap definitions.
 
 use anyhow::Context;
-use clap::CommandFactory;
 
-use crate::cli::Cli;
-use crate::diagnostics::Exit;
+use crate::error::Exit;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {}
 
-pub fn run(_args: Args) -> anyhow::Result<Exit> {
-    clap_mangen::Man::new(Cli::command())
+/// `cli`: berth's whole command line, which the page describes.
+pub fn run(_args: Args, cli: clap::Command) -> anyhow::Result<Exit> {
+    clap_mangen::Man::new(cli)
         .render(&mut std::io::stdout())
         .context("could not write the man page")?;
     Ok(Exit::SUCCESS)

@@ -4,9 +4,9 @@
 use anyhow::Context as _;
 
 use crate::agent;
-use crate::cli::Context;
+use crate::context::Context;
 use crate::deploy;
-use crate::diagnostics::UsageError;
+use crate::error::UsageError;
 use crate::flake::{self, FlakeRef, NodeMeta, Selector};
 use crate::host::{Host, SshHost, SshSettings};
 use crate::process::Cmd;

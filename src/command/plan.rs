@@ -5,8 +5,8 @@
 use anyhow::Context as _;
 
 use crate::agent::{call, EVENT_STATUS};
-use crate::cli::Context;
-use crate::diagnostics::Exit;
+use crate::context::Context;
+use crate::error::Exit;
 use crate::flake;
 use crate::host::Host;
 use crate::nix::{diff, dry_activate, StorePath};

@@ -2,8 +2,8 @@
 //! earlier generation (by default the one before the current).
 
 use crate::agent::{self, call, Outcome};
-use crate::cli::Context;
-use crate::diagnostics::Exit;
+use crate::context::Context;
+use crate::error::Exit;
 use crate::host::Host;
 use crate::state;
 

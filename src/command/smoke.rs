@@ -13,8 +13,8 @@ use clap::error::{ContextKind, ContextValue};
 use reqwest::Url;
 use serde::Serialize;
 
-use crate::cli::Context;
-use crate::diagnostics::{self, Exit, UsageError};
+use crate::context::Context;
+use crate::error::{self, Exit, UsageError};
 use crate::output::{paint, Style};
 
 /// The check made when no `--expect` is given.
@@ -400,7 +400,7 @@ fn describe(err: &reqwest::Error, timeout: Duration) -> String {
     if err.is_connect() {
         format!("could not connect: {root}")
     } else {
-        format!("the request failed: {}", diagnostics::causes(err))
+        format!("the request failed: {}", error::causes(err))
     }
 }
 

@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 
-use crate::cli::Context;
-use crate::diagnostics::{Exit, RemoteError};
+use crate::context::Context;
+use crate::error::{Exit, RemoteError};
 
 use super::app::{self, ServiceArgs};
 

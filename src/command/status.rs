@@ -2,8 +2,8 @@
 //! is in flight, and how the last deploy went.
 
 use crate::agent::{call, EVENT_STATUS};
-use crate::cli::Context;
-use crate::diagnostics::Exit;
+use crate::context::Context;
+use crate::error::Exit;
 use crate::state::Deployment;
 
 use super::{history, nodes};

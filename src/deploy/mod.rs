@@ -402,7 +402,7 @@ async fn reach(
         .with_options(&settings.ssh_options, scratch.path())
         .map_err(|err| format!("node {node}: {err}"))?;
     let host = SshHost::connect(destination, &ssh).await.map_err(|err| {
-        let mut why = format!("{err}: {}", crate::diagnostics::causes(&err));
+        let mut why = format!("{err}: {}", crate::error::causes(&err));
         if let Some(hint) = err.hint() {
             why.push_str(&format!(" (hint: {hint})"));
         }
@@ -778,7 +778,7 @@ impl HostRun<'_> {
     async fn connect(&self, destination: &Destination) -> Result<SshHost, String> {
         SshHost::connect(destination, &self.ssh)
             .await
-            .map_err(|e| format!("{e}: {}", crate::diagnostics::causes(&e)))
+            .map_err(|e| format!("{e}: {}", crate::error::causes(&e)))
     }
 
     /// Confirms over a NEW connection (`fresh`, opened while the health

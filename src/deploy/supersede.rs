@@ -74,7 +74,7 @@ async fn verdict(
         )),
         Err(err) => Verdict::Refuse(format!(
             "{err}: {} (so {node} is not deployed: it runs {h}, which may already contain {t})",
-            crate::diagnostics::causes(&err)
+            crate::error::causes(&err)
         )),
     }
 }

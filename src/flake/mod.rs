@@ -20,7 +20,7 @@ pub use settings::{CommandCheck, DeploymentSettings, HealthChecks, HttpCheck, Ta
 
 use node::NODE_NAME_RULE;
 
-use crate::diagnostics::printable;
+use crate::error::printable;
 use crate::process::CommandError;
 
 /// One node of the fleet: its name and how to deploy it.
@@ -108,6 +108,15 @@ pub enum FlakeError {
         #[source]
         source: Box<CommandError>,
     },
+}
+
+impl crate::error::Diagnose for FlakeError {
+    fn diagnosis(&self) -> crate::error::Diagnosis {
+        crate::error::Diagnosis {
+            hint: self.hint(),
+            usage: self.is_usage(),
+        }
+    }
 }
 
 impl FlakeError {

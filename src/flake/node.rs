@@ -47,13 +47,10 @@ pub(crate) fn why_invalid(text: &str) -> Option<String> {
         .chars()
         .find(|&c| !(c.is_ascii_alphanumeric() || "_-.".contains(c)))
     {
-        return Some(format!("it holds {}", crate::diagnostics::character(bad)));
+        return Some(format!("it holds {}", crate::error::character(bad)));
     }
     if !(first.is_ascii_alphanumeric() || first == '_') {
-        return Some(format!(
-            "it starts with {}",
-            crate::diagnostics::character(first)
-        ));
+        return Some(format!("it starts with {}", crate::error::character(first)));
     }
     None
 }
@@ -271,7 +268,7 @@ mod tests {
             ("wеb1", "it holds 'е' (U+0435)"), // a Cyrillic е
         ] {
             let err = NodeName::new(text).unwrap_err().to_string();
-            let shown = crate::diagnostics::printable(text);
+            let shown = crate::error::printable(text);
             assert_eq!(
                 err,
                 format!("`{shown}` is not a valid node name: {why} ({NODE_NAME_RULE})")
@@ -302,7 +299,7 @@ mod tests {
                 }
                 Err(e) => {
                     let message = e.to_string();
-                    proptest::prop_assert!(message.contains(&crate::diagnostics::printable(&text)));
+                    proptest::prop_assert!(message.contains(&crate::error::printable(&text)));
                     proptest::prop_assert!(message.contains(NODE_NAME_RULE));
                     proptest::prop_assert!(!message.contains(|c: char| c.is_control()));
                 }

@@ -49,8 +49,8 @@ impl Selector {
             {
                 return Err(invalid(format!(
                     "`{}` holds {}; {TERM_RULE}",
-                    crate::diagnostics::printable(term),
-                    crate::diagnostics::character(bad)
+                    crate::error::printable(term),
+                    crate::error::character(bad)
                 )));
             }
             terms.push(make(pattern.to_owned()));
@@ -401,7 +401,7 @@ mod tests {
                 }
                 Err(e) => {
                     let message = e.to_string();
-                    proptest::prop_assert!(message.contains(&crate::diagnostics::printable(&text)));
+                    proptest::prop_assert!(message.contains(&crate::error::printable(&text)));
                     proptest::prop_assert!(!message.contains(|c: char| c.is_control()));
                 }
             }

@@ -81,7 +81,7 @@ pub struct Destination {
 #[error(
     "`{}` is not an SSH destination: expected `host` or `user@host`, each of letters, digits, \
      `.`, `-` and `_` (and `:` or `%` in a host's address), not starting with `-`",
-    crate::diagnostics::printable(.0)
+    crate::error::printable(.0)
 )]
 pub struct InvalidDestination(String);
 
@@ -134,6 +134,15 @@ pub struct ConnectError {
     destination: String,
     #[source]
     source: openssh::Error,
+}
+
+impl crate::error::Diagnose for ConnectError {
+    fn diagnosis(&self) -> crate::error::Diagnosis {
+        crate::error::Diagnosis {
+            hint: self.hint(),
+            usage: false,
+        }
+    }
 }
 
 impl ConnectError {

@@ -60,6 +60,15 @@ pub enum TailscaleError {
     },
 }
 
+impl crate::error::Diagnose for TailscaleError {
+    fn diagnosis(&self) -> crate::error::Diagnosis {
+        crate::error::Diagnosis {
+            hint: self.hint(),
+            usage: self.is_usage(),
+        }
+    }
+}
+
 impl TailscaleError {
     /// What to do about it, when berth can tell.
     pub fn hint(&self) -> Option<String> {
@@ -808,17 +817,27 @@ mod tests {
             "node web2: could not resolve targetHost `web2` through Tailscale"
         );
         assert!(err.is_usage());
+        // What the renderer shows: the inner verdict among the causes, and
+        // its hint once, not once more for the node's error around it.
         let anyhow = anyhow::Error::new(err);
-        let (text, exit) = crate::diagnostics::render(&anyhow, false);
-        assert_eq!(exit, crate::diagnostics::Exit::USAGE);
+        let text: Vec<String> = anyhow.chain().map(|c| c.to_string()).collect();
         assert!(
-            text.contains("caused by: tailscale peer web2.tailnet-x.ts.net is offline"),
-            "{text}"
+            text.iter()
+                .any(|c| c.starts_with("tailscale peer web2.tailnet-x.ts.net is offline")),
+            "{text:?}"
         );
+        let hints: Vec<String> = anyhow
+            .chain()
+            .filter_map(|c| c.downcast_ref::<TailscaleError>())
+            .filter_map(|e| e.hint())
+            .collect();
         assert_eq!(
-            text.matches("hint: bring the host back").count(),
+            hints
+                .iter()
+                .filter(|h| h.starts_with("bring the host back"))
+                .count(),
             1,
-            "{text}"
+            "{hints:?}"
         );
     }
 

@@ -89,6 +89,15 @@ pub enum LabError {
     Teardown { dir: PathBuf, problems: Vec<String> },
 }
 
+impl crate::error::Diagnose for LabError {
+    fn diagnosis(&self) -> crate::error::Diagnosis {
+        crate::error::Diagnosis {
+            hint: self.hint(),
+            usage: self.is_usage(),
+        }
+    }
+}
+
 impl LabError {
     pub fn hint(&self) -> Option<String> {
         match self {

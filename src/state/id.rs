@@ -41,7 +41,7 @@ pub fn parse_id(text: &str) -> Result<String, String> {
     } else {
         Err(format!(
             "`{}` is not a deployment id: {ID_RULE}",
-            crate::diagnostics::printable(text)
+            crate::error::printable(text)
         ))
     }
 }

@@ -1,7 +1,7 @@
 //! `berth lab down`.
 
-use crate::cli::Context;
-use crate::diagnostics::Exit;
+use crate::context::Context;
+use crate::error::Exit;
 use crate::lab::Lab;
 
 use super::LabDir;

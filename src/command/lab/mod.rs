@@ -7,9 +7,9 @@ mod up;
 
 use std::path::PathBuf;
 
-use crate::cli::Context;
-use crate::diagnostics::Exit;
+use crate::context::Context;
 use crate::env;
+use crate::error::Exit;
 use crate::lab::DEFAULT_DIR;
 
 #[derive(Debug, clap::Subcommand)]

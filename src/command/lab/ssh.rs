@@ -2,8 +2,8 @@
 
 use std::ffi::OsString;
 
-use crate::cli::Context;
-use crate::diagnostics::Exit;
+use crate::context::Context;
+use crate::error::Exit;
 use crate::lab::Lab;
 use crate::process::{self, quote_line, Cmd, JobLog, StdioMode, Via};
 

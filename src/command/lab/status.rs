@@ -2,8 +2,8 @@
 
 use serde::Serialize;
 
-use crate::cli::Context;
-use crate::diagnostics::Exit;
+use crate::context::Context;
+use crate::error::Exit;
 use crate::lab::{HostKind, Lab};
 
 use super::LabDir;

@@ -1,7 +1,7 @@
 //! `berth lab up`.
 
-use crate::cli::Context;
-use crate::diagnostics::Exit;
+use crate::context::Context;
+use crate::error::Exit;
 use crate::lab::{HostKind, Lab};
 
 use super::status::print_hosts;
