@@ -282,6 +282,13 @@ in {
         })
       ];
       timers = unitsOf hasBackup backupName backupTimer;
+      # <name>.socket of a service with socketActivation, also skipped until
+      # the first release (its start then pulls the socket in: Requires=).
+      sockets = unitsOf (cfg: cfg.socketActivation) (name: name) (name: cfg:
+        berth.socketUnit name cfg
+        // {
+          unitConfig.ConditionPathExists = "${dir name}/current";
+        });
       # A template runs as its instances: `instances` of them at boot (and
       # after a system deploy); `berth app scale` changes the count until
       # the next app deploy.

@@ -14,6 +14,7 @@ use common::app::{http_get_at, Instances, World, DIR, PORT, SERVICE};
 const HOW: Instances = Instances {
     instances: 3,
     max: 4,
+    socket: false,
 };
 
 #[test]

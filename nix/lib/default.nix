@@ -74,6 +74,10 @@ in {
   # `unit` (minus nixpkgs' own PATH etc.): what the hardening check scores.
   inherit (unit) unitFile;
 
+  # socketUnit name cfg -> systemd.sockets.<name> of a service with
+  # socketActivation: { description; wantedBy; listenStreams; }.
+  inherit (unit) socketUnit;
+
   # serviceConfig name cfg -> the [Service] settings: how the app runs,
   # then `hardening`, then hardening.extraServiceConfig over everything.
   inherit (unit) serviceConfig;

@@ -14,7 +14,7 @@ in
     unit = service.unitName name cfg;
     inherit (cfg) instances port;
     maxInstances = service.maxInstances cfg;
-    inherit (cfg) repository branch paths quietPaths environment keepReleases keepSnapshots stage allowSkipSnapshot;
+    inherit (cfg) repository branch paths quietPaths environment keepReleases keepSnapshots stage allowSkipSnapshot socketActivation;
     health = {
       url = service.healthUrl cfg;
       inherit (cfg.health) status timeout settle expectRevision;

@@ -121,6 +121,20 @@ let
       '';
     };
 
+    socketActivation = mkEnable false ''
+      Whether systemd, not the app, holds the listening socket
+      (`<name>.socket` on `127.0.0.1:<port>`), so an app deploy drops no
+      request: while the deploy has the service stopped (stop, migrate,
+      start), connections wait in the socket's queue and the new release
+      answers them. A connection then does not start the app early: the
+      unit's start waits until berth lets it (`ExecStartPre`), so the
+      migration still runs with no writer on the data. The app must serve
+      on the socket systemd passes as file descriptor 3 (`LISTEN_FDS=1`),
+      be the unit's main process (`start` is one command, or ends in
+      `exec`) and finish the requests it has accepted when it gets SIGTERM.
+      Needs `port` and one instance.
+    '';
+
     domain = option {
       type = t.nullOr t.str;
       default = null;

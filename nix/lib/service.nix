@@ -8,6 +8,8 @@ let
 
   # The layout berth's agent uses (src/app/manifest.rs, `Layout`).
   dir = name: "/var/lib/${name}";
+  # Present while a deploy has the service stopped (`Layout::hold`).
+  hold = name: "${dir name}/.berth/hold";
 
   defaultStart = {
     bun = "bun run start";
@@ -110,6 +112,16 @@ let
         else []
       )
       (
+        if cfg.socketActivation && cfg.port == null
+        then ["${at}.socketActivation is set but ${at}.port is not: the socket listens on the app's port; set ${at}.port"]
+        else []
+      )
+      (
+        if cfg.socketActivation && templated cfg
+        then ["${at}.socketActivation is for one instance, but ${at} may run ${toString (maxInstances cfg)}; set instances and maxInstances to 1, or turn socketActivation off"]
+        else []
+      )
+      (
         if cfg.maxInstances != null && cfg.maxInstances < cfg.instances
         then ["${at}.maxInstances is ${toString cfg.maxInstances}, below instances (${toString cfg.instances}); raise ${at}.maxInstances or lower ${at}.instances"]
         else []
@@ -150,5 +162,5 @@ let
     then ["berth.services.${name} has no port and no health.url: `berth app deploy ${name}` needs --health-url"]
     else [];
 in {
-  inherit dir start healthUrl dataPath problems warnings tmpfiles snapshotArgs maxInstances templated unitName instanceUnits ports;
+  inherit dir hold start healthUrl dataPath problems warnings tmpfiles snapshotArgs maxInstances templated unitName instanceUnits ports;
 }

@@ -49,6 +49,21 @@ let
     then "echo ${toJSON "berth.services.${name}.start is not set"} >&2; exit 1"
     else port + command;
 
+  # With socketActivation, a start waits while berth holds the service
+  # (src/app/manifest.rs, `Layout::hold`): a connection that reaches the
+  # socket while a deploy migrates does not start the app early.
+  waitForHold = name: let
+    hold = service.hold name;
+  in "if [ -e ${hold} ]; then echo 'berth: waiting for the deploy that stopped this service to let it start (${hold})'; while [ -e ${hold} ]; do sleep 0.05; done; fi";
+
+  # <name>.socket of a service with socketActivation: systemd listens on
+  # the app's port and passes the socket to it as file descriptor 3.
+  socketUnit = _name: cfg: {
+    description = "${cfg.description} (its listening socket)";
+    wantedBy = ["sockets.target"];
+    listenStreams = ["127.0.0.1:${toString cfg.port}"];
+  };
+
   # serviceConfig name cfg: how the unit runs the app, then the hardening,
   # then hardening.extraServiceConfig over both.
   serviceConfig = name: cfg:
@@ -62,6 +77,11 @@ let
       RestartSec = "5s";
     }
     // (
+      if cfg.socketActivation
+      then {ExecStartPre = "/bin/sh -c ${util.systemdQuote (waitForHold name)}";}
+      else {}
+    )
+    // (
       if cfg.secrets == {}
       then {}
       else {LoadCredential = map (secret: "${secret}:${cfg.secrets.${secret}}") (attrNames cfg.secrets);}
@@ -74,10 +94,16 @@ let
     // hardening name cfg
     // cfg.hardening.extraServiceConfig;
 
-  unit = name: cfg: {
+  unit = name: cfg: let
+    socket =
+      if cfg.socketActivation
+      then ["${name}.socket"]
+      else [];
+  in {
     inherit (cfg) description;
     wants = ["network-online.target"];
-    after = ["network-online.target"];
+    requires = socket;
+    after = ["network-online.target"] ++ socket;
     # A template is wanted through its instances (the module puts
     # `instanceUnits` into multi-user.target's wants).
     wantedBy =
@@ -115,6 +141,7 @@ let
       (section "Unit" {
         Description = u.description;
         Wants = u.wants;
+        Requires = u.requires;
         After = u.after;
       })
       [""]
@@ -124,5 +151,5 @@ let
       [""]
     ]);
 in {
-  inherit environment serviceConfig unit unitFile;
+  inherit environment serviceConfig socketUnit unit unitFile;
 }

@@ -81,6 +81,12 @@ pub struct Manifest {
     /// `--allow-skip-snapshot-in-ci`.
     #[serde(default)]
     pub allow_skip_snapshot: bool,
+    /// Whether systemd holds the service's listening socket
+    /// (`<name>.socket`): connections wait in its queue while a deploy has
+    /// the service stopped, and the unit's start waits while the agent
+    /// holds it ([`Layout::hold`]), so nothing writes during a migration.
+    #[serde(default)]
+    pub socket_activation: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -428,6 +434,7 @@ impl Manifest {
             environment: BTreeMap::new(),
             stage: None,
             allow_skip_snapshot: false,
+            socket_activation: false,
         }
     }
 
@@ -536,6 +543,13 @@ impl Manifest {
             ));
         }
         self.max_instances = Some(max);
+        if self.socket_activation && (max > 1 || self.is_template()) {
+            return Err(format!(
+                "it asks for socket activation and runs up to {max} instances of `{}`: \
+                 socket activation is for one plain unit (`{}.service`)",
+                self.unit, self.service
+            ));
+        }
         if max > 1 && !self.is_template() {
             return Err(format!(
                 "it runs up to {max} instances, but its unit `{}` is not a template unit \
@@ -710,6 +724,13 @@ impl Layout {
     /// deploy or boot.
     pub fn scale(&self) -> PathBuf {
         self.state().join("scale.json")
+    }
+    /// Present while a deploy, rollback or restore has the service stopped
+    /// on purpose: the unit of a socket-activated service waits for it to
+    /// go before starting (its `ExecStartPre`), so a connection arriving
+    /// then does not start the app on data being migrated or restored.
+    pub fn hold(&self) -> PathBuf {
+        self.state().join("hold")
     }
 }
 
@@ -1117,6 +1138,10 @@ mod tests {
                     serde_json::json!({ "health": { "url": "http://127.0.0.1:3000/health" } }),
                 ),
                 "would check all its instances at one address: put {port}",
+            ),
+            (
+                template(serde_json::json!({ "socketActivation": true })),
+                "socket activation is for one plain unit (`notes.service`)",
             ),
         ] {
             write(tmp.path(), "notes", json);

@@ -864,9 +864,35 @@ impl AppAgent {
     async fn stop_unit(&self, id: &str, count: u32) -> Result<(), (&'static str, AppError)> {
         let units = self.units_to_stop(count).await;
         self.phase(id, TOUCHED, &format!("stopping {}", units.join(", ")));
+        self.hold().map_err(|e| ("stop", e))?;
         self.control_all("stop", &units)
             .await
             .map_err(|e| ("stop", e.into()))
+    }
+
+    /// Before a stop that changes data: a socket-activated service's unit
+    /// waits while [`Layout::hold`] exists, so a connection that arrives
+    /// while the service is stopped waits in the socket's queue instead of
+    /// starting the app on data being migrated or restored. Kept until the
+    /// next start (a dead agent's is removed by the recovery's start).
+    fn hold(&self) -> Result<(), AppError> {
+        if !self.manifest.socket_activation {
+            return Ok(());
+        }
+        let path = self.layout.hold();
+        std::fs::write(&path, "stopped by berth: the unit starts once berth removes this file\n")
+            .map_err(io(format!("writing {}", path.display())))
+    }
+
+    /// Lets a held unit start (see [`AppAgent::hold`]).
+    fn unhold(&self) -> Result<(), AppError> {
+        let path = self.layout.hold();
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(io(format!("removing {}", path.display()))(e))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The units to stop before instances `1..=count` start again:
@@ -922,6 +948,7 @@ impl AppAgent {
             .map(|&i| self.manifest.instance_unit(i))
             .collect();
         self.phase(id, "start", &format!("starting {}", units.join(", ")));
+        self.unhold().map_err(|e| ("start", e))?;
         self.control_all("start", &units)
             .await
             .map_err(|e| ("start", e.into()))?;
@@ -1097,6 +1124,9 @@ impl AppAgent {
         // count in place), after stopping whatever `d` may have started.
         let count = self.running_instances();
         let all = self.units_to_stop(self.manifest.instances).await;
+        if let Err(e) = self.hold() {
+            problems.push(format!("stop: {e}"));
+        }
         if let Err(e) = self.control_all("stop", &all).await {
             problems.push(format!("stop: {e}"));
         }
@@ -1134,6 +1164,9 @@ impl AppAgent {
                     problems.push(format!("swap: {e}"));
                 }
                 self.phase(&d.id, "swap", &format!("current → releases/{prev}"));
+                if let Err(e) = self.unhold() {
+                    problems.push(format!("start: {e}"));
+                }
                 if let Err(e) = self
                     .control_all("start", &self.manifest.instance_units(count))
                     .await
@@ -1148,7 +1181,9 @@ impl AppAgent {
                 }
             }
             None => {
-                // A first deploy: there is nothing to go back to.
+                // A first deploy: there is nothing to go back to (a
+                // socket-activated unit stays held: no connection starts
+                // it until the next deploy).
                 let _ = std::fs::remove_file(self.layout.current());
                 self.phase(
                     &d.id,

@@ -14,6 +14,11 @@ Python 3 standard library only. Run in a release directory (the cwd):
   /health with 500 forever, as `"health": "fail"` does
   (`install` and `migrate` are read by install.sh and migrate.sh)
 
+Socket activation: with LISTEN_FDS=1 and LISTEN_PID its own pid (systemd's
+`<name>.socket`), it serves on file descriptor 3 and ignores APP_HOST and
+APP_PORT. On SIGTERM it stops accepting and finishes the requests it has
+accepted before it exits.
+
 Environment: APP_DB (default ../data/app.db, relative to the cwd), APP_PORT
 (else PORT, as berth's unit passes it; default 8090), APP_HOST (default
 127.0.0.1), APP_SLOW_SECS (default 20), BERTH_INSTANCE (the instance of a
@@ -26,6 +31,7 @@ Endpoints: GET /health -> {"revision", "rows", "instance"}; GET /rows -> {"count
 import json
 import os
 import signal
+import socket
 import sqlite3
 import sys
 import threading
@@ -73,6 +79,13 @@ def read_behaviour():
             log(f"behaviour.json: {key} must be one of {', '.join(values)}")
             sys.exit(2)
     return behaviour
+
+
+def inherited_socket():
+    """The listening socket systemd passes (fd 3), or None."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()) or os.environ.get("LISTEN_FDS") != "1":
+        return None
+    return socket.socket(fileno=3)
 
 
 def connect(path):
@@ -169,7 +182,16 @@ def main():
     thread = threading.Thread(target=writer, args=(db_path, revision, stop, every), daemon=True)
     thread.start()
 
-    server = ThreadingHTTPServer((host, port), Handler)
+    listener = inherited_socket()
+    if listener is None:
+        server = ThreadingHTTPServer((host, port), Handler)
+    else:
+        server = ThreadingHTTPServer(listener.getsockname()[:2], Handler, bind_and_activate=False)
+        server.socket.close()
+        server.socket = listener
+        host, port = listener.getsockname()[:2]
+    # server_close() waits for the requests in progress.
+    server.daemon_threads = False
 
     def shut_down(signum, _frame):
         log(f"signal {signum}: stopping")
@@ -179,7 +201,8 @@ def main():
 
     signal.signal(signal.SIGTERM, shut_down)
     signal.signal(signal.SIGINT, shut_down)
-    log(f"revision {revision}, instance {instance} on http://{host}:{port}, db {db_path}, "
+    how = "socket from systemd" if listener is not None else "own socket"
+    log(f"revision {revision}, instance {instance} on http://{host}:{port} ({how}), db {db_path}, "
         f"behaviour {json.dumps(behaviour)}")
     server.serve_forever()
     server.server_close()

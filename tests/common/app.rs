@@ -167,13 +167,22 @@ pub fn http_get(addr: &str, path: &str) -> Result<String, String> {
 
 /// A GET of `path` on `port`.
 pub fn http_get_at(addr: &str, port: u16, path: &str) -> Result<String, String> {
+    http_get_within(addr, port, path, Duration::from_secs(2))
+}
+
+/// A GET of `path` on `port` that waits up to `timeout` to connect and
+/// again to read the answer.
+pub fn http_get_within(
+    addr: &str,
+    port: u16,
+    path: &str,
+    timeout: Duration,
+) -> Result<String, String> {
     use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect_timeout(
-        &format!("{addr}:{port}").parse().unwrap(),
-        Duration::from_secs(2),
-    )
-    .map_err(|e| e.to_string())?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok();
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&format!("{addr}:{port}").parse().unwrap(), timeout)
+            .map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(timeout)).ok();
     write!(stream, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").map_err(|e| e.to_string())?;
     let mut text = String::new();
     stream
@@ -232,17 +241,25 @@ impl Poller {
 
 /// How the service runs: one plain unit `notes.service` (as
 /// `berth.services.notes` with `instances = 1`), or `instances` of the
-/// template `notes@.service`, at most `max`.
+/// template `notes@.service`, at most `max`; with `socket`, the plain unit
+/// behind `notes.socket` (`socketActivation = true`).
 #[derive(Clone, Copy, Debug)]
 pub struct Instances {
     pub instances: u32,
     pub max: u32,
+    pub socket: bool,
 }
 
 impl Instances {
     pub const ONE: Instances = Instances {
         instances: 1,
         max: 1,
+        socket: false,
+    };
+
+    pub const SOCKET: Instances = Instances {
+        socket: true,
+        ..Instances::ONE
     };
 
     pub fn templated(self) -> bool {
@@ -265,6 +282,10 @@ pub fn manifest_of(how: Instances) -> serde_json::Value {
         m["maxInstances"] = how.max.into();
         m["port"] = PORT.into();
         m["health"]["url"] = "http://127.0.0.1:{port}/health".into();
+    }
+    if how.socket {
+        m["port"] = PORT.into();
+        m["socketActivation"] = true.into();
     }
     m
 }
@@ -299,14 +320,29 @@ pub async fn set_up(lab: &LabGuard, how: Instances) -> String {
     } else {
         ("app.service.in", "notes.service")
     };
-    let unit = std::fs::read_to_string(fixture.join(unit_file))
-        .unwrap()
-        .replace("@SERVICE@", SERVICE)
-        .replace("@DIR@", DIR)
-        .replace("@PORT@", &PORT.to_string())
-        // The test polls from outside the host; the health check stays on
-        // loopback.
-        .replace("APP_DB=", "APP_HOST=0.0.0.0 APP_SLOW_SECS=6 APP_DB=");
+    let fill = |file: &str| {
+        std::fs::read_to_string(fixture.join(file))
+            .unwrap()
+            .replace("@SERVICE@", SERVICE)
+            .replace("@DIR@", DIR)
+            .replace("@PORT@", &PORT.to_string())
+    };
+    // The test polls from outside the host; the health check stays on
+    // loopback.
+    let unit = fill(unit_file).replace("APP_DB=", "APP_HOST=0.0.0.0 APP_SLOW_SECS=6 APP_DB=");
+    // With socketActivation: notes.socket, and its drop-in for the unit.
+    let socket = if how.socket {
+        format!(
+            "cat > /etc/systemd/system/{SERVICE}.socket <<'UNIT'\n{}\nUNIT\n\
+             mkdir -p /etc/systemd/system/{unit_name}.d /etc/systemd/system/sockets.target.wants\n\
+             cat > /etc/systemd/system/{unit_name}.d/socket.conf <<'UNIT'\n{}\nUNIT\n\
+             ln -sf /etc/systemd/system/{SERVICE}.socket /etc/systemd/system/sockets.target.wants/\n",
+            fill("app.socket.in"),
+            fill("socket.conf.in"),
+        )
+    } else {
+        String::new()
+    };
     let manifest = manifest_of(how);
     // The sudo rule nix/lib/sudo.nix writes: four verbs of each unit the
     // service may run, each named.
@@ -358,7 +394,7 @@ printf '[Service]\nExecStart=/bin/sleep infinity\n' > /etc/systemd/system/other.
 cat > /etc/systemd/system/{unit_name} <<'UNIT'
 {unit}
 UNIT
-# The instances a boot starts (the module's multi-user.target wants).
+{socket}# The instances a boot starts (the module's multi-user.target wants).
 for unit in {wanted}; do
   mkdir -p /etc/systemd/system/multi-user.target.wants
   ln -sf /etc/systemd/system/{unit_name} /etc/systemd/system/multi-user.target.wants/$unit

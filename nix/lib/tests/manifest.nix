@@ -46,6 +46,7 @@ in [
       environment = {};
       stage = null;
       allowSkipSnapshot = false;
+      socketActivation = false;
     };
   }
   {
@@ -78,6 +79,7 @@ in [
       keepSnapshots = 10;
       stage = "production";
       allowSkipSnapshot = true;
+      socketActivation = true;
     });
     expected = {
       version = 1;
@@ -114,6 +116,7 @@ in [
       environment.LOG_LEVEL = "debug";
       stage = "production";
       allowSkipSnapshot = true;
+      socketActivation = true;
     };
   }
   {

@@ -20,6 +20,26 @@ in [
     expected = ["berth.services.notes.domain is set but berth.services.notes.port is not: Caddy needs a port to proxy to; set berth.services.notes.port, or berth.services.notes.caddy.enable = false"];
   }
   {
+    name = "socketActivation needs a port and one instance";
+    actual = [
+      (problems "notes" {socketActivation = true;})
+      (problems "notes" {
+        socketActivation = true;
+        port = 3000;
+        maxInstances = 2;
+      })
+      (problems "notes" {
+        socketActivation = true;
+        port = 3000;
+      })
+    ];
+    expected = [
+      ["berth.services.notes.socketActivation is set but berth.services.notes.port is not: the socket listens on the app's port; set berth.services.notes.port"]
+      ["berth.services.notes.socketActivation is for one instance, but berth.services.notes may run 2; set instances and maxInstances to 1, or turn socketActivation off"]
+      []
+    ];
+  }
+  {
     name = "data outside the service's directory";
     actual = problems "notes" {
       data = {

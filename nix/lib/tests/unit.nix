@@ -47,6 +47,7 @@ in [
     expected = {
       description = "berth service notes";
       wants = ["network-online.target"];
+      requires = [];
       after = ["network-online.target"];
       wantedBy = ["multi-user.target"];
       environment = {
@@ -79,6 +80,35 @@ in [
     name = "the default start commands";
     actual = map (runtime: (lib.serviceConfig "x" (lib.serviceDefaults "x" {inherit runtime;})).ExecStart) ["bun" "node"];
     expected = ["/bin/sh -c \"bun run start\"" "/bin/sh -c \"npm start\""];
+  }
+  {
+    name = "socketActivation: the socket on the port, and a start that waits for berth's hold";
+    actual = let
+      cfg = lib.serviceDefaults "notes" {
+        enable = true;
+        port = 3000;
+        socketActivation = true;
+        runtime = "python";
+        start = "exec python -m notes";
+        hardening.enable = false;
+      };
+    in {
+      socket = lib.socketUnit "notes" cfg;
+      unit = {inherit (lib.unit "notes" cfg) requires after;};
+      inherit (lib.serviceConfig "notes" cfg) ExecStartPre;
+    };
+    expected = {
+      socket = {
+        description = "berth service notes (its listening socket)";
+        wantedBy = ["sockets.target"];
+        listenStreams = ["127.0.0.1:3000"];
+      };
+      unit = {
+        requires = ["notes.socket"];
+        after = ["network-online.target" "notes.socket"];
+      };
+      ExecStartPre = "/bin/sh -c \"if [ -e /var/lib/notes/.berth/hold ]; then echo 'berth: waiting for the deploy that stopped this service to let it start (/var/lib/notes/.berth/hold)'; while [ -e /var/lib/notes/.berth/hold ]; do sleep 0.05; done; fi\"";
+    };
   }
   {
     name = "the directories";
