@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::app::{manifest, Poller, World, DIR, SERVICE};
+use common::app::{manifest, Instances, Poller, World, DIR, SERVICE};
 use common::Run;
 #[test]
 fn app_deploys_on_a_systemd_lab_host() {
@@ -993,6 +993,43 @@ fn secs(d: Duration) -> String {
     format!("{:.3}", d.as_secs_f64())
 }
 
+/// A deploy of `rev` as a shell workflow does it, without snapshot,
+/// migration, settle time or records: one new SSH connection as the
+/// service's user that fetches, checks the revision out into its own
+/// directory, installs, points `current` at it, restarts the unit and waits
+/// until the app answers with the revision. Its wall time.
+fn raw_deploy(w: &World, rev: &str) -> Duration {
+    let script = format!(
+        r#"set -e
+cd {DIR}
+git -C repo.git fetch -q origin '+refs/heads/*:refs/raw/*'
+dir={DIR}/raw/{rev}
+mkdir -p "$dir"
+git -C repo.git archive {rev} | tar -x -C "$dir"
+echo {rev} > "$dir/.berth-revision"
+(cd "$dir" && bash install.sh)
+ln -sfn "$dir" current.raw && mv -T current.raw current
+sudo -n systemctl restart {SERVICE}.service
+until curl -sf http://127.0.0.1:{PORT}/health | grep -q {rev}; do sleep 0.02; done
+"#,
+        PORT = common::app::PORT,
+    );
+    let started = Instant::now();
+    let out = std::process::Command::new("ssh")
+        .arg("-F")
+        .arg(w.lab.ssh_config())
+        .args(["-l", SERVICE, "h1", &script])
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        out.status.success(),
+        "the raw steps failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    took
+}
+
 /// Labs running besides this one (tests, benchmarks): they share the CPUs.
 fn other_labs() -> usize {
     std::fs::read_dir("/run/berth-lab/slots").map_or(0, |d| d.count().saturating_sub(1))
@@ -1002,17 +1039,29 @@ fn other_labs() -> usize {
 /// /health every 10 ms during successful deploys (goal 0), and rollback
 /// time over deploy time (goal ≤ 0.3). Rounds of a deploy of a new
 /// revision then `app rollback` to the release it replaced, each under a
-/// poller; prints a Markdown table. Run by bench/app/run.
+/// poller, first for the plain unit, then for the same app with
+/// `socketActivation` (goal 0 failed requests with it); prints a Markdown
+/// table of each. Run by bench/app/run.
 #[test]
 #[ignore = "a benchmark: bench/app/run"]
 fn bench_app_deploys() {
     let rounds: usize = std::env::var("BERTH_BENCH_RUNS")
         .ok()
-        .map_or(7, |r| r.parse().expect("BERTH_BENCH_RUNS is a number"));
-    World::run("bench", async |w| bench_rounds(w, rounds).await);
+        .map_or(10, |r| r.parse().expect("BERTH_BENCH_RUNS is a number"));
+    for (how, what) in [
+        (
+            Instances::ONE,
+            "the plain unit (`socketActivation = false`)",
+        ),
+        (Instances::SOCKET, "`socketActivation = true`"),
+    ] {
+        World::run_with("bench", how, &[], async |w| {
+            bench_rounds(w, rounds, what).await
+        });
+    }
 }
 
-async fn bench_rounds(w: &World, rounds: usize) {
+async fn bench_rounds(w: &World, rounds: usize, what: &str) {
     let others_before = other_labs();
     // The first deploy (nothing ran before) is not measured.
     let base = w.commit(serde_json::json!({ "v": 0 }), "main").await;
@@ -1053,7 +1102,18 @@ async fn bench_rounds(w: &World, rounds: usize) {
         rollback_parts.push(rollback.parts());
     }
 
+    // The raw steps last: they move `current` behind berth's back.
+    let mut raws = Vec::new();
+    for n in 1..=rounds {
+        let rev = w
+            .commit(serde_json::json!({ "v": n, "raw": true }), "main")
+            .await;
+        raws.push(raw_deploy(w, &rev));
+        assert_eq!(w.serving().as_deref(), Some(rev.as_str()));
+    }
+
     let (deploy, rollback) = (median(deploys.clone()), median(rollbacks.clone()));
+    let raw = median(raws.clone());
     let ratio = rollback.as_secs_f64() / deploy.as_secs_f64();
     let range = |v: &[Duration]| {
         format!(
@@ -1066,9 +1126,9 @@ async fn bench_rounds(w: &World, rounds: usize) {
         |parts: &[[Duration; 5]], i: usize| secs(median(parts.iter().map(|p| p[i]).collect()));
     let mut out = String::new();
     out += &format!(
-        "\n{rounds} rounds of: deploy a new revision, then `app rollback` to the one it \
-         replaced; a client polls /health every 10 ms across each; other labs running: \
-         {others_before} before, {} after\n\n",
+        "\n{what}: {rounds} rounds of: deploy a new revision, then `app rollback` to the \
+         one it replaced; a client polls /health every 10 ms across each; other labs \
+         running: {others_before} before, {} after\n\n",
         other_labs()
     );
     out += "| round | deploy (s) | failed/total requests | rollback (s) | failed/total requests | rollback / deploy |\n";
@@ -1087,10 +1147,20 @@ async fn bench_rounds(w: &World, rounds: usize) {
         rollback_req.1,
         if ratio <= 0.3 { "met" } else { "**not met**" },
     );
+    let vs_raw = deploy.as_secs_f64() / raw.as_secs_f64();
     out += &format!(
-        "\nmin–max: deploy {} s, rollback {} s\n\n",
+        "\nA deploy's raw steps over a new SSH connection as the service's user (fetch, \
+         check out, install, swap `current`, restart, wait until it answers with the new \
+         revision), {rounds} times: median {} s; berth's deploy / raw = **{vs_raw:.2}×** \
+         (goal ≤ 1.15×: {})\n",
+        secs(raw),
+        if vs_raw <= 1.15 { "met" } else { "**not met**" },
+    );
+    out += &format!(
+        "\nmin–max: deploy {} s, rollback {} s, raw steps {} s\n\n",
         range(&deploys),
-        range(&rollbacks)
+        range(&rollbacks),
+        range(&raws)
     );
     out += "| medians (s) | to recorded (connect, agent, lock, fetch) | recorded → stop (checkout, install, snapshot) | stop → start (stop, migrate, swap) | start → healthy (start, health, settle) | after healthy (record, prune, exit) |\n";
     out += "| --- | --- | --- | --- | --- | --- |\n";

@@ -26,7 +26,10 @@ async fn scenarios(w: &World) {
     let run = w.deploy(&base, &[]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     // systemd listens; the app serves on the socket it was given.
-    assert_eq!(w.sh("systemctl is-active notes.socket").await.trim(), "active");
+    assert_eq!(
+        w.sh("systemctl is-active notes.socket").await.trim(),
+        "active"
+    );
     let journal = w.sh("journalctl -u notes.service -o cat").await;
     assert!(journal.contains("(socket from systemd)"), "{journal}");
 
@@ -73,7 +76,11 @@ async fn scenarios(w: &World) {
         "something wrote the database during the migration"
     );
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let body = held.join().unwrap().expect("the held request is answered");
     assert!(body.contains(&slow), "{body}");
     assert_eq!(w.serving().as_deref(), Some(slow.as_str()));
@@ -88,5 +95,8 @@ async fn scenarios(w: &World) {
     assert_eq!(run.outcome(), "rolled_back");
     assert_eq!(w.serving().as_deref(), Some(slow.as_str()));
     assert_eq!(w.sh(&format!("test -e {hold}; echo $?")).await.trim(), "1");
-    assert_eq!(w.sh("systemctl is-active notes.socket").await.trim(), "active");
+    assert_eq!(
+        w.sh("systemctl is-active notes.socket").await.trim(),
+        "active"
+    );
 }

@@ -39,7 +39,11 @@ in {
         inherit port;
         repository = "file:///srv/notes.git";
         runtime = "python";
-        start = "python3 app.py";
+        # One command: with socket activation the app must be the unit's
+        # main process (LISTEN_PID).
+        start = "exec python3 app.py";
+        # systemd holds the port: a deploy drops no request.
+        socketActivation = true;
         environment = {
           APP_DB = "/var/lib/notes/data/app.db";
           APP_PORT = toString port;
@@ -195,6 +199,28 @@ in {
         # The same again changes nothing.
         code, events, stderr = deploy(good)
         assert (code, result(events)["outcome"]) == (0, "unchanged"), stderr
+
+    with subtest("socketActivation: systemd holds the port, and a deploy under load drops no request"):
+        target.succeed("systemctl is-active notes.socket")
+        target.succeed("journalctl -u notes.service -o cat | grep -q 'socket from systemd'")
+        target.succeed(
+            "systemd-run --unit=poller --property=Type=exec sh -c "
+            + shlex.quote(
+                f"while [ ! -e /tmp/stop-polling ]; do curl -s -o /dev/null -w '%{{http_code}}\\n'"
+                f" --max-time 20 {HEALTH} >> /tmp/polled; sleep 0.01; done"
+            )
+        )
+        target.wait_until_succeeds("test -s /tmp/polled", timeout=30)
+        held = commit({"v": 2, "user_version": 2})
+        code, events, stderr = deploy(held)
+        assert (code, result(events)["outcome"]) == (0, "confirmed"), stderr
+        target.succeed("touch /tmp/stop-polling")
+        target.wait_until_fails("systemctl is-active --quiet poller.service", timeout=30)
+        codes = target.succeed("cat /tmp/polled").split()
+        failed = [c for c in codes if c != "200"]
+        assert len(codes) > 50 and not failed, f"{len(failed)} of {len(codes)} requests failed: {failed[:5]}"
+        assert serving() == held
+        target.fail(f"test -e {DIR}/.berth/hold")
 
     with subtest("the service's user may restart its own unit, and no other"):
         target.succeed("runuser -u notes -- sudo -n systemctl restart notes.service")

@@ -880,8 +880,11 @@ impl AppAgent {
             return Ok(());
         }
         let path = self.layout.hold();
-        std::fs::write(&path, "stopped by berth: the unit starts once berth removes this file\n")
-            .map_err(io(format!("writing {}", path.display())))
+        std::fs::write(
+            &path,
+            "stopped by berth: the unit starts once berth removes this file\n",
+        )
+        .map_err(io(format!("writing {}", path.display())))
     }
 
     /// Lets a held unit start (see [`AppAgent::hold`]).
