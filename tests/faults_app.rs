@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::app::{Poller, World, BIN, DIR, SERVICE};
+use common::app::{Instances, Poller, World, BIN, DIR, SERVICE};
 use common::faults::{self, Row};
 use common::fleet::Fleet;
 use common::Run;
@@ -31,11 +31,20 @@ fn app_fault_trials() {
         let run = w.deploy(&base, &[]);
         assert_eq!(run.code, 0, "{}", run.stderr);
         let mut rows = Vec::new();
-        rows.push(agent_kill(w).await);
+        rows.push(agent_kill(w, "app-agent-kill").await);
         rows.push(disk_full(w).await);
         rows.push(concurrent(w).await);
         rows.push(bad_migration(w).await);
         faults::assert_consistent(rows.into_iter().map(Row::finish));
+    });
+    // The same kills with `socketActivation`: the hold must never outlive
+    // the recovery, nor the socket stop listening.
+    World::run_with("faults-socket", Instances::SOCKET, &[], async |w| {
+        let base = w.commit(json!({ "v": "faults" }), "main").await;
+        let run = w.deploy(&base, &[]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let row = agent_kill(w, "app-agent-kill-socket").await;
+        faults::assert_consistent([row.finish()]);
     });
 }
 
@@ -114,6 +123,17 @@ async fn check(w: &World, e: &Expect<'_>) -> Result<(), String> {
     p.eq("current's release is finished", built.trim(), "yes");
     let active = w.sh("systemctl is-active notes.service || true").await;
     p.eq("unit", active.trim(), "active");
+    // A socket-activated service: listening, and no hold left.
+    let socket = w
+        .sh(&format!(
+            "test -e /etc/systemd/system/notes.socket || exit 0; \
+             echo socket=$(systemctl is-active notes.socket); \
+             test -e {DIR}/.berth/hold && echo hold-left || true"
+        ))
+        .await;
+    if !socket.trim().is_empty() {
+        p.eq("socket", socket.trim(), "socket=active");
+    }
     // Serving: right after a deploy it is; give a restarted app a moment.
     let mut serving = w.serving();
     for _ in 0..20 {
@@ -313,10 +333,14 @@ fn poller_metrics(row: &mut Row, deploys: usize, polled: (usize, usize)) {
 /// kill -9 of the agent at a random moment of an app deploy (a good
 /// revision, or one whose health fails so the kill can land in its
 /// rollback); the next command recovers.
-async fn agent_kill(w: &World) -> Row {
+async fn agent_kill(w: &World, id: &str) -> Row {
     let mut row = Row::new(
-        "app-agent-kill",
-        "`kill -9` of the agent at a random moment of an app deploy",
+        id,
+        if id.ends_with("socket") {
+            "`kill -9` of the agent at a random moment of an app deploy of a socket-activated service"
+        } else {
+            "`kill -9` of the agent at a random moment of an app deploy"
+        },
         "recovery on the next command, never half a release or half a restore",
         20,
     );
