@@ -14,12 +14,13 @@
       "aarch64-linux"
     ];
 
-    # `f { pkgs, berth }` for every system, as `{ <system> = …; }`.
+    # `f { pkgs, berth, nixFmt }` for every system, as `{ <system> = …; }`.
     forAllSystems = f:
       lib.genAttrs systems (system:
         f {
           pkgs = nixpkgs.legacyPackages.${system};
           inherit (self.packages.${system}) berth;
+          nixFmt = self.packages.${system}.nix-fmt;
         });
 
     # The Rust sources as `cargo clippy` and `cargo fmt` see them: the
@@ -95,6 +96,15 @@
     in {
       inherit berth;
       default = berth;
+      # The Nix formatter berth's sources are kept in: alejandra's library
+      # behind `--check` (scripts/nix-fmt), the one CI here can build.
+      nix-fmt = pkgs.rustPlatform.buildRustPackage {
+        pname = "berth-nix-fmt";
+        version = "0.1.0";
+        src = ./scripts/nix-fmt;
+        cargoLock.lockFile = ./scripts/nix-fmt/Cargo.lock;
+        meta.mainProgram = "berth-nix-fmt";
+      };
     });
 
     # `nix run .#deploy -- deploy .#web1` in a flake that has berth as an input
@@ -142,6 +152,7 @@
     checks = forAllSystems ({
       pkgs,
       berth,
+      nixFmt,
     }:
       {
         # Builds berth and runs its unit tests.
@@ -168,29 +179,28 @@
         fmt =
           pkgs.runCommand "berth-fmt" {
             nativeBuildInputs = [
-              pkgs.alejandra
+              nixFmt
               pkgs.cargo
               pkgs.rustfmt
             ];
           } ''
             (cd ${rustSources} && cargo fmt --check)
-            alejandra --check --quiet ${nixSources}
+            berth-nix-fmt --check ${nixSources}
             touch $out
           '';
 
         # scripts/nix-check, as berth's CI runs it: every .nix file parses
-        # and is clean under statix, deadnix and alejandra, nix/lib's tests
+        # and is clean under deadnix and alejandra, nix/lib's tests
         # pass, a default service's unit scores 2.0 or lower under
         # `systemd-analyze security`, docs/modules.md is up to date.
         nix-check =
           pkgs.runCommand "berth-nix-check" {
             nativeBuildInputs = [
-              pkgs.alejandra
+              nixFmt
               pkgs.deadnix
               pkgs.gitMinimal
               pkgs.jq
               pkgs.nix
-              pkgs.statix
               pkgs.systemd
             ];
           } ''
@@ -227,10 +237,14 @@
         app-deploy = vmTest ./nix/tests/app-deploy.nix;
       }));
 
-    devShells = forAllSystems ({pkgs, ...}: {
+    devShells = forAllSystems ({
+      pkgs,
+      nixFmt,
+      ...
+    }: {
       default = pkgs.mkShell {
         packages = [
-          pkgs.alejandra
+          nixFmt
           pkgs.cargo
           pkgs.clippy
           pkgs.deadnix
@@ -240,20 +254,23 @@
           pkgs.rustc
           pkgs.rustfmt
           pkgs.sqlite
-          pkgs.statix
         ];
         # For rust-analyzer.
         env.RUST_SRC_PATH = "${pkgs.rustPlatform.rustLibSrc}";
       };
     });
 
-    # `nix fmt`. Since Nix 2.25 it passes no path when given none, and
-    # alejandra alone would then read stdin: format the working tree instead.
-    formatter = forAllSystems ({pkgs, ...}:
+    # `nix fmt`. Since Nix 2.25 it passes no path when given none: format
+    # the working tree then.
+    formatter = forAllSystems ({
+      pkgs,
+      nixFmt,
+      ...
+    }:
       pkgs.writeShellApplication {
         name = "berth-fmt";
-        runtimeInputs = [pkgs.alejandra];
-        text = ''exec alejandra "''${@:-.}"'';
+        runtimeInputs = [nixFmt];
+        text = ''exec berth-nix-fmt "''${@:-.}"'';
       });
 
     templates.default = {

@@ -45,7 +45,8 @@ in [
       (lib.hardening "notes" (svc {
         inherit runtime;
         start = "run";
-      })).MemoryDenyWriteExecute) ["bun" "node" "python" "custom"];
+      }))
+      .MemoryDenyWriteExecute) ["bun" "node" "python" "custom"];
     expected = [false false true true];
   }
   {
@@ -96,7 +97,8 @@ in [
           enable = false;
           extraServiceConfig.NoNewPrivileges = true;
         };
-      })).NoNewPrivileges;
+      }))
+      .NoNewPrivileges;
     expected = true;
   }
 ]

@@ -118,7 +118,8 @@ in [
       map (c: c.command)
       (builtins.head (lib.sudoRules "notes" (svc "notes" {
         instances = 2;
-      }) "/bin/systemctl")).commands;
+      }) "/bin/systemctl"))
+      .commands;
     expected = [
       "/bin/systemctl restart notes@1.service"
       "/bin/systemctl stop notes@1.service"
@@ -138,7 +139,8 @@ in [
         instances = 3;
         domain = "notes.example.com";
         caddy.hsts = false;
-      })).extraConfig;
+      }))
+      .extraConfig;
     expected = ''
       route {
       	reverse_proxy 127.0.0.1:3000 127.0.0.1:3001 127.0.0.1:3002 {

@@ -125,7 +125,9 @@ in [
       (lib.manifest "notes" (lib.serviceDefaults "notes" {
         port = 3000;
         health.url = "http://127.0.0.1:9090/ready";
-      })).health.url;
+      }))
+      .health
+      .url;
     expected = "http://127.0.0.1:9090/ready";
   }
   {

@@ -73,7 +73,8 @@ in [
       (lib.serviceConfig "notes" (lib.serviceDefaults "notes" {
         runtime = "custom";
         start = "printf '%s\\n' \"a\\b\"\ntrue";
-      })).ExecStart;
+      }))
+      .ExecStart;
     expected = "/bin/sh -c \"printf '%%s\\\\n' \\\"a\\\\b\\\"\\ntrue\"";
   }
   {
