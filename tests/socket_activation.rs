@@ -9,7 +9,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::app::{http_get_within, Instances, Poller, World, DIR, PORT, SERVICE};
+use common::app::{http_get_within, Instances, Poller, World, BIN, DIR, PORT, SERVICE};
+use common::Run;
 
 #[test]
 fn socket_activated_deploys_drop_no_request_and_hold_the_app_during_migrations() {
@@ -68,6 +69,28 @@ async fn scenarios(w: &World) {
         .sh("systemctl show -p ActiveState,SubState notes.service")
         .await;
     assert!(state.contains("SubState=start-pre"), "{state}");
+    // `berth app status` tells the operator, and how to start it by hand.
+    let status = w.berth(&["app", "status", SERVICE, "--host", "h1"]);
+    let reported = status.events("status").pop().unwrap_or_default();
+    assert_eq!(
+        reported["hold"].as_str(),
+        Some(hold.as_str()),
+        "{}",
+        status.stdout
+    );
+    let text = Run::of(
+        common::berth()
+            .args(["app", "status", SERVICE, "--host", "h1", "--agent", BIN])
+            .env("BERTH_SSH_CONFIG", w.lab.ssh_config()),
+    );
+    // The human lines go to stderr, as every command's do.
+    assert!(
+        text.stderr
+            .contains("held: berth keeps the unit from starting")
+            && text.stderr.contains(&format!("rm {hold}")),
+        "{}",
+        text.stderr
+    );
     let rows = w.sqlite(&db, "SELECT max(id) FROM rows").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
@@ -99,4 +122,7 @@ async fn scenarios(w: &World) {
         w.sh("systemctl is-active notes.socket").await.trim(),
         "active"
     );
+    let status = w.berth(&["app", "status", SERVICE, "--host", "h1"]);
+    let reported = status.events("status").pop().unwrap_or_default();
+    assert!(reported["hold"].is_null(), "{}", status.stdout);
 }

@@ -320,6 +320,10 @@ pub struct AppStatus {
     pub blocked: Vec<Blocked>,
     /// What this call recovered first, if an agent had died mid-deploy.
     pub recovered: Option<AgentResult>,
+    /// A socket-activated service's hold ([`Layout::hold`]), while berth
+    /// keeps the unit from starting: during a deploy, or after one whose
+    /// agent died or whose first release failed.
+    pub hold: Option<PathBuf>,
 }
 
 /// One deploy of `app history`.
@@ -1449,6 +1453,8 @@ impl AppAgent {
             lock: self.store.lock_holder(&service_scope(self.service()))?,
             blocked: self.store.blocked_list(self.service())?,
             recovered,
+            hold: Some(self.layout.hold())
+                .filter(|h| self.manifest.socket_activation && h.exists()),
         })
     }
 

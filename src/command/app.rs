@@ -642,6 +642,12 @@ fn show_status(printer: Printer, service: &str, s: &serde_json::Value) {
             text(&s["lock"]["reason"])
         ));
     }
+    if let Some(hold) = s["hold"].as_str() {
+        printer.line(format!(
+            "  held: berth keeps the unit from starting, and connections wait in its socket, \
+             until berth starts it (to start it by hand: rm {hold})"
+        ));
+    }
     let blocked: Vec<state::Blocked> =
         serde_json::from_value(s["blocked"].clone()).unwrap_or_default();
     if !blocked.is_empty() {
