@@ -121,8 +121,9 @@ proptest! {
 
     #[test]
     fn prop_output_parsers_never_panic(out in output()) {
-        let _ = crate::flake::parse_eval(&out);
         let web1 = crate::flake::NodeName::new("web1").unwrap();
+        let _ = crate::flake::parse_eval(&out, None);
+        let _ = crate::flake::parse_eval(&out, Some(&web1));
         let _ = crate::flake::parse_drv_paths(&out, &[web1]);
         let drv = crate::nix::StorePath::new("/nix/store/0123456789abcdfghijklmnpqrsvwxyz-x.drv").unwrap();
         let _ = crate::flake::parse_realise(&out, &[drv]);

@@ -320,7 +320,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
     // Build here.
     let locked = source.locked.as_str();
     printer.line(format!("evaluating {flake_ref} at {revision}"));
-    let nodes = flake::evaluate(locked).await?;
+    let nodes = flake::evaluate(locked, Some(&node)).await?;
     let mut selected = flake::select(&nodes, Some(&node), None)?;
     let meta = selected.remove(0);
     printer.line(format!("building {node}"));

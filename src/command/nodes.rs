@@ -37,7 +37,8 @@ pub async fn select_in(
     target: &FlakeRef,
     selector: Option<&Selector>,
 ) -> anyhow::Result<Vec<NodeMeta>> {
-    let nodes = flake::evaluate(&target.flake).await?;
+    // A named node is evaluated alone: the others' configurations are not.
+    let nodes = flake::evaluate(&target.flake, target.node.as_ref()).await?;
     Ok(flake::select(&nodes, target.node.as_ref(), selector)?)
 }
 

@@ -18,14 +18,14 @@ use crate::host::Host;
 use crate::nix::StorePath;
 use crate::process::{self, Cmd, CommandError, JobLog, Output, Via};
 
-/// Maps every node to its deployment settings and whether it has a system
-/// to build. `or` and `?` keep a node without berth's module, or without a
-/// toplevel, from failing the whole evaluation; `?` does not force the
-/// toplevel, so this stays cheap.
-const META_EXPR: &str = "nodes: builtins.mapAttrs (name: node: { \
+/// A node's deployment settings and whether it has a system to build, as
+/// a Nix function of the node. `or` and `?` keep a node without berth's
+/// module, or without a toplevel, from failing the whole evaluation; `?`
+/// does not force the toplevel, so this stays cheap.
+const META_OF_NODE: &str = "node: { \
      deployment = node.config.berth.deployment or { }; \
      hasToplevel = node ? config.system.build.toplevel; \
-     }) nodes";
+     }";
 
 /// One node's system: the derivation of `config.system.build.toplevel` and
 /// its output, the closure to copy and switch to. From [`build`] the output
@@ -57,9 +57,21 @@ fn flake_eval(flake: &str, expr: &str) -> Cmd {
         .args(["--apply", expr])
 }
 
-/// Evaluates the metadata of every node of `flake` in one process.
-pub fn eval_cmd(flake: &str) -> Cmd {
-    flake_eval(flake, META_EXPR)
+/// Evaluates the metadata of every node of `flake` in one process, or,
+/// with `only`, of that node alone: the others map to `null`, so their
+/// configurations (a NixOS module evaluation each) are never forced, and
+/// only their names are read.
+pub fn eval_cmd(flake: &str, only: Option<&NodeName>) -> Cmd {
+    let expr = match only {
+        // A NodeName holds only letters, digits, `_`, `-` and `.`: safe in
+        // a Nix string.
+        Some(name) => format!(
+            "nodes: builtins.mapAttrs (name: node: if name == \"{name}\" \
+             then ({META_OF_NODE}) node else null) nodes"
+        ),
+        None => format!("nodes: builtins.mapAttrs (name: {META_OF_NODE}) nodes"),
+    };
+    flake_eval(flake, &expr)
 }
 
 /// What [`eval_cmd`] prints for one node.
@@ -71,13 +83,28 @@ struct RawNode {
     has_toplevel: bool,
 }
 
-/// Reads what [`eval_cmd`] printed: every node, sorted by name.
-pub fn parse_eval(json: &[u8]) -> Result<Vec<NodeMeta>, FlakeError> {
+/// Reads what [`eval_cmd`] printed: every node, sorted by name; with
+/// `only`, that node alone, or [`FlakeError::UnknownNode`] naming the
+/// others when the flake has no such node.
+pub fn parse_eval(json: &[u8], only: Option<&NodeName>) -> Result<Vec<NodeMeta>, FlakeError> {
     // A BTreeMap iterates in name order, which is NodeName's order too.
-    let raw: BTreeMap<String, RawNode> =
+    let raw: BTreeMap<String, Option<RawNode>> =
         serde_json::from_slice(json).map_err(|e| unreadable("nix eval", e))?;
+    if let Some(only) = only {
+        if !raw.contains_key(only.as_str()) {
+            return Err(FlakeError::UnknownNode {
+                node: only.to_string(),
+                known: raw.keys().cloned().collect::<Vec<_>>().join(", "),
+            });
+        }
+    }
     let mut nodes = Vec::with_capacity(raw.len());
     for (name, node) in raw {
+        let node = match (only, node) {
+            (Some(only), _) if only.as_str() != name => continue,
+            (_, Some(node)) => node,
+            (_, None) => return Err(unreadable("nix eval", format!("node {name} is null"))),
+        };
         let name = NodeName::new(&name).map_err(|err| match err {
             FlakeError::InvalidNodeName { text, why } => {
                 FlakeError::UnsupportedNodeName { text, why }
@@ -95,15 +122,16 @@ pub fn parse_eval(json: &[u8]) -> Result<Vec<NodeMeta>, FlakeError> {
     Ok(nodes)
 }
 
-/// Every node of `flake` with its settings, sorted by name.
-pub async fn evaluate(flake: &str) -> Result<Vec<NodeMeta>, FlakeError> {
-    let out = run(&eval_cmd(flake))
+/// Every node of `flake` with its settings, sorted by name; with `only`,
+/// that node alone, the others not evaluated (see [`eval_cmd`]).
+pub async fn evaluate(flake: &str, only: Option<&NodeName>) -> Result<Vec<NodeMeta>, FlakeError> {
+    let out = run(&eval_cmd(flake, only))
         .await
         .map_err(|source| FlakeError::Eval {
             flake: flake.to_owned(),
             source: Box::new(source),
         })?;
-    parse_eval(&out.stdout)
+    parse_eval(&out.stdout, only)
 }
 
 /// Evaluates the toplevels of `nodes` in one process, as
@@ -289,7 +317,7 @@ mod tests {
     #[test]
     fn eval_argv() {
         assert_eq!(
-            eval_cmd("path:/srv/fleet").argv(),
+            eval_cmd("path:/srv/fleet", None).argv(),
             [
                 "nix",
                 "--extra-experimental-features",
@@ -305,6 +333,41 @@ mod tests {
                  }) nodes",
             ]
         );
+    }
+
+    #[test]
+    fn eval_argv_of_one_node_maps_the_others_to_null() {
+        let web1 = NodeName::new("web1").unwrap();
+        assert_eq!(
+            eval_cmd("path:/srv/fleet", Some(&web1))
+                .argv()
+                .last()
+                .unwrap()
+                .to_str()
+                .unwrap(),
+            "nodes: builtins.mapAttrs (name: node: if name == \"web1\" \
+             then (node: { \
+             deployment = node.config.berth.deployment or { }; \
+             hasToplevel = node ? config.system.build.toplevel; \
+             }) node else null) nodes"
+        );
+    }
+
+    #[test]
+    fn parse_eval_of_one_node_reads_it_alone() {
+        let json = br#"{"a": null, "a b": null, "b": {"deployment": {"targetHost": "h2"}, "hasToplevel": true}}"#;
+        let b = NodeName::new("b").unwrap();
+        let nodes = parse_eval(json, Some(&b)).unwrap();
+        assert_eq!(nodes.len(), 1);
+        assert_eq!(nodes[0].settings.target_host(&b), "h2");
+        let c = NodeName::new("c").unwrap();
+        assert_eq!(
+            parse_eval(json, Some(&c)).unwrap_err().to_string(),
+            "the flake has no node `c` (it has a, a b, b)"
+        );
+        // Without a name, every node must be there.
+        let err = parse_eval(json, None).unwrap_err();
+        assert!(matches!(err, FlakeError::Unreadable { .. }), "{err:?}");
     }
 
     #[test]
@@ -348,26 +411,32 @@ mod tests {
             "web1": { "deployment": { "targetHost": "h1", "tags": ["web"] }, "hasToplevel": true },
             "db1": { "deployment": {}, "hasToplevel": true }
         }"#;
-        let nodes = parse_eval(json).unwrap();
+        let nodes = parse_eval(json, None).unwrap();
         assert_eq!(nodes.len(), 2);
         assert_eq!(nodes[0].name.as_str(), "db1");
         assert_eq!(nodes[0].settings, DeploymentSettings::default());
         assert_eq!(nodes[1].name.as_str(), "web1");
         assert_eq!(nodes[1].settings.target_host(&nodes[1].name), "h1");
         assert_eq!(nodes[1].settings.tags, ["web"]);
-        assert!(parse_eval(b"{}").unwrap().is_empty());
+        assert!(parse_eval(b"{}", None).unwrap().is_empty());
     }
 
     #[test]
     fn parse_eval_errors() {
-        let err =
-            parse_eval(br#"{ "bad": { "deployment": {}, "hasToplevel": false } }"#).unwrap_err();
+        let err = parse_eval(
+            br#"{ "bad": { "deployment": {}, "hasToplevel": false } }"#,
+            None,
+        )
+        .unwrap_err();
         assert_eq!(
             err.to_string(),
             "node bad has no config.system.build.toplevel: is it a nixosConfiguration?"
         );
-        let err =
-            parse_eval(br#"{ "a b": { "deployment": {}, "hasToplevel": true } }"#).unwrap_err();
+        let err = parse_eval(
+            br#"{ "a b": { "deployment": {}, "hasToplevel": true } }"#,
+            None,
+        )
+        .unwrap_err();
         assert!(
             err.to_string().starts_with(
                 "nixosConfigurations.\"a b\" has a name berth cannot deploy: it holds ' '"
@@ -376,6 +445,7 @@ mod tests {
         );
         let err = parse_eval(
             br#"{ "w": { "deployment": { "magicRollback": "yes" }, "hasToplevel": true } }"#,
+            None,
         )
         .unwrap_err();
         assert!(
@@ -383,7 +453,7 @@ mod tests {
                 .starts_with("node w: berth.deployment.magicRollback is not valid: invalid type"),
             "{err}"
         );
-        let err = parse_eval(b"warning: x\n[]").unwrap_err();
+        let err = parse_eval(b"warning: x\n[]", None).unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("`nix eval` printed what berth cannot read: "),

@@ -342,7 +342,7 @@ mod tests {
     #[tokio::test]
     async fn nix_evaluate_reads_settings_and_defaults() {
         let (_dir, flake) = flake(FLEET);
-        let nodes = evaluate(&flake).await.unwrap();
+        let nodes = evaluate(&flake, None).await.unwrap();
         let [db1, web1] = &nodes[..] else {
             panic!("{nodes:?}")
         };
@@ -415,10 +415,41 @@ mod tests {
     #[tokio::test]
     async fn nix_node_without_toplevel_is_named() {
         let (_dir, flake) = flake(&format!("{FLEET} notnixos = {{ config = {{ }}; }};"));
-        let err = evaluate(&flake).await.unwrap_err();
+        let err = evaluate(&flake, None).await.unwrap_err();
         assert_eq!(
             err.to_string(),
             "node notnixos has no config.system.build.toplevel: is it a nixosConfiguration?"
+        );
+    }
+
+    /// `berth deploy .#web1` in a fleet of NixOS nodes must not pay for
+    /// evaluating the others: each is a module system evaluation.
+    #[tokio::test]
+    async fn nix_a_named_node_is_evaluated_alone() {
+        let (_dir, flake) = flake(&format!(
+            r#"{FLEET} broken = {{ config = throw "evaluated though not named"; }}; "not a name" = {{ }};"#
+        ));
+        let web1 = NodeName::new("web1").unwrap();
+        let nodes = evaluate(&flake, Some(&web1)).await.unwrap();
+        let [node] = &nodes[..] else {
+            panic!("{nodes:?}")
+        };
+        assert_eq!(node.name, web1);
+        assert_eq!(node.settings.target_host(&node.name), "h1");
+        assert_eq!(node.settings.tags, ["web"]);
+        // The whole fleet does evaluate the broken node.
+        let err = evaluate(&flake, None).await.unwrap_err();
+        assert!(
+            chain(&err).contains("evaluated though not named"),
+            "{}",
+            chain(&err)
+        );
+        // A node the flake lacks is named, with the ones it has.
+        let web3 = NodeName::new("web3").unwrap();
+        let err = evaluate(&flake, Some(&web3)).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the flake has no node `web3` (it has broken, db1, not a name, web1)"
         );
     }
 
@@ -427,7 +458,7 @@ mod tests {
         let (_dir, flake) = flake(
             r#"web1 = { config = { system.build.toplevel = mk "web1"; berth.deployment.sshOptions = "-p 22"; }; };"#,
         );
-        let err = evaluate(&flake).await.unwrap_err();
+        let err = evaluate(&flake, None).await.unwrap_err();
         assert!(
             err.to_string().starts_with(
                 "node web1: berth.deployment.sshOptions is not valid: invalid type: string"
@@ -445,7 +476,7 @@ mod tests {
         )
         .unwrap();
         let flake = format!("path:{}", dir.path().display());
-        let err = evaluate(&flake).await.unwrap_err();
+        let err = evaluate(&flake, None).await.unwrap_err();
         assert!(matches!(err, FlakeError::Eval { .. }), "{err:?}");
         let text = chain(&err);
         assert!(
@@ -465,7 +496,7 @@ mod tests {
         )
         .unwrap();
         let flake = format!("path:{}", dir.path().display());
-        let err = evaluate(&flake).await.unwrap_err();
+        let err = evaluate(&flake, None).await.unwrap_err();
         assert!(
             err.hint().unwrap().contains("have nixosConfigurations?"),
             "{}",
@@ -498,7 +529,7 @@ mod tests {
             ),
         )
         .unwrap();
-        let nodes = evaluate(&format!("path:{}", dir.path().display()))
+        let nodes = evaluate(&format!("path:{}", dir.path().display()), None)
             .await
             .unwrap();
         assert_eq!(nodes[0].settings.target_user, "deploy");
