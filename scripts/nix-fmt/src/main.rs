@@ -1,7 +1,8 @@
 //! `berth-nix-fmt [--check] PATH...`: formats .nix files in place with the
 //! alejandra library, or with `--check` lists those that are not formatted
 //! and exits 1. A directory stands for the .nix files under it (hidden
-//! entries and cargo's `target` skipped). A file that does not parse is an error either way.
+//! entries and cargo's `target` skipped). A file that does not parse is an
+//! error either way.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
