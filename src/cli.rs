@@ -60,6 +60,11 @@ pub struct GlobalArgs {
     /// from the Nix store; else `berth`]
     #[arg(long, value_name = "PATH", global = true, help_heading = GLOBAL_OPTIONS)]
     pub agent: Option<String>,
+
+    /// Read the sudo password once from the terminal, for hosts reached as a user other than
+    /// root whose sudo asks for one (it goes to their sudo on stdin, nowhere else)
+    #[arg(long, global = true, help_heading = GLOBAL_OPTIONS)]
+    pub ask_sudo_password: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -137,6 +142,7 @@ fn context(global: &GlobalArgs, uses_ssh: bool) -> Result<Context, UsageError> {
             ..SshSettings::default()
         },
         agent: crate::agent::Program::resolve(global.agent.clone()),
+        ask_sudo_password: global.ask_sudo_password,
     })
 }
 

@@ -12,4 +12,7 @@ pub struct Context {
     pub ssh: SshSettings,
     /// The agent on the hosts.
     pub agent: crate::agent::Program,
+    /// `--ask-sudo-password`: read it from the terminal before reaching a
+    /// host whose user is not root.
+    pub ask_sudo_password: bool,
 }

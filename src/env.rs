@@ -31,6 +31,14 @@ pub const BERTH_STAGE: &str = "BERTH_STAGE";
 /// `/var/lib/berth`.
 pub const BERTH_STATE_DIR: &str = "BERTH_STATE_DIR";
 
+/// Set by sudo (and run0) for the command it runs: the user who ran it. The
+/// agent run as root through sudo by another user refuses all but the
+/// system verbs.
+pub const SUDO_USER: &str = "SUDO_USER";
+
+/// doas's counterpart of `SUDO_USER`.
+pub const DOAS_USER: &str = "DOAS_USER";
+
 /// Set by CI services (GitHub Actions sets `CI=true`): any value but empty,
 /// `false` or `0` means berth runs in CI, where `berth app deploy
 /// --skip-snapshot` is refused unless `--allow-skip-snapshot-in-ci` or the

@@ -97,8 +97,10 @@ pub mod call {
     use crate::nix::StorePath;
     use crate::process::Cmd;
 
+    /// Every system verb runs as root: through sudo on a host reached as
+    /// another user.
     fn agent(program: &str, verb: &str) -> Cmd {
-        Cmd::new(program).args(["agent", verb])
+        Cmd::new(program).args(["agent", verb]).as_root()
     }
 
     /// Who deploys and why, recorded on the host.
@@ -312,6 +314,10 @@ pub mod call {
     }
 }
 
+/// The host's own berth on NixOS, as its deploy users' sudo rule names it
+/// (`berth.agent.deployUsers`).
+pub const HOST_AGENT: &str = "/run/current-system/sw/bin/berth";
+
 /// Which berth program runs as the agent on the hosts.
 #[derive(Clone, Debug)]
 pub struct Program {
@@ -350,6 +356,26 @@ impl Program {
         }
     }
 
+    /// The agent a node's host runs. Reached as a user other than root, the
+    /// host runs its own berth through sudo ([`HOST_AGENT`], the path the
+    /// module's sudo rule names), unless `--agent` named one: the deployer's
+    /// closure is neither copied (that user's copies must be signed) nor
+    /// allowed by that rule.
+    pub fn for_node(&self, settings: &crate::flake::DeploymentSettings) -> Program {
+        if !settings.escalates() || self.is_explicit() {
+            return self.clone();
+        }
+        Program {
+            program: HOST_AGENT.into(),
+            closure: None,
+        }
+    }
+
+    /// Whether `--agent` named it.
+    pub fn is_explicit(&self) -> bool {
+        self.closure.is_none() && self.program != "berth"
+    }
+
     /// Makes sure the agent is on `host` (copies the deployer's closure).
     pub async fn install(
         &self,
@@ -372,6 +398,7 @@ fn store_root(path: &std::path::Path) -> Option<crate::nix::StorePath> {
 #[cfg(test)]
 mod program_tests {
     use super::*;
+    use crate::nix::StorePath;
 
     #[test]
     fn the_store_root_of_an_installed_berth() {
@@ -392,5 +419,24 @@ mod program_tests {
         assert_eq!((p.program.as_str(), p.closure), ("/opt/berth", None));
         // Tests run from target/, not the store.
         assert_eq!(Program::resolve(None).program, "berth");
+    }
+
+    #[test]
+    fn a_deploy_user_runs_the_hosts_own_agent_unless_one_is_named() {
+        let deploy = crate::flake::DeploymentSettings {
+            target_user: "deploy".into(),
+            ..Default::default()
+        };
+        let root = crate::flake::DeploymentSettings::default();
+        let copied = Program {
+            program: "/nix/store/67gmyx5vdbg0dv7csdd6gh406z3bs23w-berth/bin/berth".into(),
+            closure: StorePath::new("/nix/store/67gmyx5vdbg0dv7csdd6gh406z3bs23w-berth").ok(),
+        };
+        assert_eq!(copied.for_node(&root).program, copied.program);
+        let own = copied.for_node(&deploy);
+        assert_eq!((own.program.as_str(), own.closure), (HOST_AGENT, None));
+        assert_eq!(Program::resolve(None).for_node(&deploy).program, HOST_AGENT);
+        let named = Program::resolve(Some("/opt/berth".into()));
+        assert_eq!(named.for_node(&deploy).program, "/opt/berth");
     }
 }

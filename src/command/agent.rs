@@ -302,12 +302,77 @@ pub enum Verb {
     },
 }
 
+/// The user who ran the agent as root through sudo (or doas, or run0,
+/// which set the same variables), if one did: sudo sets them itself, the
+/// caller cannot.
+fn escalated_by() -> Option<String> {
+    [env::SUDO_USER, env::DOAS_USER]
+        .iter()
+        .find_map(|name| std::env::var(name).ok())
+        .filter(|user| !user.is_empty() && user != "root")
+}
+
+/// What a user who is not root may have the agent do as root: the system
+/// verbs a deploy, rollback, status and the host's lock need, on the
+/// host's own state and system profile. A deploy user's sudo rule lets it
+/// run `berth agent <verb> *`, so this is where the rest is refused: the
+/// app verbs (they run commands from a manifest), and another state
+/// directory, profile or manifest directory (whose contents that user could
+/// write, and the agent would trust).
+fn refuse_escalated(args: &Args, user: &str) -> Result<(), crate::error::UsageError> {
+    let refuse = |what: String| {
+        crate::error::UsageError::new(format!(
+            "berth's agent, run as root by {user} through sudo, does not {what}"
+        ))
+        .hint("a deploy user runs only the system verbs, on the host's own state: run it as root itself for the rest")
+    };
+    let defaults = [
+        ("--state-dir", &args.state_dir, state::DEFAULT_DIR),
+        ("--profile", &args.profile, SYSTEM_PROFILE),
+        ("--manifest-dir", &args.manifest_dir, manifest::MANIFEST_DIR),
+    ];
+    for (flag, value, default) in defaults {
+        if value.as_path() != std::path::Path::new(default) {
+            return Err(refuse(format!(
+                "take {flag} {} (only {default})",
+                value.display()
+            )));
+        }
+    }
+    let verb = match &args.verb {
+        Verb::Activate { .. }
+        | Verb::Record { .. }
+        | Verb::Watchdog { .. }
+        | Verb::Confirm { .. }
+        | Verb::Rollback { .. }
+        | Verb::Show { .. }
+        | Verb::BootCheck
+        | Verb::Status { .. }
+        | Verb::History { .. }
+        | Verb::Lock { service: None, .. } => return Ok(()),
+        Verb::Lock { .. } => "lock a service (only the host)",
+        Verb::AppDeploy { .. } => "run app-deploy",
+        Verb::AppRollback { .. } => "run app-rollback",
+        Verb::AppStatus { .. } => "run app-status",
+        Verb::AppUnblock { .. } => "run app-unblock",
+        Verb::AppScale { .. } => "run app-scale",
+        Verb::AppChanged { .. } => "run app-changed",
+        Verb::AppHistory { .. } => "run app-history",
+        Verb::Snapshot { .. } => "take or list snapshots",
+        Verb::Restore { .. } => "restore snapshots",
+    };
+    Err(refuse(verb.into()))
+}
+
 pub async fn run(_ctx: &Context, args: Args) -> anyhow::Result<Exit> {
     // A dropped SSH session must not stop an activation or a rollback
     // half way. (Rust already ignores SIGPIPE; writes then fail quietly.)
     // SAFETY: setting a signal to SIG_IGN has no preconditions.
     unsafe {
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
+    if let Some(user) = escalated_by() {
+        refuse_escalated(&args, &user)?;
     }
     let printer = Printer::new(true, false);
     if let Some(exit) = run_app(&args, printer).await? {

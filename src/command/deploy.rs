@@ -113,6 +113,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
     // Evaluate and build exactly the revision that is recorded.
     target.flake = source.locked.clone();
     let mut nodes = nodes::select_in(&target, selector.as_ref()).await?;
+    nodes::ask_sudo_password(ctx, &nodes)?;
     // Before building: a node of another stage is refused.
     check_stages(&nodes, args.stage.as_ref(), printer)?;
     // Before building: an offline or unknown Tailscale peer fails fast.

@@ -24,7 +24,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
     let host = nodes::connect(ctx, &node).await?;
     let events = nodes::agent_events(
         &host,
-        &call::history(&ctx.agent.program, node.name.as_ref(), args.limit),
+        &call::history(&host.agent.program, node.name.as_ref(), args.limit),
         EVENT_DEPLOYMENT,
     )
     .await?;

@@ -9,6 +9,7 @@ use crate::app::manifest::ServiceName;
 use crate::context::Context;
 use crate::error::{Exit, RemoteError};
 use crate::host::Host;
+use crate::process::Cmd;
 
 use super::app::{self, HostArgs};
 
@@ -65,14 +66,19 @@ pub async fn run(ctx: &Context, command: LockCommand) -> anyhow::Result<Exit> {
     let owner = owner.unwrap_or_else(|| super::deploy::audit(None).actor);
     let default_user = args.service.as_deref().unwrap_or("root");
     let host = app::connect(ctx, &args.host, default_user).await?;
-    let mut cmd = app::agent(ctx, "lock", None).arg(action).args([
-        "--owner",
-        &owner,
-        "--wait",
-        &wait.to_string(),
-    ]);
-    if let Some(service) = &args.service {
-        cmd = cmd.args(["--service", service]);
+    // The host's lock is root's: a user other than root takes it through
+    // sudo, with the host's own agent (the one its sudo rule names) unless
+    // --agent names one.
+    let program = match &args.service {
+        None if host.escalates() && !ctx.agent.is_explicit() => crate::agent::HOST_AGENT.into(),
+        _ => app::program(ctx),
+    };
+    let mut cmd = Cmd::new(program)
+        .args(["agent", "lock", action, "--owner", &owner])
+        .args(["--wait", &wait.to_string()]);
+    match &args.service {
+        Some(service) => cmd = cmd.args(["--service", service]),
+        None => cmd = cmd.as_root(),
     }
     if let Some(reason) = &reason {
         cmd = cmd.args(["--reason", reason]);

@@ -46,6 +46,11 @@ pub fn diagnose(err: &(dyn StdError + 'static)) -> Option<Diagnosis> {
         of::<crate::stage::StageError>,
         of::<crate::host::tailscale::TailscaleError>,
         of::<crate::journal::JournalError>,
+        |err| {
+            err.downcast_ref::<crate::process::CommandError>()
+                .and_then(crate::process::CommandError::escalation)
+                .map(Diagnose::diagnosis)
+        },
     ];
     KNOWN.iter().find_map(|known| known(err))
 }

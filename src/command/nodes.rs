@@ -28,7 +28,38 @@ pub async fn select(ctx: &Context, args: &NodesArgs) -> anyhow::Result<(FlakeRef
     let selector = args.on.as_deref().map(Selector::parse).transpose()?;
     ctx.printer.line(format!("evaluating {}", target.flake));
     let nodes = select_in(&target, selector.as_ref()).await?;
+    ask_sudo_password(ctx, &nodes)?;
     Ok((target, nodes))
+}
+
+/// Reads the sudo password from the terminal, once, before any host is
+/// reached: when `--ask-sudo-password` or a node's `askSudoPassword` asks
+/// for it and one of `nodes` logs in as a user other than root. A host
+/// whose sudo needs no password never gets it.
+pub fn ask_sudo_password(ctx: &Context, nodes: &[NodeMeta]) -> anyhow::Result<()> {
+    let escalating: Vec<String> = nodes
+        .iter()
+        .filter(|n| n.settings.escalates())
+        .filter(|n| ctx.ask_sudo_password || n.settings.ask_sudo_password)
+        .filter_map(|n| deploy::destination(&n.name, &n.settings).ok())
+        .map(|d| d.to_string())
+        .collect();
+    if escalating.is_empty() || ctx.ssh.sudo_password.get().is_some() {
+        return Ok(());
+    }
+    let prompt = format!("[berth] sudo password for {}: ", escalating.join(", "));
+    let password = crate::process::read_password(&prompt).map_err(|err| {
+        UsageError::new(format!(
+            "the sudo password for {} was asked for, but there is no terminal to read it from ({err})",
+            escalating.join(", ")
+        ))
+        .hint(
+            "give the user a sudo rule that needs no password (berth.agent.deployUsers), \
+             or run berth at a terminal",
+        )
+    })?;
+    ctx.ssh.sudo_password.set(password);
+    Ok(())
 }
 
 /// The nodes of `target` (whose flake may be a locked reference) that its
@@ -62,6 +93,8 @@ pub async fn one(ctx: &Context, target: &str) -> anyhow::Result<NodeMeta> {
 /// A node's host, reached with its `sshOptions`, the agent installed.
 pub struct Connected {
     pub host: SshHost,
+    /// The agent this node's host runs (the host's own for a deploy user).
+    pub agent: agent::Program,
     /// Holds the node's ssh_config while the host is used.
     _scratch: tempfile::TempDir,
 }
@@ -81,8 +114,9 @@ impl Connected {
 
 /// A node's host with the agent installed.
 pub async fn connect(ctx: &Context, node: &NodeMeta) -> anyhow::Result<Connected> {
-    let host = reach(&ctx.ssh, node).await?;
-    ctx.agent.install(&host.host).await?;
+    let mut host = reach(&ctx.ssh, node).await?;
+    host.agent = ctx.agent.for_node(&node.settings);
+    host.agent.install(&host.host).await?;
     Ok(host)
 }
 
@@ -92,10 +126,16 @@ pub async fn reach(ssh: &SshSettings, node: &NodeMeta) -> anyhow::Result<Connect
     let destination =
         deploy::destination(&node.name, &node.settings).map_err(anyhow::Error::msg)?;
     let scratch = tempfile::tempdir().context("could not make a temporary directory")?;
-    let ssh = ssh.with_options(&node.settings.ssh_options, scratch.path())?;
+    let ssh = ssh
+        .with_options(&node.settings.ssh_options, scratch.path())?
+        .escalating(&node.settings.privilege_escalation_command);
     let host = SshHost::connect(&destination, &ssh).await?;
     Ok(Connected {
         host,
+        agent: agent::Program {
+            program: "berth".into(),
+            closure: None,
+        },
         _scratch: scratch,
     })
 }

@@ -31,7 +31,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
         let host = nodes::connect(ctx, node).await?;
         let status = nodes::agent_events(
             &host,
-            &call::status(&ctx.agent.program, &name),
+            &call::status(&host.agent.program, &name),
             EVENT_STATUS,
         )
         .await?

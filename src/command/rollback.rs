@@ -24,7 +24,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
     let host = nodes::connect(ctx, &node).await?;
     let actor = deploy::audit(None).actor;
     let cmd = call::rollback_to(
-        &ctx.agent.program,
+        &host.agent.program,
         &state::new_id(),
         node.name.as_ref(),
         args.to,

@@ -23,7 +23,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
             Ok(host) => {
                 let events = nodes::agent_events(
                     &host,
-                    &call::status(&ctx.agent.program, &name),
+                    &call::status(&host.agent.program, &name),
                     EVENT_STATUS,
                 )
                 .await;

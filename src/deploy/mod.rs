@@ -255,6 +255,7 @@ async fn deploy_host(
         deployment: None,
         log: Vec::new(),
         ssh: options.ssh.clone(),
+        agent: options.agent.for_node(&job.settings),
         line,
     };
     let outcome = run.run(early).await;
@@ -295,9 +296,10 @@ pub async fn deploy_here(
         deployment: None,
         log: Vec::new(),
         ssh: options.ssh.clone(),
+        agent: options.agent.for_node(&job.settings),
         line,
     };
-    let outcome = match contact(host, options, job.node.as_ref()).await {
+    let outcome = match contact(host, &run.agent, job.node.as_ref()).await {
         Ok(status) => run.on_host(host, None, "auto", status).await,
         Err(why) => Outcome::Failed { why },
     };
@@ -356,7 +358,8 @@ impl Ahead {
             let task = tokio::spawn(async move {
                 let destination = destination(&name, &settings)?;
                 let reached = reach(&destination, name.as_ref(), &settings, &options.ssh).await?;
-                let status = contact(&reached.host, &options, name.as_ref()).await?;
+                let agent = options.agent.for_node(&settings);
+                let status = contact(&reached.host, &agent, name.as_ref()).await?;
                 Ok((reached, status))
             });
             ahead.insert(node.clone(), task);
@@ -379,13 +382,13 @@ impl Ahead {
 /// status of `node`.
 async fn contact(
     host: &dyn Host,
-    options: &Options,
+    agent: &agent::Program,
     node: &str,
 ) -> Result<Option<serde_json::Value>, String> {
-    if let Err(err) = options.agent.install(host).await {
+    if let Err(err) = agent.install(host).await {
         return Err(format!("could not copy the berth agent to the host: {err}"));
     }
-    agent_status(host, &options.agent.program, node).await
+    agent_status(host, &agent.program, node).await
 }
 
 /// Connects to `destination` with the node's `sshOptions`; the error says
@@ -400,7 +403,8 @@ async fn reach(
         .map_err(|err| format!("could not make a temporary directory: {err}"))?;
     let ssh = ssh
         .with_options(&settings.ssh_options, scratch.path())
-        .map_err(|err| format!("node {node}: {err}"))?;
+        .map_err(|err| format!("node {node}: {err}"))?
+        .escalating(&settings.privilege_escalation_command);
     let host = SshHost::connect(destination, &ssh).await.map_err(|err| {
         let mut why = format!("{err}: {}", crate::error::causes(&err));
         if let Some(hint) = err.hint() {
@@ -425,11 +429,20 @@ async fn agent_status(
         Ok(out) => Ok(agent::find_events(&out.stdout, agent::EVENT_STATUS)
             .into_iter()
             .next()),
+        Err(CommandError::Escalation(err)) => Err(with_hint(&err)),
         Err(err) => Err(format!(
             "the berth agent on the host did not answer: {err} (hint: import berth's \
              NixOS module on the host, run berth from the Nix store so it copies \
              itself, or pass --agent PATH)"
         )),
+    }
+}
+
+/// `error (hint: …)`, for a host's one-line failure.
+fn with_hint(err: &dyn crate::error::Diagnose) -> String {
+    match err.diagnosis().hint {
+        Some(hint) => format!("{err} (hint: {hint})"),
+        None => err.to_string(),
     }
 }
 
@@ -442,6 +455,8 @@ struct HostRun<'a> {
     log: Vec<String>,
     /// The deployer's SSH settings plus the node's `sshOptions`.
     ssh: SshSettings,
+    /// The agent this node's host runs.
+    agent: agent::Program,
     line: &'a HostProgress,
 }
 
@@ -501,7 +516,7 @@ impl HostRun<'_> {
     ) -> Result<(Reached, Option<serde_json::Value>), String> {
         let node = self.job.node.as_ref();
         let reached = reach(destination, node, &self.job.settings, &self.options.ssh).await?;
-        let status = contact(&reached.host, self.options, node).await?;
+        let status = contact(&reached.host, &self.agent, node).await?;
         Ok((reached, status))
     }
 
@@ -516,7 +531,7 @@ impl HostRun<'_> {
         status: Option<serde_json::Value>,
     ) -> Outcome {
         let job = self.job;
-        let agent = &self.options.agent.program;
+        let agent = &self.agent.program;
         let node = job.node.as_ref();
 
         // The cheap check: is this already what the host runs?
@@ -741,7 +756,7 @@ impl HostRun<'_> {
         }
         let job = self.job;
         let cmd = call::record(
-            &self.options.agent.program,
+            &self.agent.program,
             &state::new_id(),
             job.node.as_ref(),
             &job.toplevel,
@@ -796,7 +811,7 @@ impl HostRun<'_> {
         let fresh = match (destination, fresh) {
             (None, _) => {
                 return local
-                    .run(&call::confirm(&self.options.agent.program, id))
+                    .run(&call::confirm(&self.agent.program, id))
                     .await
                     .map(|_| ())
                     .map_err(|e| e.to_string());
@@ -804,9 +819,7 @@ impl HostRun<'_> {
             (Some(_), Some(Ok(fresh))) => fresh,
             (Some(destination), _) => self.connect(destination).await?,
         };
-        let confirmed = fresh
-            .run(&call::confirm(&self.options.agent.program, id))
-            .await;
+        let confirmed = fresh.run(&call::confirm(&self.agent.program, id)).await;
         let _ = fresh.close().await;
         confirmed.map(|_| ()).map_err(|e| e.to_string())
     }
@@ -862,10 +875,7 @@ impl HostRun<'_> {
         id: &str,
     ) -> Option<Deployment> {
         let Some(destination) = destination else {
-            let out = local
-                .run(&call::show(&self.options.agent.program, id))
-                .await
-                .ok()?;
+            let out = local.run(&call::show(&self.agent.program, id)).await.ok()?;
             let event = agent::find_events(&out.stdout, agent::EVENT_DEPLOYMENT).pop()?;
             return serde_json::from_value(event).ok();
         };
@@ -874,10 +884,7 @@ impl HostRun<'_> {
             ..self.ssh.clone()
         };
         let host = SshHost::connect(destination, &settings).await.ok()?;
-        let out = host
-            .run(&call::show(&self.options.agent.program, id))
-            .await
-            .ok();
+        let out = host.run(&call::show(&self.agent.program, id)).await.ok();
         let _ = host.close().await;
         let event = agent::find_events(&out?.stdout, agent::EVENT_DEPLOYMENT).pop()?;
         serde_json::from_value(event).ok()

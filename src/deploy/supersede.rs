@@ -89,13 +89,13 @@ async fn host_revision(node: &NodeMeta, options: &Options) -> Result<Option<Revi
         &options.ssh,
     )
     .await?;
+    let agent = options.agent.for_node(&node.settings);
     let status = async {
-        options
-            .agent
+        agent
             .install(&reached.host)
             .await
             .map_err(|err| format!("could not copy the berth agent to the host: {err}"))?;
-        agent_status(&reached.host, &options.agent.program, node.name.as_ref()).await
+        agent_status(&reached.host, &agent.program, node.name.as_ref()).await
     }
     .await;
     let _ = reached.host.close().await;

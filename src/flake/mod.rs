@@ -169,7 +169,9 @@ impl FlakeError {
                     "`nix log /nix/store/…drv` shows the full log of the derivation that failed (named above)"
                         .into(),
                 ),
-                CommandError::Ssh { .. } | CommandError::TimedOut { .. } => None,
+                CommandError::Ssh { .. }
+                | CommandError::TimedOut { .. }
+                | CommandError::Escalation(_) => None,
             },
             FlakeError::InvalidNodeName { .. }
             | FlakeError::UnknownNode { .. }
@@ -197,7 +199,9 @@ fn eval_hint(flake: &str, source: &CommandError) -> Option<String> {
     let stderr = match source {
         CommandError::Spawn { .. } => return Some(NO_NIX.into()),
         CommandError::Failed { stderr_tail, .. } => stderr_tail,
-        CommandError::Ssh { .. } | CommandError::TimedOut { .. } => return None,
+        CommandError::Ssh { .. } | CommandError::TimedOut { .. } | CommandError::Escalation(_) => {
+            return None
+        }
     };
     let has = |s: &str| stderr.contains(s);
     Some(if has("experimental Nix feature") {

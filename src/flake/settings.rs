@@ -16,6 +16,12 @@ pub struct DeploymentSettings {
     /// The host to SSH to; the node's name when unset.
     pub target_host: Option<String>,
     pub target_user: String,
+    /// How berth becomes root on the host when `target_user` is not root:
+    /// the command put in front of the agent (`sudo`, `doas`, `run0`).
+    pub privilege_escalation_command: Vec<String>,
+    /// Read the sudo password once from the terminal for this node, as
+    /// `--ask-sudo-password` does.
+    pub ask_sudo_password: bool,
     /// Names `--on @tag` selects by.
     pub tags: Vec<String>,
     /// Copy the derivation and build on the target instead of here.
@@ -42,6 +48,8 @@ impl Default for DeploymentSettings {
         DeploymentSettings {
             target_host: None,
             target_user: "root".into(),
+            privilege_escalation_command: vec!["sudo".into()],
+            ask_sudo_password: false,
             tags: Vec::new(),
             build_on_target: false,
             ssh_options: Vec::new(),
@@ -62,6 +70,12 @@ impl DeploymentSettings {
         self.target_host.as_deref().unwrap_or(node.as_str())
     }
 
+    /// Whether berth logs in as a user other than root, and so becomes root
+    /// through `privilegeEscalationCommand`.
+    pub fn escalates(&self) -> bool {
+        self.target_user != "root"
+    }
+
     /// Reads `config.berth.deployment` of `node` as `nix eval --json` printed
     /// it.
     pub(crate) fn from_json(node: &str, mut value: Value) -> Result<Self, FlakeError> {
@@ -80,6 +94,15 @@ impl DeploymentSettings {
             Ok(settings) => settings,
             Err(err) => return Err(invalid(culprit(&value), err.to_string())),
         };
+        if settings.privilege_escalation_command.is_empty()
+            || settings.privilege_escalation_command[0].is_empty()
+        {
+            return Err(invalid(
+                ".privilegeEscalationCommand".into(),
+                "it is empty: give the program that runs a command as root, e.g. [ \"sudo\" ]"
+                    .into(),
+            ));
+        }
         if settings.activation_timeout == 0 {
             return Err(invalid(
                 ".activationTimeout".into(),
@@ -230,6 +253,27 @@ mod tests {
         assert!(s.tailscale.check_online);
         assert!(s.notify.is_empty());
         assert_eq!(s.stage, None);
+        assert_eq!(s.privilege_escalation_command, ["sudo"]);
+        assert!(!s.ask_sudo_password && !s.escalates());
+    }
+
+    #[test]
+    fn escalation_is_read_and_an_empty_one_refused() {
+        let s = read(json!({
+            "targetUser": "deploy",
+            "privilegeEscalationCommand": ["doas"],
+            "askSudoPassword": true
+        }))
+        .unwrap();
+        assert_eq!(s.privilege_escalation_command, ["doas"]);
+        assert!(s.ask_sudo_password && s.escalates());
+        for empty in [json!([]), json!([""])] {
+            let err = read(json!({ "privilegeEscalationCommand": empty })).unwrap_err();
+            assert!(
+                err.to_string().contains(".privilegeEscalationCommand"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

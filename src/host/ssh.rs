@@ -9,7 +9,10 @@ use openssh::{KnownHosts, SessionBuilder};
 
 use super::Host;
 use crate::nix::{self, StorePath};
-use crate::process::{self, Cmd, CommandError, JobLog, Output, Via};
+use crate::process::{
+    self, Cmd, CommandError, Escalation, EscalationError, JobLog, Output, SudoMode, SudoPassword,
+    SudoRefusal, Via,
+};
 
 /// How berth uses SSH, the same for its own connections and for `nix copy`.
 #[derive(Clone, Debug)]
@@ -20,6 +23,11 @@ pub struct SshSettings {
     /// refusing it. A changed key is refused either way.
     pub accept_new_host_keys: bool,
     pub connect_timeout: Duration,
+    /// How a host reached as a user other than root runs what needs root
+    /// (a node's `privilegeEscalationCommand`; sudo unless it says).
+    pub escalation: Option<Escalation>,
+    /// The sudo password, once read (`--ask-sudo-password`).
+    pub sudo_password: SudoPassword,
 }
 
 impl Default for SshSettings {
@@ -28,6 +36,8 @@ impl Default for SshSettings {
             config_file: None,
             accept_new_host_keys: false,
             connect_timeout: Duration::from_secs(10),
+            escalation: Escalation::new(&["sudo".to_owned()]),
+            sudo_password: SudoPassword::default(),
         }
     }
 }
@@ -58,6 +68,14 @@ impl SshSettings {
             config_file: Some(path),
             ..self.clone()
         })
+    }
+
+    /// These settings with a node's `privilegeEscalationCommand`.
+    pub fn escalating(self, command: &[String]) -> SshSettings {
+        SshSettings {
+            escalation: Escalation::new(command),
+            ..self
+        }
     }
 
     fn strict_host_key_checking(&self) -> &'static str {
@@ -180,6 +198,9 @@ pub struct SshHost {
     session: openssh::Session,
     settings: SshSettings,
     log: JobLog,
+    /// How its sudo takes commands, once the first one told (`None`: not
+    /// yet known). A rule with NOPASSWD never gets the password.
+    sudo: std::sync::Mutex<Option<SudoMode>>,
 }
 
 impl SshHost {
@@ -219,7 +240,87 @@ impl SshHost {
             session,
             settings: settings.clone(),
             log: JobLog::new(),
+            sudo: std::sync::Mutex::new(None),
         })
+    }
+
+    /// The user berth logs in as, when it is not root and its commands
+    /// that need root go through the escalation.
+    fn escalation(&self) -> Option<(&Escalation, &str)> {
+        let user = self.destination.user.as_deref()?;
+        let escalation = self.settings.escalation.as_ref()?;
+        (user != "root").then_some((escalation, user))
+    }
+
+    /// Whether commands that need root go through sudo (or another
+    /// escalation) on this host.
+    pub fn escalates(&self) -> bool {
+        self.escalation().is_some()
+    }
+
+    async fn run_here(&self, cmd: &Cmd) -> Result<Output, CommandError> {
+        let via = Via::Ssh {
+            session: &self.session,
+            host: &self.name,
+        };
+        process::output(cmd, via, &self.log).await
+    }
+
+    /// `cmd` as root through the escalation. sudo is asked without a
+    /// password first; where it wants one and berth has it, the command is
+    /// run again with the password on stdin (sudo refused before running
+    /// anything), and so is every later command on this host.
+    async fn output_as_root(
+        &self,
+        cmd: &Cmd,
+        escalation: &Escalation,
+        user: &str,
+    ) -> Result<Output, CommandError> {
+        let password = self.settings.sudo_password.get();
+        if !escalation.is_sudo() {
+            return self
+                .run_here(&escalation.wrap(cmd, SudoMode::NoPassword, None))
+                .await;
+        }
+        let known = *self.sudo.lock().unwrap_or_else(|e| e.into_inner());
+        let mut mode = known.unwrap_or(SudoMode::NoPassword);
+        loop {
+            let out = self.run_here(&escalation.wrap(cmd, mode, password)).await?;
+            let refusal = (out.status.code() == Some(1))
+                .then(|| SudoRefusal::of(&out.stderr))
+                .flatten();
+            let err = |make: fn(String, String) -> EscalationError| {
+                CommandError::Escalation(make(self.name.clone(), user.to_owned()))
+            };
+            match refusal {
+                None => {
+                    *self.sudo.lock().unwrap_or_else(|e| e.into_inner()) = Some(mode);
+                    return Ok(out);
+                }
+                Some(SudoRefusal::PasswordRequired) if mode == SudoMode::NoPassword => {
+                    if password.is_none() {
+                        return Err(err(|host, user| EscalationError::PasswordRequired {
+                            host,
+                            user,
+                        }));
+                    }
+                    mode = SudoMode::Password;
+                }
+                Some(SudoRefusal::PasswordRequired | SudoRefusal::WrongPassword) => {
+                    return Err(err(|host, user| EscalationError::WrongPassword {
+                        host,
+                        user,
+                    }))
+                }
+                Some(SudoRefusal::NotPermitted) => {
+                    return Err(CommandError::Escalation(EscalationError::NotPermitted {
+                        host: self.name.clone(),
+                        user: user.to_owned(),
+                        command: cmd.to_string(),
+                    }))
+                }
+            }
+        }
     }
 
     /// The master connection's control socket.
@@ -321,11 +422,10 @@ impl Host for SshHost {
     }
 
     async fn output(&self, cmd: &Cmd) -> Result<Output, CommandError> {
-        let via = Via::Ssh {
-            session: &self.session,
-            host: &self.name,
-        };
-        process::output(cmd, via, &self.log).await
+        match self.escalation().filter(|_| cmd.needs_root()) {
+            Some((escalation, user)) => self.output_as_root(cmd, escalation, user).await,
+            None => self.run_here(cmd).await,
+        }
     }
 
     async fn copy_closure(&self, paths: &[StorePath]) -> Result<(), CommandError> {

@@ -159,6 +159,9 @@ pub enum CommandError {
         on: On,
         limit: Duration,
     },
+    /// The host would not run it as root (sudo refused); nothing ran.
+    #[error(transparent)]
+    Escalation(super::EscalationError),
     #[error("the SSH connection{on} failed while running `{command}` (or it exited with 255)")]
     Ssh {
         command: String,
@@ -173,6 +176,14 @@ impl CommandError {
     pub fn status(&self) -> Option<ExitStatus> {
         match self {
             CommandError::Failed { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// Why the host would not run it as root, if that is what happened.
+    pub fn escalation(&self) -> Option<&super::EscalationError> {
+        match self {
+            CommandError::Escalation(err) => Some(err),
             _ => None,
         }
     }

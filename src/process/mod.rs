@@ -4,10 +4,14 @@
 //! exact argv) and hands it to [`exec`]. Remote commands stay argv: each word
 //! is escaped by [`quote`] and nothing else.
 
+mod escalation;
 mod exec;
 mod quote;
 mod spec;
 
+pub use escalation::{
+    read_password, Escalation, EscalationError, Secret, SudoMode, SudoPassword, SudoRefusal,
+};
 pub use exec::{output, spawn_detached, CommandError, ExitStatus, JobLog, Output, Stream, Via};
 pub use quote::{quote, quote_line};
 pub use spec::{Cmd, StdioMode};

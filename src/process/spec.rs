@@ -23,7 +23,7 @@ pub enum StdioMode {
 }
 
 /// A command to run: program, arguments, environment, working directory.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Cmd {
     program: OsString,
     args: Vec<OsString>,
@@ -32,6 +32,26 @@ pub struct Cmd {
     stdin: Option<Vec<u8>>,
     stdio: StdioMode,
     timeout: Option<Duration>,
+    root: bool,
+}
+
+/// Everything but stdin's bytes, which may hold a password.
+impl fmt::Debug for Cmd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cmd")
+            .field("program", &self.program)
+            .field("args", &self.args)
+            .field("env", &self.env)
+            .field("cwd", &self.cwd)
+            .field(
+                "stdin",
+                &self.stdin.as_ref().map(|b| format!("<{} bytes>", b.len())),
+            )
+            .field("stdio", &self.stdio)
+            .field("timeout", &self.timeout)
+            .field("root", &self.root)
+            .finish()
+    }
 }
 
 impl Cmd {
@@ -44,7 +64,19 @@ impl Cmd {
             stdin: None,
             stdio: StdioMode::Capture,
             timeout: None,
+            root: false,
         }
+    }
+
+    /// Marks the command as one that must run as root on the host: a host
+    /// reached as another user puts its escalation (sudo) in front.
+    pub fn as_root(mut self) -> Self {
+        self.root = true;
+        self
+    }
+
+    pub fn needs_root(&self) -> bool {
+        self.root
     }
 
     pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
