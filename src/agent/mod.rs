@@ -5,7 +5,9 @@
 //! stdout; the deployer reads them.
 
 pub mod config;
+mod signing;
 pub mod system;
+pub use signing::DryActivation;
 
 use serde::{Deserialize, Serialize};
 
@@ -64,6 +66,10 @@ pub const EVENT_PHASE: &str = "phase";
 pub const EVENT_RESULT: &str = "result";
 pub const EVENT_STATUS: &str = "status";
 pub const EVENT_DEPLOYMENT: &str = "deployment";
+/// `add-signatures`: how many signed paths were given and offered to Nix.
+pub const EVENT_SIGNATURES: &str = "signatures";
+/// `dry-activate`: a [`DryActivation`].
+pub const EVENT_DRY_ACTIVATE: &str = "dry_activate";
 /// Something the deployer shows as `warning:` (a `message` field).
 pub const EVENT_WARNING: &str = "warning";
 
@@ -194,6 +200,18 @@ pub mod call {
 
     pub fn show(program: &str, id: &str) -> Cmd {
         agent(program, "show").args(["--id", id])
+    }
+
+    /// `agent add-signatures`, the signed paths on its stdin.
+    pub fn add_signatures(
+        program: &str,
+        paths: &[crate::nix::signatures::SignedPath],
+    ) -> Result<Cmd, serde_json::Error> {
+        Ok(agent(program, "add-signatures").stdin(serde_json::to_vec(paths)?))
+    }
+
+    pub fn dry_activate(program: &str, path: &StorePath) -> Cmd {
+        agent(program, "dry-activate").args(["--path", path.as_str()])
     }
 
     pub fn history(program: &str, node: &str, limit: usize) -> Cmd {

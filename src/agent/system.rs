@@ -138,8 +138,8 @@ pub struct Agent {
     profile: PathBuf,
     /// The host's agent.json: which keys a system must be signed with.
     config: PathBuf,
-    printer: Printer,
-    log: JobLog,
+    pub(super) printer: Printer,
+    pub(super) log: JobLog,
     /// Whether this activation has changed the profile or the running
     /// system yet (an error before that needs no rollback).
     touched: bool,
@@ -170,7 +170,7 @@ impl Agent {
         );
     }
 
-    async fn run(&self, cmd: &Cmd) -> Result<process::Output, CommandError> {
+    pub(super) async fn run(&self, cmd: &Cmd) -> Result<process::Output, CommandError> {
         process::output(cmd, Via::Local, &self.log).await?.check()
     }
 
@@ -413,7 +413,7 @@ impl Agent {
     /// closure must be intact and signed by one of them or a key the
     /// host's Nix trusts, or have been built on the host. A config that is
     /// there but unusable refuses everything.
-    async fn verify(&self, id: &str, path: &StorePath) -> Result<Option<String>, AgentError> {
+    pub(super) async fn verify(&self, id: &str, path: &StorePath) -> Result<Option<String>, AgentError> {
         let trust = match config::load(&self.config) {
             Ok(Signatures::NotRequired) => return Ok(None),
             Ok(Signatures::Required(trust)) => trust,

@@ -8,7 +8,11 @@ use std::time::Duration;
 
 use crate::agent::call::Audit;
 use crate::agent::system::{Activation, Agent, Goal, DEFAULT_ACTIVATION_TIMEOUT};
-use crate::agent::{AgentResult, Outcome, EVENT_DEPLOYMENT, EVENT_RESULT, EVENT_STATUS};
+use crate::agent::{
+    AgentResult, Outcome, EVENT_DEPLOYMENT, EVENT_DRY_ACTIVATE, EVENT_RESULT, EVENT_SIGNATURES,
+    EVENT_STATUS,
+};
+use crate::nix::signatures::SignedPath;
 use crate::app::manifest::{self, Manifest, Overrides, ServiceName};
 use crate::app::transaction::{
     AppAgent, DeployRequest, RollbackRequest, ScaleRequest, SkipSnapshotGuard, EVENT_CHANGES,
@@ -293,6 +297,14 @@ pub enum Verb {
         #[arg(long, value_name = "SECS", default_value_t = 0)]
         wait: u64,
     },
+    /// Add the signatures on stdin (a JSON list of signed paths, as the
+    /// deployer read them) to the paths this host already has
+    AddSignatures,
+    /// What switching to PATH would do, once it passes activate's signature check
+    DryActivate {
+        #[arg(long, value_name = "STORE_PATH")]
+        path: String,
+    },
     /// Past deployments, newest first
     History {
         #[arg(long, value_parser = crate::flake::parse_node_name)]
@@ -349,6 +361,8 @@ fn refuse_escalated(args: &Args, user: &str) -> Result<(), crate::error::UsageEr
         | Verb::BootCheck
         | Verb::Status { .. }
         | Verb::History { .. }
+        | Verb::AddSignatures
+        | Verb::DryActivate { .. }
         | Verb::Lock { service: None, .. } => return Ok(()),
         Verb::Lock { .. } => "lock a service (only the host)",
         Verb::AppDeploy { .. } => "run app-deploy",
@@ -465,6 +479,28 @@ pub async fn run(_ctx: &Context, args: Args) -> anyhow::Result<Exit> {
                 printer.event(EVENT_DEPLOYMENT, &d);
             }
             return Ok(Exit::SUCCESS);
+        }
+        Verb::AddSignatures => {
+            let mut input = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut input)
+                .context("could not read the signatures on stdin")?;
+            let paths: Vec<SignedPath> = serde_json::from_slice(&input)
+                .context("the signatures on stdin are not a JSON list of signed paths")?;
+            let offered = agent.add_signatures(&paths).await?;
+            printer.event(
+                EVENT_SIGNATURES,
+                &serde_json::json!({ "given": paths.len(), "offered": offered }),
+            );
+            return Ok(Exit::SUCCESS);
+        }
+        Verb::DryActivate { path } => {
+            let dry = agent.dry_activate(&StorePath::new(path)?).await?;
+            printer.event(EVENT_DRY_ACTIVATE, &dry);
+            return Ok(if dry.refused.is_some() {
+                Exit::FAILURE
+            } else {
+                Exit::SUCCESS
+            });
         }
         Verb::AppDeploy { .. }
         | Verb::AppRollback { .. }

@@ -29,6 +29,10 @@ pub struct Args {
     #[arg(short = 'p', long, value_name = "N", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub parallel: u64,
+    /// Run it as root: through the node's privilegeEscalationCommand (sudo) where the node's
+    /// targetUser is not root. Without it, it runs as targetUser
+    #[arg(long)]
+    pub root: bool,
     /// The program and its arguments, after `--`. Each word reaches the host as it is, read by
     /// no shell of berth's: for pipes or variables, run `sh -c '…'`
     #[arg(last = true, required = true, value_name = "COMMAND")]
@@ -78,7 +82,8 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
     let (_, mut selected) = nodes::select(ctx, &args.nodes).await?;
     tailscale::resolve_nodes(&mut selected, printer).await?;
     let mut interrupt = super::logs::catch_interrupts()?;
-    let cmd = Arc::new(command(&args.command));
+    let cmd = command(&args.command);
+    let cmd = Arc::new(if args.root { cmd.as_root() } else { cmd });
     let width = selected
         .iter()
         .map(|n| n.name.as_str().len())

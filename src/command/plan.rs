@@ -4,7 +4,7 @@
 
 use anyhow::Context as _;
 
-use crate::agent::{call, EVENT_STATUS};
+use crate::agent::{call, EVENT_DRY_ACTIVATE, EVENT_STATUS};
 use crate::context::Context;
 use crate::error::Exit;
 use crate::flake;
@@ -57,15 +57,19 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
         let changes = diff::diff(&before, &after);
 
         host.copy_closure(std::slice::from_ref(&built.out)).await?;
-        let dry = host
-            .output(&dry_activate::dry_activate_cmd(&built.out))
-            .await?;
-        let text = format!(
-            "{}{}",
-            dry.stdout_str(),
-            String::from_utf8_lossy(&dry.stderr)
-        );
-        let units = dry_activate::parse(&text);
+        // The agent runs the new system's script as root, once the system
+        // passes the signature check an activation would make.
+        let dry = nodes::agent_events(
+            &host,
+            &call::dry_activate(&host.agent.program, &built.out),
+            EVENT_DRY_ACTIVATE,
+        )
+        .await?
+        .pop()
+        .context("the agent's dry-activate gave no result")?;
+        let refused = dry["refused"].as_str().map(str::to_owned);
+        let succeeded = dry["succeeded"].as_bool().unwrap_or(false);
+        let units = dry_activate::parse(dry["output"].as_str().unwrap_or(""));
         let _ = host.close().await;
 
         ctx.printer.event(
@@ -76,7 +80,8 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
                 "new": built.out,
                 "closure": changes,
                 "units": units,
-                "dry_activate_succeeded": dry.status.success(),
+                "dry_activate_succeeded": succeeded,
+                "dry_activate_refused": refused,
             }),
         );
         ctx.printer.line(format!("{}:", ctx.printer.bold(&name)));
@@ -94,9 +99,11 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
         for line in changes.to_string().lines().chain(units.to_string().lines()) {
             ctx.printer.line(format!("  {line}"));
         }
-        if !dry.status.success() {
+        if let Some(why) = &refused {
             ctx.printer
-                .warn(format!("{name}: dry-activate {}", dry.status));
+                .warn(format!("{name}: the host would not dry-activate it: {why}"));
+        } else if !succeeded {
+            ctx.printer.warn(format!("{name}: dry-activate failed"));
         }
     }
     Ok(Exit::SUCCESS)

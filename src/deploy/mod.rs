@@ -438,6 +438,23 @@ async fn agent_status(
     }
 }
 
+/// Why a copy failed, in berth's words where the host's Nix refused a path
+/// for want of a signature it trusts.
+fn copy_refused(err: &CommandError, user: &str) -> String {
+    let unsigned = matches!(err, CommandError::Failed { stderr_tail, .. }
+        if stderr_tail.contains("lacks a signature by a trusted key")
+            || stderr_tail.contains("lacks a valid signature"));
+    if !unsigned {
+        return err.to_string();
+    }
+    format!(
+        "the host's Nix refused the system: it takes paths from {user} only when a key it \
+         trusts signed them ({err}) (hint: deploy with --sign-key FILE, whose public key is in \
+         the host's berth.agent.trustedPublicKeys; or add {user} to the host's \
+         nix.settings.trusted-users, which makes it as good as root)"
+    )
+}
+
 /// `error (hint: …)`, for a host's one-line failure.
 fn with_hint(err: &dyn crate::error::Diagnose) -> String {
     match err.diagnosis().hint {
@@ -479,6 +496,35 @@ impl HostRun<'_> {
         self.options
             .activation_timeout
             .unwrap_or(Duration::from_secs(self.job.settings.activation_timeout))
+    }
+
+    /// Gives the host the signatures of the system's closure, also of the
+    /// paths it had before (which `nix copy` skips, signatures and all): a
+    /// path an earlier unsigned deploy left there must not stay unsigned.
+    async fn send_signatures(&self, host: &dyn Host) -> Result<(), String> {
+        let job = self.job;
+        let mut read = nix::signatures::closure_cmd(&job.toplevel);
+        if let Some(from) = &job.built_on {
+            read = read
+                .args(["--store", from])
+                .env(crate::env::NIX_SSHOPTS, self.ssh.nix_sshopts());
+        }
+        let out = crate::process::output(&read, crate::process::Via::Local, host.log())
+            .await
+            .and_then(|out| out.check())
+            .map_err(|err| format!("could not read the system's signatures: {err}"))?;
+        let signed = nix::signatures::parse(&out.stdout)
+            .map_err(|err| format!("could not read the system's signatures: {err}"))?;
+        self.phase(
+            "sign",
+            &format!("giving the host the signatures of {} paths", signed.len()),
+        );
+        let cmd = call::add_signatures(&self.agent.program, &signed)
+            .map_err(|err| format!("could not write the signatures: {err}"))?;
+        host.run(&cmd)
+            .await
+            .map_err(|err| format!("the host did not take the system's signatures: {err}"))?;
+        Ok(())
     }
 
     /// Reaches the host (or takes it from `early`, reached while the
@@ -589,8 +635,13 @@ impl HostRun<'_> {
             self.phase("copy", &format!("copying {}", job.toplevel));
             if let Err(err) = host.copy_closure(std::slice::from_ref(&job.toplevel)).await {
                 return Outcome::Failed {
-                    why: err.to_string(),
+                    why: copy_refused(&err, &job.settings.target_user),
                 };
+            }
+        }
+        if self.options.sign_key.is_some() && job.drv.is_none() {
+            if let Err(why) = self.send_signatures(host).await {
+                return Outcome::Failed { why };
             }
         }
 

@@ -83,16 +83,28 @@ pub fn path_info_cmd(path: &StorePath) -> Cmd {
 /// `{"version": 2, "storeDir": …, "info": {…}}` keyed by base name).
 pub fn parse_path_info(json: &[u8]) -> Result<Vec<ClosureEntry>, DiffError> {
     let value: Value = serde_json::from_slice(json).map_err(DiffError::Json)?;
-    let mut entries = match &value {
+    let mut entries = path_infos(&value)?
+        .into_iter()
+        .map(|(path, info)| entry(path, info))
+        .collect::<Result<Vec<_>, _>>()?;
+    entries.sort();
+    entries.dedup_by(|a, b| a.path == b.path);
+    Ok(entries)
+}
+
+/// Each path `nix path-info --json` printed, with its object, in any of
+/// the shapes Nix versions print (see [`parse_path_info`]).
+pub(crate) fn path_infos(value: &Value) -> Result<Vec<(String, &Value)>, DiffError> {
+    Ok(match value {
         Value::Array(items) => items
             .iter()
             .map(|info| {
                 let path = info.get("path").and_then(Value::as_str).ok_or_else(|| {
                     DiffError::Shape("an element of the array has no \"path\"".into())
                 })?;
-                entry(path.to_owned(), info)
+                Ok((path.to_owned(), info))
             })
-            .collect::<Result<Vec<_>, _>>()?,
+            .collect::<Result<Vec<_>, DiffError>>()?,
         Value::Object(map) if map.get("version").is_some_and(Value::is_number) => {
             let store_dir = map
                 .get("storeDir")
@@ -110,23 +122,17 @@ pub fn parse_path_info(json: &[u8]) -> Result<Vec<ClosureEntry>, DiffError> {
                     } else {
                         format!("{store_dir}/{key}")
                     };
-                    entry(path, info)
+                    (path, info)
                 })
-                .collect::<Result<Vec<_>, _>>()?
+                .collect()
         }
-        Value::Object(map) => map
-            .iter()
-            .map(|(path, info)| entry(path.clone(), info))
-            .collect::<Result<Vec<_>, _>>()?,
+        Value::Object(map) => map.iter().map(|(path, info)| (path.clone(), info)).collect(),
         _ => {
             return Err(DiffError::Shape(
                 "neither an array nor an object at the top".into(),
             ))
         }
-    };
-    entries.sort();
-    entries.dedup_by(|a, b| a.path == b.path);
-    Ok(entries)
+    })
 }
 
 fn entry(path: String, info: &Value) -> Result<ClosureEntry, DiffError> {

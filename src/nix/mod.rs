@@ -4,6 +4,7 @@ pub mod diff;
 pub mod dry_activate;
 pub mod keys;
 pub mod profile;
+pub mod signatures;
 mod store_path;
 
 pub use store_path::{InvalidStorePath, StorePath};

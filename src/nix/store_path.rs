@@ -55,9 +55,22 @@ impl StorePath {
         &self.0
     }
 
+    /// The hash, the name of the path's `.narinfo` in a binary cache.
+    pub fn hash_part(&self) -> &str {
+        &self.0[STORE_DIR.len()..STORE_DIR.len() + HASH_LEN]
+    }
+
     /// The part after the hash, e.g. `hello-2.12`.
     pub fn name(&self) -> &str {
         &self.0[STORE_DIR.len() + HASH_LEN + 1..]
+    }
+}
+
+/// Read back through [`StorePath::new`], so a path from JSON is checked too.
+impl<'de> serde::Deserialize<'de> for StorePath {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        StorePath::new(text).map_err(serde::de::Error::custom)
     }
 }
 
