@@ -65,6 +65,22 @@ in {
       };
     })
 
+    (lib.mkIf (cfg.enable && cfg.deployUsers != []) {
+      assertions = [
+        {
+          assertion = cfg.stateDir == defaultStateDir;
+          message = "berth.agent.deployUsers needs berth.agent.stateDir to be the default, ${defaultStateDir}: sudo resets the environment, so the agent a deploy user runs through sudo uses the default state directory; remove berth.agent.stateDir (now ${cfg.stateDir}) or berth.agent.deployUsers";
+        }
+      ];
+      warnings = lib.optional (cfg.trustedPublicKeys == []) "berth.agent.deployUsers (${lib.concatStringsSep ", " cfg.deployUsers}) without berth.agent.trustedPublicKeys: a deploy user can activate any store path as root, so it is as good as root; set berth.agent.trustedPublicKeys and deploy with --sign-key";
+      # Only `berth agent <verb> …` as root, nothing else (nix/lib/sudo.nix);
+      # the deployer calls the agent by this path, and sudo matches it by the
+      # file it resolves to.
+      security.sudo.extraRules = berth.deploySudoRules cfg.deployUsers "/run/current-system/sw/bin/berth";
+      # `berth logs` reads the journal as the deploy user.
+      users.users = lib.genAttrs cfg.deployUsers (_: {extraGroups = ["systemd-journal"];});
+    })
+
     (lib.mkIf (cfg.enable && cfg.converge.enable) {
       assertions = [
         {

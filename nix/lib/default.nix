@@ -14,6 +14,7 @@ _: let
   caddy = import ./caddy.nix;
   conflicts = import ./conflicts.nix;
   options = import ./options.nix;
+  sudo = import ./sudo.nix;
 in {
   # --- The option schema -------------------------------------------------
 
@@ -96,7 +97,7 @@ in {
   # instances: each of <name>@1.service … <name>@<maxInstances>.service) as
   # root without a password, nothing else. Pass
   # "/run/current-system/sw/bin/systemctl" (see sudo.nix for why).
-  sudoRules = import ./sudo.nix;
+  sudoRules = sudo.service;
 
   # caddyVirtualHost name cfg -> { hostName; serverAliases; extraConfig; }
   # for services.caddy.virtualHosts.<cfg.domain>, or null when not served
@@ -168,4 +169,14 @@ in {
 
   # portConflicts services reserved -> the port messages of `conflicts`.
   portConflicts = conflicts.ports;
+
+  # --- berth.agent -------------------------------------------------------
+
+  # deploySudoRules deployUsers berth -> security.sudo.extraRules: the
+  # users of berth.agent.deployUsers may run `<berth> agent <verb> …` as
+  # root without a password for activate, confirm, rollback, status, show,
+  # history, record, lock and dry-activate (with any arguments), and
+  # `<berth> agent add-signatures` (with none), nothing else. Pass
+  # "/run/current-system/sw/bin/berth" (see sudo.nix for why).
+  deploySudoRules = sudo.deploy;
 }

@@ -673,7 +673,38 @@ in {
       type = t.str;
       default = "root";
       example = "deploy";
-      description = "The user to SSH as.";
+      description = ''
+        The user to SSH as. When it is not root, berth runs the host's agent
+        as root through `privilegeEscalationCommand`, so the host must let
+        it: list the user in `berth.agent.deployUsers`.
+      '';
+    };
+    privilegeEscalationCommand = option {
+      type = t.listOf t.str;
+      default = ["sudo"];
+      example = ["doas"];
+      description = ''
+        How berth becomes root on the host when `targetUser` is not root:
+        the program, and its arguments, that the agent's command line
+        (`/run/current-system/sw/bin/berth agent <verb> …`) is run through,
+        e.g. `[ "doas" ]` or `[ "run0" ]`. Only when the program is sudo
+        does berth add `-n` (or `-k -S -p ""` when it gives a password) and
+        `--`; any other program gets the agent's command line appended as
+        is, and must not ask for a password. A password is only ever given
+        to sudo.
+      '';
+    };
+    askSudoPassword = option {
+      type = t.bool;
+      default = false;
+      example = true;
+      description = ''
+        Whether `berth` reads the sudo password once from the terminal for
+        this node and gives it to sudo on the host, as `--ask-sudo-password`
+        does; for a `targetUser` whose sudo asks for one (a user of
+        `berth.agent.deployUsers` needs none). Without a terminal, that is
+        an error before anything changes.
+      '';
     };
     tags = option {
       type = t.listOf t.str;
@@ -794,6 +825,38 @@ in {
         `nix.settings.trusted-public-keys`, with `require-sigs`. The host
         decides: no deploy flag turns the check off. A host that builds
         its own systems (`converge`) needs `converge.signKeyFile`.
+      '';
+    };
+    deployUsers = option {
+      type = t.listOf t.str;
+      default = [];
+      example = ["deploy"];
+      description = ''
+        Users `berth deploy` may SSH in as instead of root
+        (`berth.deployment.targetUser`). Each gets a sudo rule that lets it
+        run, as root and without a password, only `berth agent` with the
+        verbs system deploys need: `activate`, `confirm`, `rollback`,
+        `status`, `show`, `history`, `record`, `lock` and `dry-activate`
+        (with any arguments) and `add-signatures` (with none). So it can
+        activate, confirm and roll back systems, read the host's status and
+        history, take the host's lock, and dry-activate; it cannot run a
+        shell, `nix-env`, `systemctl` or any other program as root, nor the
+        agent's app verbs, nor the agent with another state directory,
+        profile or manifest directory (the agent refuses them under sudo).
+
+        With `trustedPublicKeys` set, it can only activate or dry-activate
+        systems signed by one of those keys. Without it, `activate` runs the
+        `switch-to-configuration` of any store path as root: a deploy user
+        is then as good as root (the evaluation warns).
+
+        The paths it copies into the Nix store must be signed by a key in
+        `trustedPublicKeys` (deploy with `--sign-key`): the Nix daemon
+        refuses unsigned paths from users not in
+        `nix.settings.trusted-users` (and a user there is as good as root).
+        Each user is added to the `systemd-journal` group, so `berth logs`
+        reads the journal without root. The users themselves, with the
+        deployers' SSH keys, are declared in `users.users`; `stateDir` must
+        be the default, the one the agent uses under sudo.
       '';
     };
     bootCheck = mkEnable true ''

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod app;
+pub mod sudoers;
 pub mod faults;
 pub mod fleet;
 

@@ -9,6 +9,8 @@ in [
     expected = {
       targetHost = null;
       targetUser = "root";
+      privilegeEscalationCommand = ["sudo"];
+      askSudoPassword = false;
       tags = [];
       buildOnTarget = false;
       sshOptions = [];
@@ -97,6 +99,7 @@ in [
         enable = true;
         stateDir = "/var/lib/berth";
         trustedPublicKeys = [];
+        deployUsers = [];
         bootCheck = true;
         converge = {
           enable = false;
