@@ -5,6 +5,7 @@
   # hosts and change versions without editing Nix:
   # { "web1": { "host": "h1", "address": "10.231.0.6", "tags": ["web"],
   #             "version": "1", "behaviour": "healthy" } }
+  # ("targetUser": "deploy" deploys as that user, through sudo.)
   outputs = _: let
     fleet = builtins.fromJSON (builtins.readFile ./fleet.json);
     node = name: spec: {
@@ -17,6 +18,8 @@
         };
         berth.deployment = {
           targetHost = spec.host;
+          targetUser = spec.targetUser or "root";
+          askSudoPassword = spec.askSudoPassword or false;
           tags = spec.tags or [];
           confirmTimeout = spec.confirmTimeout or 10;
           buildOnTarget = spec.buildOnTarget or false;

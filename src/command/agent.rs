@@ -826,3 +826,48 @@ fn exit_of(result: &AgentResult) -> Exit {
         Outcome::RollbackFailed => Exit::ATTENTION,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(words: &[&str]) -> Args {
+        Wrap::try_parse_from(std::iter::once("agent").chain(words.iter().copied()))
+            .unwrap()
+            .args
+    }
+
+    #[test]
+    fn through_sudo_only_the_system_verbs_on_the_hosts_own_state() {
+        for ok in [
+            &["status", "--node", "web1"][..],
+            &["activate", "--id", "20260101T000000Z-abcd", "--node", "w", "--path", "/nix/store/x", "--actor", "a"],
+            &["confirm", "--id", "20260101T000000Z-abcd"],
+            &["lock", "acquire"],
+            &["add-signatures"],
+            &["dry-activate", "--path", "/nix/store/x"],
+        ] {
+            let args = parse(ok);
+            assert!(refuse_escalated(&args, "deploy").is_ok(), "{ok:?} refused");
+        }
+        for (bad, said) in [
+            (&["status", "--node", "w", "--state-dir", "/tmp/mine"][..], "take --state-dir /tmp/mine"),
+            (&["status", "--node", "w", "--profile", "/home/deploy/p"], "take --profile"),
+            (&["history", "--manifest-dir", "/tmp/m"], "take --manifest-dir"),
+            (&["lock", "acquire", "--service", "notes"], "lock a service"),
+            (&["app-status", "--service", "notes"], "run app-status"),
+        ] {
+            let err = refuse_escalated(&parse(bad), "deploy").unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains("run as root by deploy through sudo"), "{text}");
+            assert!(text.contains(said), "{bad:?}: {text}");
+        }
+    }
+}
