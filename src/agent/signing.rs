@@ -68,8 +68,8 @@ impl Agent {
                 output: String::new(),
             });
         }
-        let out = process::output(&dry_activate::dry_activate_cmd(path), Via::Local, &self.log)
-            .await?;
+        let out =
+            process::output(&dry_activate::dry_activate_cmd(path), Via::Local, &self.log).await?;
         Ok(DryActivation {
             refused: None,
             succeeded: out.status.success(),

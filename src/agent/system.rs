@@ -413,7 +413,11 @@ impl Agent {
     /// closure must be intact and signed by one of them or a key the
     /// host's Nix trusts, or have been built on the host. A config that is
     /// there but unusable refuses everything.
-    pub(super) async fn verify(&self, id: &str, path: &StorePath) -> Result<Option<String>, AgentError> {
+    pub(super) async fn verify(
+        &self,
+        id: &str,
+        path: &StorePath,
+    ) -> Result<Option<String>, AgentError> {
         let trust = match config::load(&self.config) {
             Ok(Signatures::NotRequired) => return Ok(None),
             Ok(Signatures::Required(trust)) => trust,

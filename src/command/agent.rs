@@ -12,7 +12,6 @@ use crate::agent::{
     AgentResult, Outcome, EVENT_DEPLOYMENT, EVENT_DRY_ACTIVATE, EVENT_RESULT, EVENT_SIGNATURES,
     EVENT_STATUS,
 };
-use crate::nix::signatures::SignedPath;
 use crate::app::manifest::{self, Manifest, Overrides, ServiceName};
 use crate::app::transaction::{
     AppAgent, DeployRequest, RollbackRequest, ScaleRequest, SkipSnapshotGuard, EVENT_CHANGES,
@@ -23,6 +22,7 @@ use crate::context::Context;
 use crate::env;
 use crate::error::Exit;
 use crate::flake::Revision;
+use crate::nix::signatures::SignedPath;
 use crate::nix::{StorePath, SYSTEM_PROFILE};
 use crate::output::Printer;
 use crate::state;
@@ -848,7 +848,17 @@ mod tests {
     fn through_sudo_only_the_system_verbs_on_the_hosts_own_state() {
         for ok in [
             &["status", "--node", "web1"][..],
-            &["activate", "--id", "20260101T000000Z-abcd", "--node", "w", "--path", "/nix/store/x", "--actor", "a"],
+            &[
+                "activate",
+                "--id",
+                "20260101T000000Z-abcd",
+                "--node",
+                "w",
+                "--path",
+                "/nix/store/x",
+                "--actor",
+                "a",
+            ],
             &["confirm", "--id", "20260101T000000Z-abcd"],
             &["lock", "acquire"],
             &["add-signatures"],
@@ -858,15 +868,27 @@ mod tests {
             assert!(refuse_escalated(&args, "deploy").is_ok(), "{ok:?} refused");
         }
         for (bad, said) in [
-            (&["status", "--node", "w", "--state-dir", "/tmp/mine"][..], "take --state-dir /tmp/mine"),
-            (&["status", "--node", "w", "--profile", "/home/deploy/p"], "take --profile"),
-            (&["history", "--manifest-dir", "/tmp/m"], "take --manifest-dir"),
+            (
+                &["status", "--node", "w", "--state-dir", "/tmp/mine"][..],
+                "take --state-dir /tmp/mine",
+            ),
+            (
+                &["status", "--node", "w", "--profile", "/home/deploy/p"],
+                "take --profile",
+            ),
+            (
+                &["history", "--manifest-dir", "/tmp/m"],
+                "take --manifest-dir",
+            ),
             (&["lock", "acquire", "--service", "notes"], "lock a service"),
             (&["app-status", "--service", "notes"], "run app-status"),
         ] {
             let err = refuse_escalated(&parse(bad), "deploy").unwrap_err();
             let text = err.to_string();
-            assert!(text.contains("run as root by deploy through sudo"), "{text}");
+            assert!(
+                text.contains("run as root by deploy through sudo"),
+                "{text}"
+            );
             assert!(text.contains(said), "{bad:?}: {text}");
         }
     }

@@ -126,7 +126,10 @@ pub(crate) fn path_infos(value: &Value) -> Result<Vec<(String, &Value)>, DiffErr
                 })
                 .collect()
         }
-        Value::Object(map) => map.iter().map(|(path, info)| (path.clone(), info)).collect(),
+        Value::Object(map) => map
+            .iter()
+            .map(|(path, info)| (path.clone(), info))
+            .collect(),
         _ => {
             return Err(DiffError::Shape(
                 "neither an array nor an object at the top".into(),

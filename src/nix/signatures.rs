@@ -106,7 +106,12 @@ pub fn parse(json: &[u8]) -> Result<Vec<SignedPath>, DiffError> {
         let strings = |key: &str| -> Vec<String> {
             info.get(key)
                 .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         let signatures = strings("signatures");

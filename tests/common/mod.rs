@@ -6,9 +6,10 @@
 #![allow(dead_code)]
 
 pub mod app;
-pub mod sudoers;
+pub mod deploy_user;
 pub mod faults;
 pub mod fleet;
+pub mod sudoers;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
