@@ -3,8 +3,8 @@
 //! real sudo with the module's rule (nix/lib's, rendered as nixpkgs renders
 //! `security.sudo.extraRules`), real sshd and two users whose key is the
 //! deployer's: `deploy` (the rule, NOPASSWD) and `pw` (the same commands,
-//! with its password). The host trusts key A, in its agent.json and its
-//! Nix. Covered: an unsigned closure refused by the daemon in berth's
+//! with its password). The host trusts a key of the test's, in its agent.json
+//! and its Nix. Covered: an unsigned closure refused by the daemon in berth's
 //! words; a signed deploy, its no-op, status and history; a failed health
 //! check and a cut link rolled back; signatures reaching the host for
 //! paths it already had unsigned; the password fed through a terminal, a
@@ -14,7 +14,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use berth::host::Host;
@@ -90,20 +90,6 @@ sys.exit(os.waitstatus_to_exitcode(status))
     )
 }
 
-/// `berth keys generate`: the secret key file and the public key.
-fn generate(dir: &Path, name: &str) -> (PathBuf, String) {
-    let run = Run::of(
-        common::berth()
-            .args(["keys", "generate", "--name", name, "--dir"])
-            .arg(dir),
-    );
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    (
-        dir.join(format!("{name}.secret")),
-        run.stdout.trim().to_owned(),
-    )
-}
-
 /// The system profile's generation link, none before the first deploy.
 async fn generation(lab: &Lab) -> Option<String> {
     let ssh = lab.connect("h1").await.unwrap();
@@ -140,9 +126,7 @@ fn deploys_as_a_user_other_than_root() {
     runtime.block_on(async {
         let dir = PathBuf::from(format!("/srv/berth-test-{}-deploy-as", std::process::id()));
         let lab = LabGuard::up(&dir, &[HostKind::Systemd]).await.expect("lab up");
-        let keys = tempfile::tempdir().unwrap();
-        let (key_a, public_a) = generate(keys.path(), "test-a");
-        let key_a = key_a.to_str().unwrap().to_owned();
+        let (_keys, key_a, _) = common::lab_deploy_user(&lab, BIN).await;
         let nonce = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -150,23 +134,16 @@ fn deploys_as_a_user_other_than_root() {
         let password = format!("canary-pw-{nonce}");
         let hook_canary = format!("canary-hook-{nonce}");
 
-        // The host: Nix's daemon trusting A, the users, the rules, and
-        // agent.json requiring A, as berth's module would make them.
+        // The host (common::lab_deploy_user): Nix's daemon trusting the
+        // key, `deploy` with the module's rule, agent.json requiring the
+        // key; and `pw`, whose rule is the same but wants its password.
         let root = lab.connect("h1").await.unwrap();
-        deploy_user::set_up(&lab, &root, "deploy", None, &[&public_a]).await;
         deploy_user::add_user(&lab, &root, "pw", Some(&password)).await;
-        let rule = common::sudoers::deploy_rule(&["deploy"], BIN);
-        deploy_user::install_sudoers(&root, "berth-deploy", &rule)
-            .await
-            .unwrap();
         let with_password =
             common::sudoers::deploy_rule(&["pw"], BIN).replace("NOPASSWD: ", "");
         deploy_user::install_sudoers(&root, "berth-pw", &with_password)
             .await
             .unwrap();
-        let agent_json = serde_json::json!({ "trustedPublicKeys": [public_a], "nixTrustedPublicKeys": [public_a] });
-        deploy_user::root_sh(&root, "mkdir -p /etc/berth", &[], "").await;
-        deploy_user::write_file(&root, "/etc/berth/agent.json", &agent_json.to_string(), 0o644).await;
 
         let hooks = Server::start(|_, _| -> Answer { (200, String::new(), "{}".into()) });
         let hook = format!("{}/{hook_canary}", hooks.url());
@@ -235,7 +212,7 @@ fn deploys_as_a_user_other_than_root() {
         fleet.update("web1", serde_json::json!({ "version": v(4), "behaviour": "healthy", "targetUser": "root" }));
         let run = deploy(&lab, &[&node]);
         assert_eq!(run.code, 1, "{}", run.stderr);
-        said(&run, "it is not signed by a key this host trusts (test-a)");
+        said(&run, "it is not signed by a key this host trusts (test-deploy)");
         // The same system as the deploy user, signed: the copy skips the
         // path, the signatures still arrive, and it is deployed.
         fleet.update("web1", serde_json::json!({ "targetUser": "deploy" }));

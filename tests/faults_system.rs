@@ -41,12 +41,32 @@ struct World {
     version: u32,
     /// The version the host runs, as the last trial left it.
     current: String,
+    /// Deploys log in as `deploy` and sign with this key (see
+    /// [`World::up_as_deploy_user`]); its directory lives as long as this.
+    deploy_user: Option<(tempfile::TempDir, String)>,
 }
 
 impl World {
     async fn up(name: &str, kind: HostKind) -> World {
+        World::make(name, kind, false).await
+    }
+
+    /// A systemd host with Nix's daemon trusting a key of the test's, and a
+    /// user `deploy` with the module's sudo rule, as tests/deploy_user.rs
+    /// makes it: every deploy logs in as `deploy`, signed with that key.
+    async fn up_as_deploy_user(name: &str) -> World {
+        World::make(name, HostKind::Systemd, true).await
+    }
+
+    async fn make(name: &str, kind: HostKind, deploy_user: bool) -> World {
         let dir = PathBuf::from(format!("/srv/berth-test-{}-{name}", std::process::id()));
         let lab = LabGuard::up(&dir, &[kind]).await.expect("lab up");
+        let deploy_user = if deploy_user {
+            let (dir, key, _) = common::lab_deploy_user(&lab, BIN).await;
+            Some((dir, key))
+        } else {
+            None
+        };
         let nonce = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -60,6 +80,7 @@ impl World {
             nonce,
             version: 0,
             current: String::new(),
+            deploy_user,
         };
         let first = w.next(json!({}));
         let run = w.deploy(&[]).finish(Duration::from_secs(120));
@@ -80,6 +101,9 @@ impl World {
             "confirmTimeout": CONFIRM,
             "retries": 1,
         });
+        if self.deploy_user.is_some() {
+            spec["targetUser"] = json!("deploy");
+        }
         for (k, v) in extra.as_object().unwrap() {
             spec[k] = v.clone();
         }
@@ -98,6 +122,11 @@ impl World {
             BIN,
         ])
         .args(args)
+        .args(
+            self.deploy_user
+                .iter()
+                .flat_map(|(_, key)| ["--sign-key", key.as_str()]),
+        )
         .env("BERTH_SSH_CONFIG", self.lab.ssh_config())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -486,6 +515,69 @@ fn link_cut() {
             let (outcome, verdict) = w.judge(&truth, &new, Some(&run));
             let detail = json!({ "offset_ms": offset.as_millis() as u64, "exit": run.code });
             w.record(&mut row, &outcome, verdict, detail, Some(&run)).await;
+        }
+        results.push(row.finish());
+        faults::assert_consistent(results);
+    });
+}
+
+/// As the deploy user, through sudo: the link cut at a random moment of a
+/// deploy, and `kill -9` of the deployer at a random moment.
+#[test]
+fn deploy_user_link_cut_and_deployer_kill() {
+    runtime().block_on(async {
+        let mut w = World::up_as_deploy_user("fault-user").await;
+        let mut results = Vec::new();
+        let veth = w.lab.host(&w.host).unwrap().net.veth_out.clone();
+        let mut row = Row::new(
+            "sys-user-link-cut",
+            "as a deploy user through sudo: link to the host cut at a random offset 0–5 s into a system deploy (veth down, back after 30 s)",
+            "previous generation, or new and confirmed; exit code says which",
+            20,
+        );
+        for _ in 0..row.planned() {
+            let new = w.next(json!({ "delay": 1 }));
+            let offset = row.moment(Duration::ZERO, Duration::from_secs(5));
+            let deploy = w.deploy(&[]);
+            tokio::time::sleep(offset).await;
+            ip_link(&veth, "down");
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            ip_link(&veth, "up");
+            let run = deploy.finish(Duration::from_secs(180));
+            let (truth, _) = w.settle(Duration::from_secs(CONFIRM) + SETTLE_GRACE).await;
+            let (outcome, verdict) = w.judge(&truth, &new, Some(&run));
+            let detail = json!({ "offset_ms": offset.as_millis() as u64, "exit": run.code });
+            w.record(&mut row, &outcome, verdict, detail, Some(&run)).await;
+        }
+        results.push(row.finish());
+
+        let mut row = Row::new(
+            "sys-user-deployer-kill",
+            "as a deploy user through sudo: `kill -9` of the deployer at a random moment of a system deploy",
+            "the host settles by itself within the confirm timeout; the next deploy works without manual steps",
+            20,
+        );
+        let baseline = w.next(json!({ "delay": 1 }));
+        let started = Instant::now();
+        let run = w.deploy(&[]).finish(Duration::from_secs(120));
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        let whole = started.elapsed();
+        w.current = baseline;
+        row.metric("deploy_ms", json!(whole.as_millis() as u64));
+        for _ in 0..row.planned() {
+            let new = w.next(json!({ "delay": 1 }));
+            let offset = row.moment(Duration::ZERO, whole);
+            let deploy = w.deploy(&[]);
+            tokio::time::sleep(offset).await;
+            deploy.kill();
+            let (truth, took) = w.settle(Duration::from_secs(CONFIRM) + SETTLE_GRACE).await;
+            let (outcome, verdict) = w.judge(&truth, &new, None);
+            let mut detail = json!({ "offset_ms": offset.as_millis() as u64, "settled_ms": took.as_millis() as u64 });
+            if verdict.is_err() {
+                detail["evidence"] = w.evidence(None).await;
+            }
+            let verdict = verdict.and(w.next_deploy_works());
+            row.record(&outcome, verdict, detail);
         }
         results.push(row.finish());
         faults::assert_consistent(results);

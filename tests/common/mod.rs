@@ -321,3 +321,29 @@ pub fn runs(runs: Vec<Value>) -> Answer {
     let body = json!({ "total_count": runs.len(), "check_runs": runs });
     (200, String::new(), body.to_string())
 }
+
+/// Makes lab host h1 (a systemd host) a host with a deploy user, as
+/// berth's module would: Nix's daemon trusting a new key of the test's, a
+/// user `deploy` with the deployer's SSH key and the sudo rule of
+/// `berth.agent.deployUsers` naming `agent` (the berth it runs), and
+/// `/etc/berth/agent.json` requiring that key. Returns the key's
+/// directory (keep it) and its secret key file, and the public key.
+pub async fn lab_deploy_user(
+    lab: &berth::lab::Lab,
+    agent: &str,
+) -> (tempfile::TempDir, String, String) {
+    let keys = tempfile::tempdir().unwrap();
+    let (secret, public) = deploy_user::signing_key(keys.path(), "test-deploy");
+    let root = lab.connect("h1").await.unwrap();
+    deploy_user::set_up(lab, &root, "deploy", None, &[&public]).await;
+    let rule = sudoers::deploy_rule(&["deploy"], agent);
+    deploy_user::install_sudoers(&root, "berth-deploy", &rule)
+        .await
+        .unwrap();
+    let agent_json =
+        json!({ "trustedPublicKeys": [public], "nixTrustedPublicKeys": [public] }).to_string();
+    deploy_user::root_sh(&root, "mkdir -p /etc/berth", &[], "").await;
+    deploy_user::write_file(&root, "/etc/berth/agent.json", &agent_json, 0o644).await;
+    root.close().await.unwrap();
+    (keys, secret.to_string_lossy().into_owned(), public)
+}
