@@ -59,14 +59,17 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
         host.copy_closure(std::slice::from_ref(&built.out)).await?;
         // The agent runs the new system's script as root, once the system
         // passes the signature check an activation would make.
-        let dry = nodes::agent_events(
-            &host,
-            &call::dry_activate(&host.agent.program, &built.out),
-            EVENT_DRY_ACTIVATE,
-        )
-        .await?
-        .pop()
-        .context("the agent's dry-activate gave no result")?;
+        // A refused system exits 1 with its reason in the event.
+        let out = host
+            .output(&call::dry_activate(&host.agent.program, &built.out))
+            .await?;
+        let dry = crate::agent::find_events(&out.stdout, EVENT_DRY_ACTIVATE)
+            .pop()
+            .ok_or_else(|| out.check().err())
+            .map_err(|err| match err {
+                Some(err) => anyhow::Error::new(err).context("the agent's dry-activate failed"),
+                None => anyhow::anyhow!("the agent's dry-activate gave no result"),
+            })?;
         let refused = dry["refused"].as_str().map(str::to_owned);
         let succeeded = dry["succeeded"].as_bool().unwrap_or(false);
         let units = dry_activate::parse(dry["output"].as_str().unwrap_or(""));
