@@ -488,99 +488,92 @@ fn ip_link(dev: &str, state: &str) {
     assert!(status.success(), "ip link set {dev} {state}");
 }
 
-/// The link to the host cut at a random moment 0–5 s into a deploy, back
-/// after 30 s.
+/// Each trial: the link to the host cut at a random moment 0–5 s into a
+/// deploy, back after 30 s.
+async fn link_cut_trials(w: &mut World, row: &mut Row) {
+    let veth = w.lab.host(&w.host).unwrap().net.veth_out.clone();
+    for _ in 0..row.planned() {
+        let new = w.next(json!({ "delay": 1 }));
+        let offset = row.moment(Duration::ZERO, Duration::from_secs(5));
+        let deploy = w.deploy(&[]);
+        tokio::time::sleep(offset).await;
+        ip_link(&veth, "down");
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        ip_link(&veth, "up");
+        let run = deploy.finish(Duration::from_secs(180));
+        let (truth, _) = w.settle(Duration::from_secs(CONFIRM) + SETTLE_GRACE).await;
+        let (outcome, verdict) = w.judge(&truth, &new, Some(&run));
+        let detail = json!({ "offset_ms": offset.as_millis() as u64, "exit": run.code });
+        w.record(row, &outcome, verdict, detail, Some(&run)).await;
+    }
+}
+
+/// Each trial: `kill -9` of the deployer at a random moment of a deploy,
+/// within how long one takes here; then the next deploy must work.
+async fn deployer_kill_trials(w: &mut World, row: &mut Row) {
+    let baseline = w.next(json!({ "delay": 1 }));
+    let started = Instant::now();
+    let run = w.deploy(&[]).finish(Duration::from_secs(120));
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let whole = started.elapsed();
+    w.current = baseline;
+    row.metric("deploy_ms", json!(whole.as_millis() as u64));
+    for _ in 0..row.planned() {
+        let new = w.next(json!({ "delay": 1 }));
+        let offset = row.moment(Duration::ZERO, whole);
+        let deploy = w.deploy(&[]);
+        tokio::time::sleep(offset).await;
+        deploy.kill();
+        let (truth, took) = w.settle(Duration::from_secs(CONFIRM) + SETTLE_GRACE).await;
+        let (outcome, verdict) = w.judge(&truth, &new, None);
+        let mut detail = json!({ "offset_ms": offset.as_millis() as u64, "settled_ms": took.as_millis() as u64 });
+        if verdict.is_err() {
+            detail["evidence"] = w.evidence(None).await;
+        }
+        let verdict = verdict.and(w.next_deploy_works());
+        row.record(&outcome, verdict, detail);
+    }
+}
+
+const LINK_CUT: &str =
+    "link to the host cut at a random offset 0–5 s into a system deploy (veth down, back after 30 s)";
+const LINK_CUT_EXPECTED: &str = "previous generation, or new and confirmed; exit code says which";
+const DEPLOYER_KILL: &str = "`kill -9` of the deployer at a random moment of a system deploy";
+const DEPLOYER_KILL_EXPECTED: &str =
+    "the host settles by itself within the confirm timeout; the next deploy works without manual steps";
+
 #[test]
 fn link_cut() {
     runtime().block_on(async {
         let mut w = World::up("fault-link", HostKind::Plain).await;
-        let mut results = Vec::new();
-        let veth = w.lab.host(&w.host).unwrap().net.veth_out.clone();
-        let mut row = Row::new(
-            "sys-link-cut",
-            "link to the host cut at a random offset 0–5 s into a system deploy (veth down, back after 30 s)",
-            "previous generation, or new and confirmed; exit code says which",
-            20,
-        );
-        for _ in 0..row.planned() {
-            let new = w.next(json!({ "delay": 1 }));
-            let offset = row.moment(Duration::ZERO, Duration::from_secs(5));
-            let deploy = w.deploy(&[]);
-            tokio::time::sleep(offset).await;
-            ip_link(&veth, "down");
-            tokio::time::sleep(Duration::from_secs(30)).await;
-            ip_link(&veth, "up");
-            let run = deploy.finish(Duration::from_secs(180));
-            let (truth, _) = w.settle(Duration::from_secs(CONFIRM) + SETTLE_GRACE).await;
-            let (outcome, verdict) = w.judge(&truth, &new, Some(&run));
-            let detail = json!({ "offset_ms": offset.as_millis() as u64, "exit": run.code });
-            w.record(&mut row, &outcome, verdict, detail, Some(&run)).await;
-        }
-        results.push(row.finish());
-        faults::assert_consistent(results);
+        let mut row = Row::new("sys-link-cut", LINK_CUT, LINK_CUT_EXPECTED, 20);
+        link_cut_trials(&mut w, &mut row).await;
+        faults::assert_consistent(vec![row.finish()]);
     });
 }
 
-/// As the deploy user, through sudo: the link cut at a random moment of a
-/// deploy, and `kill -9` of the deployer at a random moment.
+/// As a deploy user through sudo: the link cut, and `kill -9` of the
+/// deployer, at random moments of deploys.
 #[test]
 fn deploy_user_link_cut_and_deployer_kill() {
     runtime().block_on(async {
         let mut w = World::up_as_deploy_user("fault-user").await;
-        let mut results = Vec::new();
-        let veth = w.lab.host(&w.host).unwrap().net.veth_out.clone();
-        let mut row = Row::new(
+        let as_user = |what: &str| format!("as a deploy user through sudo: {what}");
+        let mut link = Row::new(
             "sys-user-link-cut",
-            "as a deploy user through sudo: link to the host cut at a random offset 0–5 s into a system deploy (veth down, back after 30 s)",
-            "previous generation, or new and confirmed; exit code says which",
+            &as_user(LINK_CUT),
+            LINK_CUT_EXPECTED,
             20,
         );
-        for _ in 0..row.planned() {
-            let new = w.next(json!({ "delay": 1 }));
-            let offset = row.moment(Duration::ZERO, Duration::from_secs(5));
-            let deploy = w.deploy(&[]);
-            tokio::time::sleep(offset).await;
-            ip_link(&veth, "down");
-            tokio::time::sleep(Duration::from_secs(30)).await;
-            ip_link(&veth, "up");
-            let run = deploy.finish(Duration::from_secs(180));
-            let (truth, _) = w.settle(Duration::from_secs(CONFIRM) + SETTLE_GRACE).await;
-            let (outcome, verdict) = w.judge(&truth, &new, Some(&run));
-            let detail = json!({ "offset_ms": offset.as_millis() as u64, "exit": run.code });
-            w.record(&mut row, &outcome, verdict, detail, Some(&run)).await;
-        }
-        results.push(row.finish());
-
-        let mut row = Row::new(
+        link_cut_trials(&mut w, &mut link).await;
+        let mut kill = Row::new(
             "sys-user-deployer-kill",
-            "as a deploy user through sudo: `kill -9` of the deployer at a random moment of a system deploy",
-            "the host settles by itself within the confirm timeout; the next deploy works without manual steps",
+            &as_user(DEPLOYER_KILL),
+            DEPLOYER_KILL_EXPECTED,
             20,
         );
-        let baseline = w.next(json!({ "delay": 1 }));
-        let started = Instant::now();
-        let run = w.deploy(&[]).finish(Duration::from_secs(120));
-        assert_eq!(run.code, Some(0), "{}", run.stderr);
-        let whole = started.elapsed();
-        w.current = baseline;
-        row.metric("deploy_ms", json!(whole.as_millis() as u64));
-        for _ in 0..row.planned() {
-            let new = w.next(json!({ "delay": 1 }));
-            let offset = row.moment(Duration::ZERO, whole);
-            let deploy = w.deploy(&[]);
-            tokio::time::sleep(offset).await;
-            deploy.kill();
-            let (truth, took) = w.settle(Duration::from_secs(CONFIRM) + SETTLE_GRACE).await;
-            let (outcome, verdict) = w.judge(&truth, &new, None);
-            let mut detail = json!({ "offset_ms": offset.as_millis() as u64, "settled_ms": took.as_millis() as u64 });
-            if verdict.is_err() {
-                detail["evidence"] = w.evidence(None).await;
-            }
-            let verdict = verdict.and(w.next_deploy_works());
-            row.record(&outcome, verdict, detail);
-        }
-        results.push(row.finish());
-        faults::assert_consistent(results);
+        deployer_kill_trials(&mut w, &mut kill).await;
+        faults::assert_consistent(vec![link.finish(), kill.finish()]);
     });
 }
 
@@ -592,36 +585,8 @@ fn deployer_and_agent_killed_and_hung_switch() {
         let mut w = World::up("fault-kill", HostKind::Plain).await;
         let mut results = Vec::new();
 
-        let mut row = Row::new(
-            "sys-deployer-kill",
-            "`kill -9` of the deployer at a random moment of a system deploy",
-            "the host settles by itself within the confirm timeout; the next deploy works without manual steps",
-            20,
-        );
-        // How long such a deploy takes here: the kills land inside it.
-        let baseline = w.next(json!({ "delay": 1 }));
-        let started = Instant::now();
-        let run = w.deploy(&[]).finish(Duration::from_secs(120));
-        assert_eq!(run.code, Some(0), "{}", run.stderr);
-        let whole = started.elapsed();
-        w.current = baseline;
-        row.metric("deploy_ms", json!(whole.as_millis() as u64));
-        for _ in 0..row.planned() {
-            let new = w.next(json!({ "delay": 1 }));
-            let offset = row.moment(Duration::ZERO, whole);
-            let deploy = w.deploy(&[]);
-            tokio::time::sleep(offset).await;
-            deploy.kill();
-            let limit = Duration::from_secs(CONFIRM) + SETTLE_GRACE;
-            let (truth, took) = w.settle(limit).await;
-            let (outcome, verdict) = w.judge(&truth, &new, None);
-            let mut detail = json!({ "offset_ms": offset.as_millis() as u64, "settled_ms": took.as_millis() as u64 });
-            if verdict.is_err() {
-                detail["evidence"] = w.evidence(None).await;
-            }
-            let verdict = verdict.and(w.next_deploy_works());
-            row.record(&outcome, verdict, detail);
-        }
+        let mut row = Row::new("sys-deployer-kill", DEPLOYER_KILL, DEPLOYER_KILL_EXPECTED, 20);
+        deployer_kill_trials(&mut w, &mut row).await;
         results.push(row.finish());
 
         let mut row = Row::new(
