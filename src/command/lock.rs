@@ -66,6 +66,9 @@ pub async fn run(ctx: &Context, command: LockCommand) -> anyhow::Result<Exit> {
     let owner = owner.unwrap_or_else(|| super::deploy::audit(None).actor);
     let default_user = args.service.as_deref().unwrap_or("root");
     let host = app::connect(ctx, &args.host, default_user).await?;
+    if args.service.is_none() && host.escalates() && ctx.ask_sudo_password {
+        super::nodes::read_sudo_password(ctx, &[host.name().to_owned()])?;
+    }
     // The host's lock is root's: a user other than root takes it through
     // sudo, with the host's own agent (the one its sudo rule names) unless
     // --agent names one.

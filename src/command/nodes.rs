@@ -44,14 +44,20 @@ pub fn ask_sudo_password(ctx: &Context, nodes: &[NodeMeta]) -> anyhow::Result<()
         .filter_map(|n| deploy::destination(&n.name, &n.settings).ok())
         .map(|d| d.to_string())
         .collect();
-    if escalating.is_empty() || ctx.ssh.sudo_password.get().is_some() {
+    read_sudo_password(ctx, &escalating)
+}
+
+/// Reads the sudo password for `destinations` from the terminal, once
+/// (nothing when there are none, or it was read already).
+pub fn read_sudo_password(ctx: &Context, destinations: &[String]) -> anyhow::Result<()> {
+    if destinations.is_empty() || ctx.ssh.sudo_password.get().is_some() {
         return Ok(());
     }
-    let prompt = format!("[berth] sudo password for {}: ", escalating.join(", "));
+    let hosts = destinations.join(", ");
+    let prompt = format!("[berth] sudo password for {hosts}: ");
     let password = crate::process::read_password(&prompt).map_err(|err| {
         UsageError::new(format!(
-            "the sudo password for {} was asked for, but there is no terminal to read it from ({err})",
-            escalating.join(", ")
+            "the sudo password for {hosts} was asked for, but there is no terminal to read it from ({err})"
         ))
         .hint(
             "give the user a sudo rule that needs no password (berth.agent.deployUsers), \

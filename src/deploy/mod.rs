@@ -610,8 +610,19 @@ impl HostRun<'_> {
                     .sign_closure(key, std::slice::from_ref(&job.toplevel))
                     .await
                 {
+                    let user = &job.settings.target_user;
+                    let hint = if err.to_string().contains("not privileged to add signatures") {
+                        format!(
+                            " (hint: the host's Nix lets only its trusted-users add signatures, \
+                             and {user} is not one: build here or on a --build-host instead of on \
+                             the target, or add {user} to nix.settings.trusted-users, which makes \
+                             it as good as root)"
+                        )
+                    } else {
+                        String::new()
+                    };
                     return Outcome::Failed {
-                        why: format!("could not sign the system on the host: {err}"),
+                        why: format!("could not sign the system on the host: {err}{hint}"),
                     };
                 }
             }
