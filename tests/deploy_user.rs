@@ -218,7 +218,6 @@ fn deploys_as_a_user_other_than_root() {
         fleet.update("web1", serde_json::json!({ "targetUser": "deploy" }));
         let run = deploy(&lab, &[&node, "--sign-key", &key_a]);
         assert_eq!(run.code, 0, "{}", run.stderr);
-        said(&run, "giving the host the signatures of");
         said(&run, "web1 (h1): deployed (generation 2)");
         // And as root: v5 refused unsigned, then signed, deployed.
         fleet.update("web1", serde_json::json!({ "version": v(5), "targetUser": "root" }));

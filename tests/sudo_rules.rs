@@ -9,7 +9,7 @@ mod sudoers;
 use serde_json::json;
 
 #[test]
-fn the_deploy_rule_allows_the_agents_system_verbs_and_add_signatures_alone() {
+fn the_deploy_rule_allows_the_agents_system_verbs_alone() {
     let text = sudoers::deploy_rule(&["deploy"], "/run/current-system/sw/bin/berth");
     assert_eq!(
         text,
@@ -23,8 +23,7 @@ fn the_deploy_rule_allows_the_agents_system_verbs_and_add_signatures_alone() {
             "NOPASSWD: /run/current-system/sw/bin/berth agent history *, ",
             "NOPASSWD: /run/current-system/sw/bin/berth agent record *, ",
             "NOPASSWD: /run/current-system/sw/bin/berth agent lock *, ",
-            "NOPASSWD: /run/current-system/sw/bin/berth agent dry-activate *, ",
-            "NOPASSWD: /run/current-system/sw/bin/berth agent add-signatures\n",
+            "NOPASSWD: /run/current-system/sw/bin/berth agent dry-activate *\n",
         )
     );
     sudoers::check_with_visudo(&text).unwrap();

@@ -175,8 +175,8 @@ in {
   # deploySudoRules deployUsers berth -> security.sudo.extraRules: the
   # users of berth.agent.deployUsers may run `<berth> agent <verb> …` as
   # root without a password for activate, confirm, rollback, status, show,
-  # history, record, lock and dry-activate (with any arguments), and
-  # `<berth> agent add-signatures` (with none), nothing else. Pass
+  # history, record, lock and dry-activate (with any arguments), nothing
+  # else. Pass
   # "/run/current-system/sw/bin/berth" (see sudo.nix for why).
   deploySudoRules = sudo.deploy;
 }

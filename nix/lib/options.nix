@@ -836,8 +836,8 @@ in {
         (`berth.deployment.targetUser`). Each gets a sudo rule that lets it
         run, as root and without a password, only `berth agent` with the
         verbs system deploys need: `activate`, `confirm`, `rollback`,
-        `status`, `show`, `history`, `record`, `lock` and `dry-activate`
-        (with any arguments) and `add-signatures` (with none). So it can
+        `status`, `show`, `history`, `record`, `lock` and `dry-activate`. So
+        it can
         activate, confirm and roll back systems, read the host's status and
         history, take the host's lock, and dry-activate; it cannot run a
         shell, `nix-env`, `systemctl` or any other program as root, nor the

@@ -19,18 +19,15 @@
 # <berth> = /run/current-system/sw/bin/berth; sudo matches the command by
 # its name and the file it resolves to (the berth of the current system,
 # also when called by its store path; a berth elsewhere does not match),
-# so pass that path. In sudoers a command listed with arguments matches only those
-# arguments (`*` matching any, spaces included): `add-signatures`, with no
-# `*`, allows no other argument (it reads its input on stdin), and no verb
-# but these is allowed at all. The agent itself refuses, under sudo, any
-# other verb and any state directory, profile or manifest directory but
-# the default.
+# so pass that path. In sudoers a command listed with arguments matches only
+# those arguments (`*` matching any, spaces included), so no verb but these
+# is allowed at all. The agent itself refuses, under sudo, any other verb
+# and any state directory, profile or manifest directory but the default.
 let
   service = import ./service.nix;
 
-  # The verbs the deployer runs with arguments, and those it runs without.
-  verbsWithArguments = ["activate" "confirm" "rollback" "status" "show" "history" "record" "lock" "dry-activate"];
-  verbsWithout = ["add-signatures"];
+  # The verbs the deployer runs, each with arguments.
+  verbs = ["activate" "confirm" "rollback" "status" "show" "history" "record" "lock" "dry-activate"];
 in {
   service = name: cfg: systemctl: [
     {
@@ -55,12 +52,7 @@ in {
           command = "${berth} agent ${verb} *";
           options = ["NOPASSWD"];
         })
-        verbsWithArguments
-        ++ map (verb: {
-          command = "${berth} agent ${verb}";
-          options = ["NOPASSWD"];
-        })
-        verbsWithout;
+        verbs;
     }
   ];
 }

@@ -66,8 +66,6 @@ pub const EVENT_PHASE: &str = "phase";
 pub const EVENT_RESULT: &str = "result";
 pub const EVENT_STATUS: &str = "status";
 pub const EVENT_DEPLOYMENT: &str = "deployment";
-/// `add-signatures`: how many signed paths were given and offered to Nix.
-pub const EVENT_SIGNATURES: &str = "signatures";
 /// `dry-activate`: a [`DryActivation`].
 pub const EVENT_DRY_ACTIVATE: &str = "dry_activate";
 /// Something the deployer shows as `warning:` (a `message` field).
@@ -146,6 +144,11 @@ pub mod call {
         if let Some(revision) = &a.expect_revision {
             cmd = cmd.args(["--expect-revision", revision.as_str()]);
         }
+        if !a.signatures.is_empty() {
+            // A JSON list of plain strings and numbers always serializes.
+            let json = serde_json::to_vec(&a.signatures).unwrap_or_default();
+            cmd = cmd.arg("--signatures-on-stdin").stdin(json);
+        }
         cmd
     }
 
@@ -202,14 +205,6 @@ pub mod call {
         agent(program, "show").args(["--id", id])
     }
 
-    /// `agent add-signatures`, the signed paths on its stdin.
-    pub fn add_signatures(
-        program: &str,
-        paths: &[crate::nix::signatures::SignedPath],
-    ) -> Result<Cmd, serde_json::Error> {
-        Ok(agent(program, "add-signatures").stdin(serde_json::to_vec(paths)?))
-    }
-
     pub fn dry_activate(program: &str, path: &StorePath) -> Cmd {
         agent(program, "dry-activate").args(["--path", path.as_str()])
     }
@@ -243,6 +238,7 @@ pub mod call {
                 ci_run_url: None,
                 revision: None,
                 expect_revision: None,
+                signatures: Vec::new(),
             };
             let head = [
                 "berth",

@@ -114,6 +114,10 @@ pub struct Activation {
     /// revision: what `--skip-superseded` saw, so that a newer system
     /// deployed since is not replaced.
     pub expect_revision: Option<Revision>,
+    /// The signatures of the system's closure, as the deployer has them:
+    /// added to the paths this host has before the signature check, since
+    /// `nix copy` skips a path the host had, signatures and all.
+    pub signatures: Vec<crate::nix::signatures::SignedPath>,
 }
 
 /// What a host runs and what it is doing, for `berth status`.
@@ -301,6 +305,14 @@ impl Agent {
         );
         // Before anything changes: a refused system leaves the host as it
         // was, recorded as failed in phase `verify`.
+        if !a.signatures.is_empty() {
+            let offered = self.add_signatures(&a.signatures).await?;
+            self.phase(
+                &id,
+                "verify",
+                &format!("added the signatures the deployer has to {offered} paths here"),
+            );
+        }
         if let Some(why) = self.verify(&id, &a.path).await? {
             self.phase(&id, "verify", &why);
             let d = self.store.set_status(&id, Status::Failed, Some("verify"))?;

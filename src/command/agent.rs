@@ -9,8 +9,7 @@ use std::time::Duration;
 use crate::agent::call::Audit;
 use crate::agent::system::{Activation, Agent, Goal, DEFAULT_ACTIVATION_TIMEOUT};
 use crate::agent::{
-    AgentResult, Outcome, EVENT_DEPLOYMENT, EVENT_DRY_ACTIVATE, EVENT_RESULT, EVENT_SIGNATURES,
-    EVENT_STATUS,
+    AgentResult, Outcome, EVENT_DEPLOYMENT, EVENT_DRY_ACTIVATE, EVENT_RESULT, EVENT_STATUS,
 };
 use crate::app::manifest::{self, Manifest, Overrides, ServiceName};
 use crate::app::transaction::{
@@ -99,6 +98,10 @@ pub enum Verb {
         /// Refuse (busy) unless the host still runs a system recorded with this revision
         #[arg(long, value_name = "SHA")]
         expect_revision: Option<Revision>,
+        /// Add the signatures on stdin (a JSON list of signed paths, as the deployer has them)
+        /// to the paths this host has, before the signature check
+        #[arg(long)]
+        signatures_on_stdin: bool,
     },
     /// The host already runs PATH: record that REVISION builds it (nothing is activated)
     Record {
@@ -297,9 +300,6 @@ pub enum Verb {
         #[arg(long, value_name = "SECS", default_value_t = 0)]
         wait: u64,
     },
-    /// Add the signatures on stdin (a JSON list of signed paths, as the
-    /// deployer read them) to the paths this host already has
-    AddSignatures,
     /// What switching to PATH would do, once it passes activate's signature check
     DryActivate {
         #[arg(long, value_name = "STORE_PATH")]
@@ -361,7 +361,6 @@ fn refuse_escalated(args: &Args, user: &str) -> Result<(), crate::error::UsageEr
         | Verb::BootCheck
         | Verb::Status { .. }
         | Verb::History { .. }
-        | Verb::AddSignatures
         | Verb::DryActivate { .. }
         | Verb::Lock { service: None, .. } => return Ok(()),
         Verb::Lock { .. } => "lock a service (only the host)",
@@ -407,7 +406,17 @@ pub async fn run(_ctx: &Context, args: Args) -> anyhow::Result<Exit> {
             ci_run_url,
             revision,
             expect_revision,
+            signatures_on_stdin,
         } => {
+            let signatures = if signatures_on_stdin {
+                let mut input = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut input)
+                    .context("could not read the signatures on stdin")?;
+                serde_json::from_slice::<Vec<SignedPath>>(&input)
+                    .context("the signatures on stdin are not a JSON list of signed paths")?
+            } else {
+                Vec::new()
+            };
             let activation = Activation {
                 id,
                 node,
@@ -421,6 +430,7 @@ pub async fn run(_ctx: &Context, args: Args) -> anyhow::Result<Exit> {
                 ci_run_url,
                 revision,
                 expect_revision,
+                signatures,
             };
             agent.activate(&activation).await?
         }
@@ -478,19 +488,6 @@ pub async fn run(_ctx: &Context, args: Args) -> anyhow::Result<Exit> {
             for d in agent.history(node.as_deref(), limit)? {
                 printer.event(EVENT_DEPLOYMENT, &d);
             }
-            return Ok(Exit::SUCCESS);
-        }
-        Verb::AddSignatures => {
-            let mut input = Vec::new();
-            std::io::Read::read_to_end(&mut std::io::stdin(), &mut input)
-                .context("could not read the signatures on stdin")?;
-            let paths: Vec<SignedPath> = serde_json::from_slice(&input)
-                .context("the signatures on stdin are not a JSON list of signed paths")?;
-            let offered = agent.add_signatures(&paths).await?;
-            printer.event(
-                EVENT_SIGNATURES,
-                &serde_json::json!({ "given": paths.len(), "offered": offered }),
-            );
             return Ok(Exit::SUCCESS);
         }
         Verb::DryActivate { path } => {
@@ -861,7 +858,6 @@ mod tests {
             ],
             &["confirm", "--id", "20260101T000000Z-abcd"],
             &["lock", "acquire"],
-            &["add-signatures"],
             &["dry-activate", "--path", "/nix/store/x"],
         ] {
             let args = parse(ok);

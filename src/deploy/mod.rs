@@ -19,6 +19,7 @@ use crate::agent::system::{Activation, Goal};
 use crate::agent::{self, Outcome as AgentOutcome};
 use crate::flake::{DeploymentSettings, NodeName, Revision};
 use crate::host::{Destination, Host, SshHost, SshSettings};
+use crate::nix::signatures::SignedPath;
 use crate::nix::{self, StorePath};
 use crate::output::Printer;
 use crate::process::CommandError;
@@ -498,10 +499,11 @@ impl HostRun<'_> {
             .unwrap_or(Duration::from_secs(self.job.settings.activation_timeout))
     }
 
-    /// Gives the host the signatures of the system's closure, also of the
-    /// paths it had before (which `nix copy` skips, signatures and all): a
-    /// path an earlier unsigned deploy left there must not stay unsigned.
-    async fn send_signatures(&self, host: &dyn Host) -> Result<(), String> {
+    /// The signatures of the system's closure, for the agent to add to the
+    /// paths the host had before (which `nix copy` skips, signatures and
+    /// all): a path an earlier unsigned deploy left there must not stay
+    /// unsigned. Read here, or on the build host.
+    async fn read_signatures(&self, host: &dyn Host) -> Result<Vec<SignedPath>, String> {
         let job = self.job;
         let mut read = nix::signatures::closure_cmd(&job.toplevel);
         if let Some(from) = &job.built_on {
@@ -513,18 +515,8 @@ impl HostRun<'_> {
             .await
             .and_then(|out| out.check())
             .map_err(|err| format!("could not read the system's signatures: {err}"))?;
-        let signed = nix::signatures::parse(&out.stdout)
-            .map_err(|err| format!("could not read the system's signatures: {err}"))?;
-        self.phase(
-            "sign",
-            &format!("giving the host the signatures of {} paths", signed.len()),
-        );
-        let cmd = call::add_signatures(&self.agent.program, &signed)
-            .map_err(|err| format!("could not write the signatures: {err}"))?;
-        host.run(&cmd)
-            .await
-            .map_err(|err| format!("the host did not take the system's signatures: {err}"))?;
-        Ok(())
+        nix::signatures::parse(&out.stdout)
+            .map_err(|err| format!("could not read the system's signatures: {err}"))
     }
 
     /// Reaches the host (or takes it from `early`, reached while the
@@ -650,11 +642,14 @@ impl HostRun<'_> {
                 };
             }
         }
-        if self.options.sign_key.is_some() && job.drv.is_none() {
-            if let Err(why) = self.send_signatures(host).await {
-                return Outcome::Failed { why };
+        let signatures = if self.options.sign_key.is_some() && job.drv.is_none() {
+            match self.read_signatures(host).await {
+                Ok(signatures) => signatures,
+                Err(why) => return Outcome::Failed { why },
             }
-        }
+        } else {
+            Vec::new()
+        };
 
         let id = state::new_id();
         self.deployment = Some(id.clone());
@@ -683,6 +678,7 @@ impl HostRun<'_> {
                 ci_run_url: audit.ci_run_url.clone(),
                 revision: self.options.revision.clone(),
                 expect_revision: job.expect_revision.clone(),
+                signatures,
             },
         );
         let result = match host.output(&activate).await {

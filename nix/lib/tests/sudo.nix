@@ -33,7 +33,7 @@ lib: [
     expected = [["deploy-notes"]];
   }
   {
-    name = "a deploy user may run the agent's system verbs as root, add-signatures without arguments, nothing else";
+    name = "a deploy user may run the agent's system verbs as root, nothing else";
     actual = lib.deploySudoRules ["deploy"] "/run/current-system/sw/bin/berth";
     expected = [
       {
@@ -74,10 +74,6 @@ lib: [
           }
           {
             command = "/run/current-system/sw/bin/berth agent dry-activate *";
-            options = ["NOPASSWD"];
-          }
-          {
-            command = "/run/current-system/sw/bin/berth agent add-signatures";
             options = ["NOPASSWD"];
           }
         ];
