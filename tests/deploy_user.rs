@@ -254,6 +254,39 @@ fn deploys_as_a_user_other_than_root() {
         assert!(!shown.contains(&password), "the terminal echoed the password");
         outputs.push(shown);
 
+        // 7. plan, rollback and exec as the deploy user. A plan copies the
+        // system: unsigned, the host's Nix refuses it, in berth's words.
+        let as_deploy = |args: &[&str]| {
+            Run::of(
+                common::berth()
+                    .args(["--agent", BIN])
+                    .args(args)
+                    .env("BERTH_SSH_CONFIG", lab.ssh_config()),
+            )
+        };
+        fleet.update("web1", serde_json::json!({ "version": v(7), "targetUser": "deploy" }));
+        let run = as_deploy(&["plan", &node]);
+        assert_eq!(run.code, 1, "{}", run.stderr);
+        said(&run, "it takes paths from deploy only when a key it trusts signed them");
+        let run = as_deploy(&["--json", "plan", &node, "--sign-key", &key_a]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let plan = &run.events("plan")[0];
+        assert_eq!(plan["units"]["restart"][0], "example-web.service", "{plan}");
+        assert!(plan["dry_activate_refused"].is_null(), "{plan}");
+        assert_eq!(generation(&lab).await.as_deref(), Some("system-4-link"), "plan changed the host");
+        // Back to the generation before, through sudo.
+        let run = as_deploy(&["rollback", &node]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        assert!(version_served(&lab).contains(&v(5)), "{}", run.stderr);
+        // exec runs as the login user, or as root with --root (which the
+        // narrow rule refuses: deploy may run only the agent).
+        let run = as_deploy(&["exec", &node, "--", "id", "-un"]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        assert!(run.stdout.contains("deploy"), "{}", run.stdout);
+        let run = as_deploy(&["exec", &node, "--root", "--", "id", "-un"]);
+        assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+        assert!(run.stderr.contains("sudo on deploy@h1 wants a password"), "{}", run.stderr);
+
         // 7. The narrow rule: nothing but berth's agent's system verbs.
         for line in [
             "sudo -n bash -c id".to_owned(),

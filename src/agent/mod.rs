@@ -98,6 +98,7 @@ pub fn find_events(stdout: &[u8], name: &str) -> Vec<serde_json::Value> {
 pub mod call {
     use super::system::Activation;
     use crate::flake::Revision;
+    use crate::nix::signatures::SignedPath;
     use crate::nix::StorePath;
     use crate::process::Cmd;
 
@@ -144,12 +145,17 @@ pub mod call {
         if let Some(revision) = &a.expect_revision {
             cmd = cmd.args(["--expect-revision", revision.as_str()]);
         }
-        if !a.signatures.is_empty() {
-            // A JSON list of plain strings and numbers always serializes.
-            let json = serde_json::to_vec(&a.signatures).unwrap_or_default();
-            cmd = cmd.arg("--signatures-on-stdin").stdin(json);
+        with_signatures(cmd, &a.signatures)
+    }
+
+    /// `--signatures-on-stdin` and the signed paths on stdin, if any.
+    fn with_signatures(cmd: Cmd, signatures: &[SignedPath]) -> Cmd {
+        if signatures.is_empty() {
+            return cmd;
         }
-        cmd
+        // A JSON list of plain strings and numbers always serializes.
+        let json = serde_json::to_vec(signatures).unwrap_or_default();
+        cmd.arg("--signatures-on-stdin").stdin(json)
     }
 
     pub fn confirm(program: &str, id: &str) -> Cmd {
@@ -205,8 +211,9 @@ pub mod call {
         agent(program, "show").args(["--id", id])
     }
 
-    pub fn dry_activate(program: &str, path: &StorePath) -> Cmd {
-        agent(program, "dry-activate").args(["--path", path.as_str()])
+    pub fn dry_activate(program: &str, path: &StorePath, signatures: &[SignedPath]) -> Cmd {
+        let cmd = agent(program, "dry-activate").args(["--path", path.as_str()]);
+        with_signatures(cmd, signatures)
     }
 
     pub fn history(program: &str, node: &str, limit: usize) -> Cmd {

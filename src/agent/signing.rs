@@ -59,8 +59,13 @@ impl Agent {
 
     /// `switch-to-configuration dry-activate` of `path`, once it passes
     /// the signature check `activate` makes (it runs the system's own
-    /// script as root).
-    pub async fn dry_activate(&self, path: &StorePath) -> Result<DryActivation, AgentError> {
+    /// script as root), `signatures` added first as `activate` adds them.
+    pub async fn dry_activate(
+        &self,
+        path: &StorePath,
+        signatures: &[SignedPath],
+    ) -> Result<DryActivation, AgentError> {
+        self.add_signatures(signatures).await?;
         if let Some(why) = self.verify("-", path).await? {
             return Ok(DryActivation {
                 refused: Some(why),

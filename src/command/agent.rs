@@ -304,6 +304,9 @@ pub enum Verb {
     DryActivate {
         #[arg(long, value_name = "STORE_PATH")]
         path: String,
+        /// As activate's
+        #[arg(long)]
+        signatures_on_stdin: bool,
     },
     /// Past deployments, newest first
     History {
@@ -408,15 +411,7 @@ pub async fn run(_ctx: &Context, args: Args) -> anyhow::Result<Exit> {
             expect_revision,
             signatures_on_stdin,
         } => {
-            let signatures = if signatures_on_stdin {
-                let mut input = Vec::new();
-                std::io::Read::read_to_end(&mut std::io::stdin(), &mut input)
-                    .context("could not read the signatures on stdin")?;
-                serde_json::from_slice::<Vec<SignedPath>>(&input)
-                    .context("the signatures on stdin are not a JSON list of signed paths")?
-            } else {
-                Vec::new()
-            };
+            let signatures = signatures_from_stdin(signatures_on_stdin)?;
             let activation = Activation {
                 id,
                 node,
@@ -490,8 +485,14 @@ pub async fn run(_ctx: &Context, args: Args) -> anyhow::Result<Exit> {
             }
             return Ok(Exit::SUCCESS);
         }
-        Verb::DryActivate { path } => {
-            let dry = agent.dry_activate(&StorePath::new(path)?).await?;
+        Verb::DryActivate {
+            path,
+            signatures_on_stdin,
+        } => {
+            let signatures = signatures_from_stdin(signatures_on_stdin)?;
+            let dry = agent
+                .dry_activate(&StorePath::new(path)?, &signatures)
+                .await?;
             printer.event(EVENT_DRY_ACTIVATE, &dry);
             return Ok(if dry.refused.is_some() {
                 Exit::FAILURE
@@ -814,6 +815,19 @@ async fn lock(
         }),
     );
     Ok(exit)
+}
+
+/// The signed paths the deployer sent on stdin (`--signatures-on-stdin`),
+/// none without it.
+fn signatures_from_stdin(given: bool) -> anyhow::Result<Vec<SignedPath>> {
+    if !given {
+        return Ok(Vec::new());
+    }
+    let mut input = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::stdin(), &mut input)
+        .context("could not read the signatures on stdin")?;
+    serde_json::from_slice(&input)
+        .context("the signatures on stdin are not a JSON list of signed paths")
 }
 
 fn exit_of(result: &AgentResult) -> Exit {

@@ -6,6 +6,7 @@ use anyhow::Context as _;
 
 use crate::agent::{call, EVENT_DRY_ACTIVATE, EVENT_STATUS};
 use crate::context::Context;
+use crate::deploy;
 use crate::error::Exit;
 use crate::flake;
 use crate::host::Host;
@@ -18,6 +19,11 @@ use super::nodes;
 pub struct Args {
     #[command(flatten)]
     pub nodes: nodes::NodesArgs,
+    /// Sign each system and its closure with this secret key before it is copied, as `berth
+    /// deploy --sign-key` does: a host that requires signatures dry-activates only a signed
+    /// system, and a deploy user's copies must be signed
+    #[arg(long, value_name = "FILE", env = crate::env::BERTH_SIGN_KEY)]
+    pub sign_key: Option<std::path::PathBuf>,
 }
 
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
@@ -25,7 +31,20 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
     let names: Vec<_> = selected.iter().map(|n| n.name.clone()).collect();
     ctx.printer
         .line(format!("building {} node(s)", names.len()));
+    if let Some(key) = &args.sign_key {
+        super::deploy::check_sign_key(key)?;
+    }
     let built = flake::build(&target.flake, &names).await?;
+    if let Some(key) = &args.sign_key {
+        let outs: Vec<StorePath> = built.iter().map(|b| b.out.clone()).collect();
+        process::output(
+            &crate::nix::sign(key, &outs, None),
+            Via::Local,
+            &JobLog::new(),
+        )
+        .await?
+        .check()?;
+    }
     for (node, built) in selected.iter().zip(built) {
         let name = node.name.to_string();
         let host = nodes::connect(ctx, node).await?;
@@ -56,12 +75,26 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
         };
         let changes = diff::diff(&before, &after);
 
-        host.copy_closure(std::slice::from_ref(&built.out)).await?;
+        host.copy_closure(std::slice::from_ref(&built.out))
+            .await
+            .map_err(|err| {
+                anyhow::anyhow!(deploy::copy_refused(&err, &node.settings.target_user))
+            })?;
         // The agent runs the new system's script as root, once the system
         // passes the signature check an activation would make.
         // A refused system exits 1 with its reason in the event.
+        let signatures = match &args.sign_key {
+            Some(_) => deploy::closure_signatures(&built.out, None, host.log())
+                .await
+                .map_err(anyhow::Error::msg)?,
+            None => Vec::new(),
+        };
         let out = host
-            .output(&call::dry_activate(&host.agent.program, &built.out))
+            .output(&call::dry_activate(
+                &host.agent.program,
+                &built.out,
+                &signatures,
+            ))
             .await?;
         let dry = crate::agent::find_events(&out.stdout, EVENT_DRY_ACTIVATE)
             .pop()

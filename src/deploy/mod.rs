@@ -439,9 +439,33 @@ async fn agent_status(
     }
 }
 
+/// The signatures of `toplevel`'s closure, for the agent to add to the
+/// paths its host had before (which `nix copy` skips, signatures and all):
+/// a path an earlier unsigned deploy left there must not stay unsigned.
+/// Read in this machine's store, or in `from` (a build host's store, with
+/// its `NIX_SSHOPTS`).
+pub async fn closure_signatures(
+    toplevel: &StorePath,
+    from: Option<(&str, String)>,
+    log: &crate::process::JobLog,
+) -> Result<Vec<SignedPath>, String> {
+    let mut read = nix::signatures::closure_cmd(toplevel);
+    if let Some((store, ssh_opts)) = from {
+        read = read
+            .args(["--store", store])
+            .env(crate::env::NIX_SSHOPTS, ssh_opts);
+    }
+    let out = crate::process::output(&read, crate::process::Via::Local, log)
+        .await
+        .and_then(|out| out.check())
+        .map_err(|err| format!("could not read the system's signatures: {err}"))?;
+    nix::signatures::parse(&out.stdout)
+        .map_err(|err| format!("could not read the system's signatures: {err}"))
+}
+
 /// Why a copy failed, in berth's words where the host's Nix refused a path
 /// for want of a signature it trusts.
-fn copy_refused(err: &CommandError, user: &str) -> String {
+pub fn copy_refused(err: &CommandError, user: &str) -> String {
     let unsigned = matches!(err, CommandError::Failed { stderr_tail, .. }
         if stderr_tail.contains("lacks a signature by a trusted key")
             || stderr_tail.contains("lacks a valid signature"));
@@ -497,26 +521,6 @@ impl HostRun<'_> {
         self.options
             .activation_timeout
             .unwrap_or(Duration::from_secs(self.job.settings.activation_timeout))
-    }
-
-    /// The signatures of the system's closure, for the agent to add to the
-    /// paths the host had before (which `nix copy` skips, signatures and
-    /// all): a path an earlier unsigned deploy left there must not stay
-    /// unsigned. Read here, or on the build host.
-    async fn read_signatures(&self, host: &dyn Host) -> Result<Vec<SignedPath>, String> {
-        let job = self.job;
-        let mut read = nix::signatures::closure_cmd(&job.toplevel);
-        if let Some(from) = &job.built_on {
-            read = read
-                .args(["--store", from])
-                .env(crate::env::NIX_SSHOPTS, self.ssh.nix_sshopts());
-        }
-        let out = crate::process::output(&read, crate::process::Via::Local, host.log())
-            .await
-            .and_then(|out| out.check())
-            .map_err(|err| format!("could not read the system's signatures: {err}"))?;
-        nix::signatures::parse(&out.stdout)
-            .map_err(|err| format!("could not read the system's signatures: {err}"))
     }
 
     /// Reaches the host (or takes it from `early`, reached while the
@@ -643,7 +647,8 @@ impl HostRun<'_> {
             }
         }
         let signatures = if self.options.sign_key.is_some() && job.drv.is_none() {
-            match self.read_signatures(host).await {
+            let from = job.built_on.as_deref().map(|f| (f, self.ssh.nix_sshopts()));
+            match closure_signatures(&job.toplevel, from, host.log()).await {
                 Ok(signatures) => signatures,
                 Err(why) => return Outcome::Failed { why },
             }
