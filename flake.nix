@@ -234,6 +234,7 @@
           };
       in {
         system-deploy = vmTest ./nix/tests/system-deploy.nix;
+        deploy-user = vmTest ./nix/tests/deploy-user.nix;
         app-deploy = vmTest ./nix/tests/app-deploy.nix;
       }));
 
