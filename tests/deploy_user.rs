@@ -278,6 +278,9 @@ fn deploys_as_a_user_other_than_root() {
         let run = as_deploy(&["rollback", &node]);
         assert_eq!(run.code, 0, "{}", run.stderr);
         assert!(version_served(&lab).contains(&v(5)), "{}", run.stderr);
+        // The journal, read as deploy (in systemd-journal), not as root.
+        let run = as_deploy(&["logs", &node, "--unit", "ssh.service", "-n", "5"]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
         // exec runs as the login user, or as root with --root (which the
         // narrow rule refuses: deploy may run only the agent).
         let run = as_deploy(&["exec", &node, "--", "id", "-un"]);
