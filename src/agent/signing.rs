@@ -28,7 +28,7 @@ impl Agent {
     /// and references match. Whether a key this host trusts made it is
     /// checked where it counts, by `activate`. Returns how many paths
     /// were offered.
-    pub async fn add_signatures(&self, paths: &[SignedPath]) -> Result<usize, AgentError> {
+    pub(super) async fn add_signatures(&self, paths: &[SignedPath]) -> Result<usize, AgentError> {
         for path in paths {
             path.check().map_err(|err| AgentError::Io {
                 what: "read the signatures given".into(),
