@@ -383,7 +383,13 @@ impl Program {
     /// closure is neither copied (that user's copies must be signed) nor
     /// allowed by that rule.
     pub fn for_node(&self, settings: &crate::flake::DeploymentSettings) -> Program {
-        if !settings.escalates() || self.is_explicit() {
+        self.for_login(settings.escalates())
+    }
+
+    /// The agent of a host logged in to as root (`escalates` false) or as
+    /// another user; see [`Program::for_node`].
+    pub fn for_login(&self, escalates: bool) -> Program {
+        if !escalates || self.is_explicit() {
             return self.clone();
         }
         Program {
@@ -393,7 +399,7 @@ impl Program {
     }
 
     /// Whether `--agent` named it.
-    pub fn is_explicit(&self) -> bool {
+    fn is_explicit(&self) -> bool {
         self.closure.is_none() && self.program != "berth"
     }
 

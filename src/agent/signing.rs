@@ -47,8 +47,8 @@ impl Agent {
             move |source| AgentError::Io { what, source }
         };
         let cache = tempfile::tempdir().map_err(io("make a temporary directory"))?;
-        let owned: Vec<SignedPath> = here.iter().map(|p| (*p).clone()).collect();
-        signatures::write_cache(cache.path(), &owned).map_err(io("write the narinfos"))?;
+        signatures::write_cache(cache.path(), here.iter().copied())
+            .map_err(io("write the narinfos"))?;
         let names: Vec<&StorePath> = here.iter().map(|p| &p.path).collect();
         for chunk in names.chunks(CHUNK) {
             self.run(&signatures::copy_sigs_cmd(cache.path(), chunk))

@@ -142,7 +142,7 @@ pub struct Agent {
     profile: PathBuf,
     /// The host's agent.json: which keys a system must be signed with.
     config: PathBuf,
-    pub(super) printer: Printer,
+    printer: Printer,
     pub(super) log: JobLog,
     /// Whether this activation has changed the profile or the running
     /// system yet (an error before that needs no rollback).

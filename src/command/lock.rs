@@ -73,7 +73,7 @@ pub async fn run(ctx: &Context, command: LockCommand) -> anyhow::Result<Exit> {
     // sudo, with the host's own agent (the one its sudo rule names) unless
     // --agent names one.
     let program = match &args.service {
-        None if host.escalates() && !ctx.agent.is_explicit() => crate::agent::HOST_AGENT.into(),
+        None if host.escalates() => ctx.agent.for_login(true).program,
         _ => app::program(ctx),
     };
     let mut cmd = Cmd::new(program)

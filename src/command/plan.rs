@@ -96,13 +96,12 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
                 &signatures,
             ))
             .await?;
-        let dry = crate::agent::find_events(&out.stdout, EVENT_DRY_ACTIVATE)
-            .pop()
-            .ok_or_else(|| out.check().err())
-            .map_err(|err| match err {
-                Some(err) => anyhow::Error::new(err).context("the agent's dry-activate failed"),
-                None => anyhow::anyhow!("the agent's dry-activate gave no result"),
-            })?;
+        let Some(dry) = crate::agent::find_events(&out.stdout, EVENT_DRY_ACTIVATE).pop() else {
+            return Err(match out.check() {
+                Err(err) => anyhow::Error::new(err).context("the agent's dry-activate failed"),
+                Ok(_) => anyhow::anyhow!("the agent's dry-activate gave no result"),
+            });
+        };
         let refused = dry["refused"].as_str().map(str::to_owned);
         let succeeded = dry["succeeded"].as_bool().unwrap_or(false);
         let units = dry_activate::parse(dry["output"].as_str().unwrap_or(""));

@@ -289,37 +289,29 @@ impl SshHost {
             let refusal = (out.status.code() == Some(1))
                 .then(|| SudoRefusal::of(&out.stderr))
                 .flatten();
-            let err = |make: fn(String, String) -> EscalationError| {
-                CommandError::Escalation(make(self.name.clone(), user.to_owned()))
+            let Some(refusal) = refusal else {
+                *self.sudo.lock().unwrap_or_else(|e| e.into_inner()) = Some(mode);
+                return Ok(out);
             };
-            match refusal {
-                None => {
-                    *self.sudo.lock().unwrap_or_else(|e| e.into_inner()) = Some(mode);
-                    return Ok(out);
-                }
-                Some(SudoRefusal::PasswordRequired) if mode == SudoMode::NoPassword => {
-                    if password.is_none() {
-                        return Err(err(|host, user| EscalationError::PasswordRequired {
-                            host,
-                            user,
-                        }));
-                    }
-                    mode = SudoMode::Password;
-                }
-                Some(SudoRefusal::PasswordRequired | SudoRefusal::WrongPassword) => {
-                    return Err(err(|host, user| EscalationError::WrongPassword {
-                        host,
-                        user,
-                    }))
-                }
-                Some(SudoRefusal::NotPermitted) => {
-                    return Err(CommandError::Escalation(EscalationError::NotPermitted {
-                        host: self.name.clone(),
-                        user: user.to_owned(),
-                        command: cmd.to_string(),
-                    }))
-                }
+            let asked_without = mode == SudoMode::NoPassword;
+            if refusal == SudoRefusal::PasswordRequired && asked_without && password.is_some() {
+                mode = SudoMode::Password;
+                continue;
             }
+            let (host, user) = (self.name.clone(), user.to_owned());
+            return Err(CommandError::Escalation(match refusal {
+                SudoRefusal::PasswordRequired if asked_without => {
+                    EscalationError::PasswordRequired { host, user }
+                }
+                SudoRefusal::PasswordRequired | SudoRefusal::WrongPassword => {
+                    EscalationError::WrongPassword { host, user }
+                }
+                SudoRefusal::NotPermitted => EscalationError::NotPermitted {
+                    host,
+                    user,
+                    command: cmd.to_string(),
+                },
+            }));
         }
     }
 

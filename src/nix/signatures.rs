@@ -142,7 +142,10 @@ pub fn parse(json: &[u8]) -> Result<Vec<SignedPath>, DiffError> {
 }
 
 /// Writes `paths` as a binary cache in `dir` (which must be empty).
-pub fn write_cache(dir: &Path, paths: &[SignedPath]) -> std::io::Result<()> {
+pub fn write_cache<'a>(
+    dir: &Path,
+    paths: impl IntoIterator<Item = &'a SignedPath>,
+) -> std::io::Result<()> {
     std::fs::write(
         dir.join("nix-cache-info"),
         "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 99\n",
