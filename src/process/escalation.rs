@@ -152,12 +152,17 @@ impl SudoRefusal {
             || text.lines().any(|l| l.starts_with("Sorry, try again"))
         {
             Some(SudoRefusal::WrongPassword)
-        } else if text
-            .lines()
-            .any(|l| l.contains("is not allowed to execute"))
-            || said("is not in the sudoers file")
-            || said("not allowed to run sudo")
-            || said("may not run sudo")
+        } else if [
+            // The sudoers policy's own lines, without the `sudo: ` (Debian
+            // 12's sudo 1.9.13: `Sorry, user deploy is not allowed to
+            // execute …`, `norule is not in the sudoers file.`, `Sorry, user
+            // … may not run sudo on …`).
+            "is not allowed to execute",
+            "is not in the sudoers file",
+            "may not run sudo",
+        ]
+        .iter()
+        .any(|needle| text.lines().any(|l| l.contains(needle)))
         {
             Some(SudoRefusal::NotPermitted)
         } else {
@@ -327,10 +332,18 @@ mod tests {
             of("Sorry, user deploy is not allowed to execute '/bin/bash' as root on h1.\n"),
             Some(SudoRefusal::NotPermitted)
         );
-        assert_eq!(
-            of("sudo: deploy is not in the sudoers file.\n"),
-            Some(SudoRefusal::NotPermitted)
-        );
+        for not_permitted in [
+            "sudo: deploy is not in the sudoers file.\n",
+            // Debian 12's sudo, measured (tests/deploy_user_lab.rs).
+            "norule is not in the sudoers file.\n",
+            "Sorry, user deploy may not run sudo on h1.\n",
+        ] {
+            assert_eq!(
+                of(not_permitted),
+                Some(SudoRefusal::NotPermitted),
+                "{not_permitted}"
+            );
+        }
         assert_eq!(of("error: the agent said no\n"), None);
     }
 }
