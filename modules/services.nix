@@ -4,7 +4,8 @@
 # module puts them into NixOS: per service a user and group, directories, the
 # unit (the template <name>@.service and its instances, with instances),
 # the first release, the sudo rule, a Caddy virtual host, the manifest
-# /etc/berth/services/<name>.json and a backup timer; across services, the
+# /etc/berth/services/<name>.json, a backup timer and, for data.postgres,
+# PostgreSQL's databases and the user's role; across services, the
 # assertions. berth.caddy says how Caddy gets the plugins they need.
 {
   config,
@@ -15,7 +16,7 @@
   berth = import ../nix/lib {};
   util = import ../nix/lib/util.nix;
 
-  inherit (lib) attrNames concatLines concatLists concatMap escapeShellArg escapeShellArgs filter filterAttrs getExe' groupBy head listToAttrs mapAttrs mapAttrs' mapAttrsToList mkDefault mkIf mkMerge nameValuePair optional optionalAttrs optionalString optionals unique;
+  inherit (lib) attrNames attrValues concatLines concatLists concatMap elem escapeShellArg escapeShellArgs filter filterAttrs getExe' groupBy head listToAttrs mapAttrs mapAttrs' mapAttrsToList mkDefault mkIf mkMerge nameValuePair optional optionalAttrs optionalString optionals unique;
 
   inherit (config.berth) services agent;
   enabled = filterAttrs (_: cfg: cfg.enable) services;
@@ -38,14 +39,33 @@
   };
   runtimePackages = cfg: runtimes.${cfg.runtime};
 
+  # --- PostgreSQL ------------------------------------------------------------
+  #
+  # The agent dumps and restores data.postgres as the service's user (peer
+  # authentication over /run/postgresql), with the pg_dump, pg_restore and
+  # psql on its PATH, which must be the server's version or newer.
+  hasPostgres = cfg: cfg.data.postgres != [];
+  postgresServices = filterAttrs (_: hasPostgres) enabled;
+  # postgresql.target waits for postgresql-setup.service, which makes the
+  # databases and roles (NixOS 25.11 on); before 25.11 there is no target
+  # and postgresql.service made them itself.
+  postgresUnits = cfg: optionals (hasPostgres cfg) ["postgresql.service" "postgresql.target"];
+  # For the units that run the agent (a shell over SSH has the system's).
+  # Without services.postgresql there is no package to name.
+  postgresPackages = cfg: optional (hasPostgres cfg && config.services.postgresql.enable) config.services.postgresql.package;
+
   # --- The app's unit --------------------------------------------------------
 
   # Until the first release there is no `current` to run: the unit is
   # skipped, not failed (a failed unit would fail the system deploy). The
   # first release starts it.
-  appUnit = name: cfg:
-    berth.unit name cfg
+  appUnit = name: cfg: let
+    unit = berth.unit name cfg;
+  in
+    unit
     // {
+      wants = unit.wants ++ postgresUnits cfg;
+      after = unit.after ++ postgresUnits cfg;
       path = runtimePackages cfg ++ [pkgs.git];
       unitConfig.ConditionPathExists = "${dir name}/current";
     };
@@ -86,14 +106,14 @@
   firstReleaseUnit = name: cfg: {
     description = "berth: first release of ${name} (the head of ${cfg.branch})";
     wantedBy = ["multi-user.target"];
-    wants = ["network-online.target"];
-    after = ["network-online.target"];
+    wants = ["network-online.target"] ++ postgresUnits cfg;
+    after = ["network-online.target"] ++ postgresUnits cfg;
     unitConfig.ConditionPathExists = "!${dir name}/current";
     # A switch must not kill a release half built.
     restartIfChanged = false;
     # git and the runtime for install and build, sh for the commands, sudo
-    # (/run/wrappers) for systemctl.
-    path = runtimePackages cfg ++ [pkgs.git pkgs.bash "/run/wrappers"];
+    # (/run/wrappers) for systemctl, pg_dump for data.postgres.
+    path = runtimePackages cfg ++ [pkgs.git pkgs.bash "/run/wrappers"] ++ postgresPackages cfg;
     environment.BERTH_STATE_DIR = agent.stateDir;
     serviceConfig = {
       Type = "exec";
@@ -109,10 +129,11 @@
   # --- Backups ---------------------------------------------------------------
   #
   # `berth agent snapshot create`, the snapshot a deploy takes (and prunes
-  # like one), on a timer; then, with backup.restic, `restic backup` of the
-  # snapshots and of data.files. As the service's user, which owns them.
+  # like one), on a timer: SQLite and files copied, PostgreSQL dumped into
+  # it; then, with backup.restic, `restic backup` of the snapshots and of
+  # data.files. As the service's user, which owns them.
   backupName = name: "berth-backup-${name}";
-  hasData = cfg: cfg.data.sqlite != [] || cfg.data.files != [];
+  hasData = cfg: cfg.data.sqlite != [] || cfg.data.postgres != [] || cfg.data.files != [];
   hasBackup = cfg: cfg.backup.enable && hasData cfg;
 
   backupUnit = name: cfg: let
@@ -124,8 +145,9 @@
       ++ optionals (cfg.data.exclude != []) ["--exclude-file" (pkgs.writeText "${backupName name}-exclude" (concatLines cfg.data.exclude))];
   in {
     description = "berth: snapshot of the data of ${name}${optionalString (restic != null) ", sent to restic"}";
-    wants = optional (restic != null) "network-online.target";
-    after = optional (restic != null) "network-online.target";
+    wants = optional (restic != null) "network-online.target" ++ postgresUnits cfg;
+    after = optional (restic != null) "network-online.target" ++ postgresUnits cfg;
+    path = postgresPackages cfg;
     environment =
       {BERTH_STATE_DIR = agent.stateDir;}
       // optionalAttrs (restic != null) {
@@ -233,11 +255,8 @@ in {
         optional (cfg.firstRelease && cfg.repository != null && berth.healthUrl cfg == "")
         "berth.services.${name} has no first release: without a port or health.url there is no health check to release it with"))
       (forEach (name: cfg:
-        optional (cfg.backup.enable && cfg.data.postgres != [])
-        "berth.services.${name}.data.postgres: berth does not snapshot or back up PostgreSQL databases yet; back them up with services.postgresqlBackup"))
-      (forEach (name: cfg:
         optional (cfg.backup.restic != null && !hasBackup cfg)
-        "berth.services.${name}.backup.restic is set, but nothing is backed up: turn on backup.enable and declare data.sqlite or data.files"))
+        "berth.services.${name}.backup.restic is set, but nothing is backed up: turn on backup.enable and declare data.sqlite, data.postgres or data.files"))
     ];
 
     # One definition per user, from its first service: two services on one
@@ -308,6 +327,20 @@ in {
       virtualHosts = listToAttrs (mapAttrsToList (_: host: nameValuePair host.hostName host) virtualHosts);
       globalConfig = mkIf (caddyGlobal != "") caddyGlobal;
       package = mkIf buildCaddy (mkDefault caddyPackage);
+    };
+
+    # The databases of data.postgres and a role per user, who may connect
+    # by peer authentication. ensureDBOwnership gives the user only the
+    # database named after it (a warning names the others).
+    services.postgresql = mkIf (postgresServices != {}) {
+      enable = mkDefault true;
+      ensureDatabases = concatMap (cfg: cfg.data.postgres) (attrValues postgresServices);
+      ensureUsers =
+        mapAttrsToList (_: cfg: {
+          name = cfg.user;
+          ensureDBOwnership = elem cfg.user cfg.data.postgres;
+        })
+        postgresServices;
     };
 
     # One by one, so the versions the user sets are added to these.

@@ -31,8 +31,8 @@ let
   service = {
     enable = mkEnable false ''
       Whether to run this service: its user and group, directories, systemd
-      unit, first release, sudo rule, Caddy virtual host, app manifest and
-      backups.
+      unit, first release, sudo rule, Caddy virtual host, app manifest,
+      backups and PostgreSQL databases.
     '';
 
     description = option {
@@ -276,9 +276,30 @@ let
         default = [];
         example = ["notes"];
         description = ''
-          PostgreSQL databases, by name. Written to the manifest, but not
-          snapshot by deploys nor backed up yet (a warning says so): back
-          them up with `services.postgresqlBackup`.
+          PostgreSQL databases, by name, on this host's server. Before each
+          deploy, while the app still runs, the agent dumps each one into
+          the snapshot (`pg_dump`, directory format); a failed deploy,
+          `berth app rollback --restore-data` and `berth snapshot restore`
+          put it back in one transaction, dropping what the service's user
+          owns in it and replaying the dump. The backup timer dumps them
+          too, so they are backed up with the other data (to restic as
+          dumps, not as PostgreSQL's data directory).
+
+          The agent connects as the service's user, by peer authentication
+          over the local socket (`/run/postgresql`), with the `pg_dump`,
+          `pg_restore` and `psql` on its `PATH`, which must be the
+          server's version or newer: the first release and the backup get
+          `services.postgresql.package`, and a deploy over SSH the
+          system's. The module turns on `services.postgresql`
+          (`mkDefault`), creates the databases and a role for the user,
+          gives the user the database named after it, and starts the app
+          after PostgreSQL.
+
+          Each database must be owned by the service's user; the objects
+          the app's migrations create are then the user's too. NixOS
+          cannot give away a database not named after the user (a warning
+          names it): give it once by hand, as `postgres`, e.g. `ALTER
+          DATABASE wiki OWNER TO notes`.
         '';
       };
       files = option {

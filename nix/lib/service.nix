@@ -158,9 +158,17 @@ let
   snapshotArgs = name: ["agent" "snapshot" "create" "--service" name "--actor" "backup-timer" "--lock-wait" "600"];
 
   warnings = name: cfg:
-    if healthUrl cfg == ""
-    then ["berth.services.${name} has no port and no health.url: `berth app deploy ${name}` needs --health-url"]
-    else [];
+    concatLists [
+      (
+        if healthUrl cfg == ""
+        then ["berth.services.${name} has no port and no health.url: `berth app deploy ${name}` needs --health-url"]
+        else []
+      )
+      # NixOS's ensureDBOwnership gives a user only the database of its
+      # own name; the snapshot and the restore need the user to own each.
+      (map (database: "berth.services.${name}.data.postgres lists ${database}, which NixOS cannot give to the service's user ${cfg.user} (only a database named ${cfg.user}); give it once by hand: sudo -u postgres psql -c 'ALTER DATABASE \"${database}\" OWNER TO \"${cfg.user}\"'")
+        (filter (database: database != cfg.user) cfg.data.postgres))
+    ];
 in {
   inherit dir hold start healthUrl dataPath problems warnings tmpfiles snapshotArgs maxInstances templated unitName instanceUnits ports;
 }

@@ -455,13 +455,18 @@ fn describe_plan(plan: &serde_json::Value) -> String {
     if plan["build"] == true {
         text.push_str(", building the release");
     }
-    let dbs = plan["databases"].as_array().map_or(0, Vec::len);
-    if plan["skip_snapshot"] == true {
-        text.push_str(&format!(
-            ", NOT snapshotting its {dbs} database(s) (--skip-snapshot)"
+    let count = |key: &str| plan[key].as_array().map_or(0, Vec::len);
+    let mut dbs = format!("{} SQLite database(s)", count("databases"));
+    if count("postgres") > 0 {
+        dbs.push_str(&format!(
+            " and {} PostgreSQL database(s)",
+            count("postgres")
         ));
+    }
+    if plan["skip_snapshot"] == true {
+        text.push_str(&format!(", NOT snapshotting its {dbs} (--skip-snapshot)"));
     } else {
-        text.push_str(&format!(", snapshotting {dbs} database(s)"));
+        text.push_str(&format!(", snapshotting {dbs}"));
     }
     if let Some(m) = plan["migrate"].as_str() {
         text.push_str(&format!(", migrating with `{m}`"));
@@ -646,6 +651,12 @@ fn show_status(printer: Printer, service: &str, s: &serde_json::Value) {
         printer.line(format!(
             "  held: berth keeps the unit from starting, and connections wait in its socket, \
              until berth starts it (to start it by hand: rm {hold})"
+        ));
+    }
+    if s["latest_snapshot"].is_object() {
+        printer.line(format!(
+            "  last snapshot: {}",
+            super::snapshot::snapshot_line(&s["latest_snapshot"])
         ));
     }
     let blocked: Vec<state::Blocked> =

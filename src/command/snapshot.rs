@@ -91,18 +91,18 @@ pub async fn run(ctx: &Context, command: SnapshotCommand) -> anyhow::Result<Exit
         return Err(RemoteError::from_agent(&target.host.host, b"", None).into());
     }
     for s in &snapshots {
-        let bytes: u64 = s["databases"]
-            .as_array()
-            .map(|d| d.iter().filter_map(|d| d["size"].as_u64()).sum())
-            .unwrap_or(0);
-        ctx.printer.line(format!(
-            "{}  {}  {} database(s), {:.1} MiB, {} file tree(s)",
-            s["id"].as_str().unwrap_or("?"),
-            crate::state::utc_time(s["created"].as_i64().unwrap_or(0)),
-            s["databases"].as_array().map_or(0, Vec::len),
-            bytes as f64 / 1_048_576.0,
-            s["files"].as_array().map_or(0, Vec::len),
-        ));
+        ctx.printer.line(snapshot_line(s));
     }
     Ok(Exit::SUCCESS)
+}
+
+/// `<id>  <time>  <what it holds>`, from a `snapshot` event.
+pub fn snapshot_line(s: &serde_json::Value) -> String {
+    let what = serde_json::from_value::<crate::app::snapshot::Snapshot>(s.clone())
+        .map_or_else(|_| "?".to_owned(), |s| s.summary());
+    format!(
+        "{}  {}  {what}",
+        s["id"].as_str().unwrap_or("?"),
+        crate::state::utc_time(s["created"].as_i64().unwrap_or(0)),
+    )
 }

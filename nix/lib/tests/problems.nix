@@ -72,4 +72,25 @@ in [
       "berth.services.Notes.secrets.API-KEY: a secret's name is an environment variable name (letters, digits and `_`, not starting with a digit)"
     ];
   }
+  {
+    name = "a PostgreSQL database not named after the service's user is warned of, one warning each";
+    actual = [
+      (lib.warnings "notes" (lib.serviceDefaults "notes" {
+        port = 3000;
+        data.postgres = ["notes"];
+      }))
+      (lib.warnings "notes" (lib.serviceDefaults "notes" {
+        port = 3000;
+        user = "notes-app";
+        data.postgres = ["notes" "notes-app" "audit"];
+      }))
+    ];
+    expected = [
+      []
+      [
+        "berth.services.notes.data.postgres lists notes, which NixOS cannot give to the service's user notes-app (only a database named notes-app); give it once by hand: sudo -u postgres psql -c 'ALTER DATABASE \"notes\" OWNER TO \"notes-app\"'"
+        "berth.services.notes.data.postgres lists audit, which NixOS cannot give to the service's user notes-app (only a database named notes-app); give it once by hand: sudo -u postgres psql -c 'ALTER DATABASE \"audit\" OWNER TO \"notes-app\"'"
+      ]
+    ];
+  }
 ]

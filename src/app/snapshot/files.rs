@@ -112,7 +112,8 @@ pub(super) fn tree_bytes(path: &Path) -> Result<u64, SnapshotError> {
 mod tests {
     use super::*;
     use crate::app::snapshot::tests::mode_of;
-    use crate::app::snapshot::{create, restore};
+    use crate::app::snapshot::create;
+    use crate::app::snapshot::restore::restore_with;
 
     #[test]
     fn files_are_snapshotted_and_restored() {
@@ -154,7 +155,7 @@ mod tests {
         fs::write(&config, "x = 2\n").unwrap();
         fs::create_dir_all(&later).unwrap();
 
-        restore(&dir, "d2").unwrap();
+        restore_with(&dir, "d2", false).unwrap();
         assert_eq!(fs::read_to_string(uploads.join("a.txt")).unwrap(), "alpha");
         assert!(!uploads.join("c.txt").exists());
         assert_eq!(fs::read(uploads.join("sub/b.bin")).unwrap(), [0, 1, 2, 3]);

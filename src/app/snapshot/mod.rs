@@ -5,15 +5,18 @@
 //! of each SQLite database, made with SQLite's online backup API in one step
 //! (a consistent point-in-time copy while the service keeps writing; a live
 //! database is never copied with `cp`), a copy of each declared file tree,
-//! and `snapshot.json`, written last, which describes them: a directory
-//! without it is an incomplete snapshot. Everything here runs on the host as
-//! the service's own user.
+//! a `pg_dump` of each PostgreSQL database, and `snapshot.json`, written
+//! last, which describes them: a directory without it is an incomplete
+//! snapshot. Everything here runs on the host as the service's own user.
 //!
-//! This file holds the types, the error, `create`, `snapshot.json` and the
-//! helpers the parts share; `sqlite.rs` copies a database, `files.rs` a
-//! file tree, `restore.rs` puts a snapshot back, `prune.rs` lists and
-//! prunes a service's snapshots, `space.rs` checks for room first, and
-//! `bench.rs` is the benchmark of `create`.
+//! `data.rs` is the one interface the transaction uses (check, room,
+//! snapshot, restore) over the kinds, each in its own file: `sqlite.rs`
+//! copies a database, `files.rs` a file tree, `postgres.rs` dumps and
+//! restores a PostgreSQL database. This file holds the types, the error,
+//! `snapshot.json` and the helpers the parts share; `restore.rs` puts
+//! SQLite databases and file trees back, `prune.rs` lists and prunes a
+//! service's snapshots, `space.rs` checks for room first, and `bench.rs` is
+//! the benchmark of the SQLite copy.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions, Permissions};
@@ -27,14 +30,17 @@ use sha2::{Digest, Sha256};
 
 #[cfg(test)]
 mod bench;
+mod data;
 mod files;
+mod postgres;
 mod prune;
 mod restore;
 mod space;
 mod sqlite;
 
+pub use data::{restore, Data};
+pub use postgres::{check_postgres, PgSnapshot};
 pub use prune::{list, prune};
-pub use restore::{restore, resume_restore};
 pub use space::check_space;
 pub use sqlite::check_sqlite;
 
@@ -99,8 +105,35 @@ pub struct Snapshot {
     pub created: i64,
     pub databases: Vec<DbSnapshot>,
     pub files: Vec<FilesSnapshot>,
+    /// Dumps of PostgreSQL databases (none in snapshots made before berth
+    /// snapshot PostgreSQL).
+    #[serde(default)]
+    pub postgres: Vec<PgSnapshot>,
     /// Whether every copy was verified (quick_check ok, fsynced).
     pub complete: bool,
+}
+
+impl Snapshot {
+    /// `1 SQLite database(s) (1.2 MiB), 1 PostgreSQL database(s) (dump
+    /// 3.4 MiB), 2 file tree(s)`: the kinds it holds, one line.
+    pub fn summary(&self) -> String {
+        let sqlite: u64 = self.databases.iter().map(|d| d.size).sum();
+        let dumps: u64 = self.postgres.iter().map(|p| p.bytes).sum();
+        let mut parts = vec![format!(
+            "{} SQLite database(s) ({})",
+            self.databases.len(),
+            mib(sqlite)
+        )];
+        if !self.postgres.is_empty() {
+            parts.push(format!(
+                "{} PostgreSQL database(s) (dump {})",
+                self.postgres.len(),
+                mib(dumps)
+            ));
+        }
+        parts.push(format!("{} file tree(s)", self.files.len()));
+        parts.join(", ")
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +188,18 @@ pub enum SnapshotError {
         needed: u64,
         free: u64,
     },
+    #[error("could not reach the PostgreSQL database {db}: {detail}")]
+    PgUnreachable { db: String, detail: String },
+    #[error(
+        "the PostgreSQL database {db} holds objects its service's role {role} does not own: {objects}"
+    )]
+    PgForeign {
+        db: String,
+        role: String,
+        objects: String,
+    },
+    #[error("could not {what} (PostgreSQL database {db})")]
+    Postgres { db: String, what: String },
     #[error("could not give {} the owner {uid}:{gid} of the file it replaces", .path.display())]
     Owner {
         path: PathBuf,
@@ -202,6 +247,17 @@ impl SnapshotError {
             SnapshotError::FailedExists(_) => {
                 Some("move it away, or restore with another tag".into())
             }
+            SnapshotError::PgUnreachable { db, .. } => Some(format!(
+                "the agent connects as the service's user over PostgreSQL's local socket \
+                 (peer authentication): check PostgreSQL runs, the database {db} exists and \
+                 the user has a role of its name (services.postgresql.ensureUsers); \
+                 nothing was stopped or changed"
+            )),
+            SnapshotError::PgForeign { role, .. } => Some(format!(
+                "a restore puts back what {role} owns: give those objects to {role} \
+                 (ALTER TABLE … OWNER TO {role}), or leave the database out of data.postgres; \
+                 nothing was stopped or changed"
+            )),
             SnapshotError::Owner { .. } => {
                 Some("restore as the service's user, who owns its data".into())
             }
@@ -233,6 +289,15 @@ pub fn create(
     dbs: &[PathBuf],
     files: &[PathBuf],
 ) -> Result<Snapshot, SnapshotError> {
+    begin(dir, dbs, files)?;
+    let mut names = Names::new();
+    let made = fill(dir, id, service, base, dbs, files, Vec::new(), &mut names);
+    abandon_if_failed(dir, made)
+}
+
+/// Checks the declared paths and makes the snapshot's directory `dir`
+/// (mode 0700); [`fill`] then copies into it.
+pub(super) fn begin(dir: &Path, dbs: &[PathBuf], files: &[PathBuf]) -> Result<(), SnapshotError> {
     if let Some(path) = dbs.iter().chain(files).find(|p| !p.is_absolute()) {
         return Err(SnapshotError::NotAbsolute(path.clone()));
     }
@@ -266,7 +331,16 @@ pub fn create(
         }
         Err(e) => return Err(io_err(format!("create {}", dir.display()))(e)),
     }
-    let made = fill(dir, id, service, base, dbs, files);
+    // The umask may have taken bits off; it must be exactly 0700.
+    fs::set_permissions(dir, Permissions::from_mode(0o700))
+        .map_err(io_err(format!("set the mode of {}", dir.display())))
+}
+
+/// Removes the directory of a snapshot that failed to be made.
+pub(super) fn abandon_if_failed<T>(
+    dir: &Path,
+    made: Result<T, SnapshotError>,
+) -> Result<T, SnapshotError> {
     if made.is_err() {
         if let Err(e) = remove_any(dir) {
             tracing::warn!(
@@ -278,18 +352,19 @@ pub fn create(
     made
 }
 
-fn fill(
+/// Copies the SQLite databases and file trees into `dir` and writes
+/// `snapshot.json`, with `postgres` (dumped into `dir` already).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn fill(
     dir: &Path,
     id: &str,
     service: &str,
     base: &Path,
     dbs: &[PathBuf],
     files: &[PathBuf],
+    postgres: Vec<PgSnapshot>,
+    names: &mut Names,
 ) -> Result<Snapshot, SnapshotError> {
-    // The umask may have taken bits off; it must be exactly 0700.
-    fs::set_permissions(dir, Permissions::from_mode(0o700))
-        .map_err(io_err(format!("set the mode of {}", dir.display())))?;
-    let mut names = Names::new();
     let mut databases = Vec::with_capacity(dbs.len());
     for db in dbs {
         let file = names.take(base, db);
@@ -306,6 +381,7 @@ fn fill(
         created: unix_now(),
         databases,
         files: trees,
+        postgres,
         complete: true,
     };
     write_manifest(dir, &snapshot)?;
@@ -316,18 +392,18 @@ fn fill(
 /// Names of copies inside a snapshot: unique, also counting the files
 /// SQLite keeps beside a copy (a copy named `x-wal` beside one named `x`
 /// would be taken for its write-ahead log).
-struct Names {
+pub(super) struct Names {
     taken: HashSet<String>,
 }
 
 impl Names {
-    fn new() -> Names {
+    pub(super) fn new() -> Names {
         Names {
             taken: [MANIFEST, MANIFEST_TMP].map(String::from).into(),
         }
     }
 
-    fn take(&mut self, base: &Path, path: &Path) -> String {
+    pub(super) fn take(&mut self, base: &Path, path: &Path) -> String {
         let rel = path.strip_prefix(base).unwrap_or(path);
         let parts: Vec<_> = rel
             .components()
@@ -341,6 +417,25 @@ impl Names {
         } else {
             parts.join("__")
         };
+        self.unique(stem)
+    }
+
+    /// The name of a PostgreSQL database's dump: `postgres.<name>`, with
+    /// anything but letters, digits, `.`, `_` and `-` as `_`.
+    pub(super) fn take_postgres(&mut self, db: &str) -> String {
+        let safe: String = db
+            .chars()
+            .map(
+                |c| match c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                    true => c,
+                    false => '_',
+                },
+            )
+            .collect();
+        self.unique(format!("postgres.{safe}"))
+    }
+
+    fn unique(&mut self, stem: String) -> String {
         let mut name = stem.clone();
         let mut n = 1;
         while self.clashes(&name) {

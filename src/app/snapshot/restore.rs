@@ -16,29 +16,28 @@ use super::{
     sync_dir, with_suffix, DbSnapshot, FilesSnapshot, Snapshot, SnapshotError, SIDECARS,
 };
 
-/// Puts the snapshot back. The caller has stopped the service. `failed_tag`
-/// (e.g. the failed deploy's id) names what is kept beside: each database's
-/// current file becomes `<db>.failed-<tag>`, its `-wal` and `-journal`
-/// `<db>.failed-<tag>-wal` and `-journal` (so the failed state stays
-/// inspectable), its `-shm` is removed; each file tree's current one becomes
-/// `<path>.failed-<tag>`.
+/// Puts the snapshot's SQLite databases and file trees back (its
+/// PostgreSQL dumps are [`super::data::restore`]'s). The caller has stopped
+/// the service. `failed_tag` (e.g. the failed deploy's id) names what is
+/// kept beside: each database's current file becomes `<db>.failed-<tag>`,
+/// its `-wal` and `-journal` `<db>.failed-<tag>-wal` and `-journal` (so the
+/// failed state stays inspectable), its `-shm` is removed; each file tree's
+/// current one becomes `<path>.failed-<tag>`.
 ///
 /// Every copy is verified (sha256 for databases, size for file trees) and
 /// put in a temporary file beside its destination before anything live is
 /// touched; an error until then leaves all as it was. An error while the
 /// copies are moved into place leaves those before it restored.
-pub fn restore(dir: &Path, failed_tag: &str) -> Result<Snapshot, SnapshotError> {
-    restore_with(dir, failed_tag, false)
-}
-
-/// Finishes a restore under `failed_tag` that a dead agent began: a
-/// database or tree already moved aside as `.failed-<tag>` with a copy back
-/// in its place was restored, and is left as it is; the rest is restored.
-pub fn resume_restore(dir: &Path, failed_tag: &str) -> Result<Snapshot, SnapshotError> {
-    restore_with(dir, failed_tag, true)
-}
-
-fn restore_with(dir: &Path, failed_tag: &str, resume: bool) -> Result<Snapshot, SnapshotError> {
+///
+/// With `resume`, it finishes a restore under `failed_tag` that a dead
+/// agent began: a database or tree already moved aside as `.failed-<tag>`
+/// with a copy back in its place was restored, and is left as it is; the
+/// rest is restored.
+pub(super) fn restore_with(
+    dir: &Path,
+    failed_tag: &str,
+    resume: bool,
+) -> Result<Snapshot, SnapshotError> {
     check_tag(failed_tag)?;
     let mut snapshot = read(dir)?;
     if !snapshot.complete {
@@ -414,7 +413,7 @@ mod tests {
         let failed_contents = contents(&db);
         assert!(failed_contents.0 >= taken.0 + 500);
 
-        let restored = restore(&dir, "d2").unwrap();
+        let restored = restore_with(&dir, "d2", false).unwrap();
         assert_eq!(restored, snap);
 
         for suffix in SIDECARS {
@@ -434,11 +433,11 @@ mod tests {
 
         // The same tag again would overwrite the failed state.
         assert!(matches!(
-            restore(&dir, "d2"),
+            restore_with(&dir, "d2", false),
             Err(SnapshotError::FailedExists(p)) if p == failed
         ));
         assert!(matches!(
-            restore(&dir, "../x"),
+            restore_with(&dir, "../x", false),
             Err(SnapshotError::BadTag(_))
         ));
     }
@@ -456,7 +455,7 @@ mod tests {
             base.join("data/app.db.failed-d1-wal"),
         )
         .unwrap();
-        assert_eq!(resume_restore(&dir, "d1").unwrap(), snap);
+        assert_eq!(restore_with(&dir, "d1", true).unwrap(), snap);
         assert_eq!(contents(&db), taken);
         assert!(base.join("data/app.db.failed-d1").exists());
         // The previous release ran again and wrote on the restored data:
@@ -466,10 +465,10 @@ mod tests {
         assert!(since.0 > taken.0);
         // (A plain restore would refuse: it would overwrite the failed state.)
         assert!(matches!(
-            restore(&dir, "d1"),
+            restore_with(&dir, "d1", false),
             Err(SnapshotError::FailedExists(_))
         ));
-        assert_eq!(resume_restore(&dir, "d1").unwrap(), snap);
+        assert_eq!(restore_with(&dir, "d1", true).unwrap(), snap);
         assert_eq!(contents(&db), since);
     }
 
@@ -486,7 +485,7 @@ mod tests {
         fs::write(&copy, bytes).unwrap();
         let live = listing(db.parent().unwrap());
 
-        let err = restore(&dir, "d2").unwrap_err();
+        let err = restore_with(&dir, "d2", false).unwrap_err();
         assert!(matches!(err, SnapshotError::Damaged { .. }), "{err}");
         assert!(err.to_string().contains("nothing was restored"), "{err}");
         assert_eq!(listing(db.parent().unwrap()), live);
@@ -504,7 +503,7 @@ mod tests {
 
         fs::create_dir_all(db.parent().unwrap()).unwrap();
         write_into_wal(&db, 10);
-        restore(&dir, "d1").unwrap();
+        restore_with(&dir, "d1", false).unwrap();
         for suffix in [""].iter().chain(&SIDECARS) {
             assert!(!with_suffix(&db, suffix).exists(), "{suffix}");
         }

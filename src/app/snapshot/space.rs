@@ -19,12 +19,16 @@ const HEADROOM: u64 = 1 << 20;
 /// estimate: each database's file and `-wal`, each tree's bytes) and, with
 /// `restore`, the same again beside the live data, where an undo stages
 /// them while the failed data is still there; plus [`HEADROOM`] on each.
+/// `dumps` is what PostgreSQL dumps add where the snapshot goes (PostgreSQL
+/// stages a restore in its own data directory, which is not the agent's to
+/// see).
 /// A deploy checks this before it stops the service, so a full disk
 /// refuses it with the service untouched instead of failing half way.
 pub fn check_space(
     dir: &Path,
     dbs: &[PathBuf],
     files: &[PathBuf],
+    dumps: u64,
     restore: bool,
 ) -> Result<(), SnapshotError> {
     let mut sizes = Vec::new();
@@ -39,7 +43,7 @@ pub fn check_space(
         };
         sizes.push((tree.as_path(), size));
     }
-    if sizes.is_empty() {
+    if sizes.is_empty() && dumps == 0 {
         return Ok(());
     }
     // Bytes needed per filesystem (by device), with a path on it.
@@ -55,7 +59,7 @@ pub fn check_space(
         }
         Ok(())
     };
-    let total: u64 = sizes.iter().map(|(_, size)| size).sum();
+    let total: u64 = sizes.iter().map(|(_, size)| size).sum::<u64>() + dumps;
     need(dir, total)?;
     if restore {
         for (path, size) in &sizes {
@@ -142,7 +146,7 @@ mod tests {
     fn the_space_check_names_the_filesystem_and_what_is_needed() {
         let (_tmp, base, db) = service(1_000, 100);
         let dir = base.join("snapshots/d1");
-        check_space(&dir, std::slice::from_ref(&db), &[], true).unwrap();
+        check_space(&dir, std::slice::from_ref(&db), &[], 0, true).unwrap();
         assert!(!dir.exists(), "the check made the snapshot's directory");
         let mount = mount_point(&base);
         assert!(base.starts_with(&mount), "{}", mount.display());

@@ -295,7 +295,8 @@ mod tests {
     use std::path::PathBuf;
 
     use crate::app::snapshot::tests::{contents, journal_mode, mode_of, service, Writer};
-    use crate::app::snapshot::{create, read, restore};
+    use crate::app::snapshot::restore::restore_with;
+    use crate::app::snapshot::{create, read};
 
     #[test]
     fn create_copies_a_point_in_time_while_a_writer_commits() {
@@ -409,7 +410,7 @@ mod tests {
         let snap = create(&dir, "e", "app", &base, std::slice::from_ref(&db), &[]).unwrap();
         assert!(snap.databases[0].existed && !snap.databases[0].wal);
         fs::write(&db, "junk the failed version wrote").unwrap();
-        restore(&dir, "f").unwrap();
+        restore_with(&dir, "f", false).unwrap();
         assert_eq!(
             fs::read(&db).unwrap(),
             fs::read(dir.join("empty.db")).unwrap()
