@@ -19,6 +19,11 @@ Socket activation: with LISTEN_FDS=1 and LISTEN_PID its own pid (systemd's
 APP_PORT. On SIGTERM it stops accepting and finishes the requests it has
 accepted before it exits.
 
+PostgreSQL: with APP_PG (a database name), a second writer inserts a row
+into its table `pg_rows` every `pg_write_ms` (behaviour.json, default 5)
+through one `psql` session as the app's user (peer authentication), started
+again when it ends (a restore ends it).
+
 Environment: APP_DB (default ../data/app.db, relative to the cwd), APP_PORT
 (else PORT, as berth's unit passes it; default 8090), APP_HOST (default
 127.0.0.1), APP_SLOW_SECS (default 20), BERTH_INSTANCE (the instance of a
@@ -33,6 +38,7 @@ import os
 import signal
 import socket
 import sqlite3
+import subprocess
 import sys
 import threading
 import time
@@ -113,6 +119,36 @@ def writer(path, revision, stop, every):
     db.close()
 
 
+PG_TABLE = """CREATE TABLE IF NOT EXISTS pg_rows (
+    id bigserial PRIMARY KEY,
+    at timestamptz NOT NULL DEFAULT now(),
+    revision text NOT NULL
+);"""
+
+
+def pg_writer(db, revision, stop, every):
+    """Inserts a row every `every` seconds through one psql session."""
+    insert = f"INSERT INTO pg_rows (revision) VALUES ('{revision}');\n"
+    while not stop.is_set():
+        session = subprocess.Popen(
+            ["psql", "-X", "-q", "-d", f"dbname={db}"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+        )
+        try:
+            session.stdin.write(PG_TABLE + "\n")
+            while not stop.is_set() and session.poll() is None:
+                session.stdin.write(insert)
+                session.stdin.flush()
+                stop.wait(every)
+            session.stdin.close()
+        except (BrokenPipeError, OSError):
+            pass
+        session.wait()
+        stop.wait(0.2)
+
+
 def main():
     revision = read_revision()
     behaviour = read_behaviour()
@@ -181,6 +217,10 @@ def main():
     every = float(behaviour.get("write_ms", WRITE_EVERY * 1000)) / 1000
     thread = threading.Thread(target=writer, args=(db_path, revision, stop, every), daemon=True)
     thread.start()
+    if os.environ.get("APP_PG"):
+        pg_every = float(behaviour.get("pg_write_ms", 5)) / 1000
+        pg_args = (os.environ["APP_PG"], revision, stop, pg_every)
+        threading.Thread(target=pg_writer, args=pg_args, daemon=True).start()
 
     listener = inherited_socket()
     if listener is None:

@@ -11,6 +11,11 @@
 # and succeeds: only a restore brings the data back);
 # "user_version": the version to set (default 1).
 # APP_PYTHON: the python to use (default /usr/bin/python3).
+# With APP_PG (a PostgreSQL database the user owns), first, in one
+# transaction: "pg_migrate": "ok" (default: pgcrypto, the tables pg_rows
+# and items with 100 rows, a view, a grant to the role reporting) | "break"
+# (drops items.name and the view with it, rewrites every pg_rows row, moves
+# a sequence, adds a table: only a restore brings it back).
 set -euo pipefail
 
 py=${APP_PYTHON:-/usr/bin/python3}
@@ -45,6 +50,38 @@ case $mode in
         exit 2
         ;;
 esac
+
+if [[ -n ${APP_PG:-} ]]; then
+    case $(behaviour pg_migrate ok) in
+        ok) sql="
+CREATE EXTENSION IF NOT EXISTS pgcrypto;
+CREATE TABLE IF NOT EXISTS pg_rows (
+    id bigserial PRIMARY KEY,
+    at timestamptz NOT NULL DEFAULT now(),
+    revision text NOT NULL
+);
+CREATE TABLE IF NOT EXISTS items (
+    id serial PRIMARY KEY,
+    name text NOT NULL,
+    secret bytea NOT NULL DEFAULT gen_random_bytes(8)
+);
+INSERT INTO items (name) SELECT 'item ' || g FROM generate_series(1, 100) g
+    WHERE NOT EXISTS (SELECT 1 FROM items);
+CREATE OR REPLACE VIEW item_names AS SELECT id, name FROM items;
+GRANT SELECT ON items, item_names TO reporting;" ;;
+        break) sql="
+ALTER TABLE items DROP COLUMN name CASCADE;
+UPDATE pg_rows SET revision = 'MIGRATION-BAD';
+SELECT setval('items_id_seq', 99999);
+CREATE TABLE junk (x int);" ;;
+        *)
+            echo "migrate: behaviour pg_migrate must be ok or break" >&2
+            exit 2
+            ;;
+    esac
+    psql -X -q -v ON_ERROR_STOP=1 --single-transaction -d "dbname=$APP_PG" -c "$sql"
+    echo "migrate: PostgreSQL database $APP_PG migrated ($(behaviour pg_migrate ok))"
+fi
 
 "$py" - "$db" "$mode" "$version" <<'PY'
 import sqlite3, sys, time

@@ -9,6 +9,7 @@ pub mod app;
 pub mod deploy_user;
 pub mod faults;
 pub mod fleet;
+pub mod postgres;
 pub mod sudoers;
 
 use std::io::{BufRead, BufReader, Write};

@@ -111,9 +111,9 @@ pub(super) fn tree_bytes(path: &Path) -> Result<u64, SnapshotError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::app::snapshot::tests::mode_of;
     use crate::app::snapshot::create;
     use crate::app::snapshot::restore::restore_with;
+    use crate::app::snapshot::tests::mode_of;
 
     #[test]
     fn files_are_snapshotted_and_restored() {

@@ -141,7 +141,7 @@ pub(super) async fn snapshot_pg(
     let facts = check_postgres(db, log).await?;
     let path = dir.join(&dump);
     let cmd = Cmd::new("pg_dump")
-        .args(["--format=directory", "--no-password"])
+        .args(["--format=directory", "--compress=1", "--no-password"])
         .arg(format!("--jobs={}", jobs()))
         .arg("--file")
         .arg(&path)
@@ -224,21 +224,52 @@ pub(super) async fn verify_pg(
     Ok(toc.stdout_str())
 }
 
-/// The entries of pg_restore's table of contents (`--list`) that `role`
-/// owns: the rest exist already and are not the role's to create.
-fn owned_entries(toc: &str, role: &str) -> String {
+/// The entries of pg_restore's table of contents (`--list`) a restore as
+/// `role` replays: what the role owns, and every extension (pg_dump writes
+/// `CREATE EXTENSION IF NOT EXISTS` and records no owner: one the role
+/// owned was dropped with its objects and comes back, one another role owns
+/// stays), with its comment unless `foreign` (extensions other roles own,
+/// whose comments are not the role's to set) names it.
+fn owned_entries(toc: &str, role: &str, foreign: &[String]) -> String {
     let mut list = String::new();
     for line in toc.lines() {
         let entry = line.trim_end();
         if entry.is_empty() || entry.starts_with(';') {
             continue;
         }
-        if entry.rsplit(' ').next() == Some(role) {
+        // `<id>; <catalog oid> <oid> <kind and name…> <owner>`
+        let what = entry
+            .split_once("; ")
+            .map_or("", |(_, rest)| rest)
+            .splitn(3, ' ')
+            .nth(2)
+            .unwrap_or("");
+        let extension = what.starts_with("EXTENSION - ");
+        let comment = what
+            .strip_prefix("COMMENT - EXTENSION ")
+            .map(|name| name.trim())
+            .is_some_and(|name| !foreign.iter().any(|f| f == name));
+        if extension || comment || line.rsplit(' ').next() == Some(role) {
             list.push_str(entry);
             list.push('\n');
         }
     }
     list
+}
+
+/// The extensions in `db` that a role other than the connected one owns.
+async fn foreign_extensions(db: &str, log: &JobLog) -> Result<Vec<String>, SnapshotError> {
+    let out = run(
+        psql(db).args([
+            "-c",
+            "SELECT extname FROM pg_extension WHERE extowner <> \
+             (SELECT oid FROM pg_roles WHERE rolname = current_user)",
+        ]),
+        db,
+        log,
+    )
+    .await?;
+    Ok(out.lines().map(str::to_owned).collect())
 }
 
 /// The file beside a dump that marks it restored under `tag`.
@@ -261,8 +292,9 @@ pub(super) async fn restore_pg(
     if resume && exists(&mark)? {
         return Ok(());
     }
+    let foreign = foreign_extensions(&pg.name, log).await?;
     let list = dir.join(format!("{}.restore-list", pg.dump));
-    fs::write(&list, owned_entries(toc, &pg.role))
+    fs::write(&list, owned_entries(toc, &pg.role, &foreign))
         .map_err(io_err(format!("write {}", list.display())))?;
     // pg_restore writes the dump as SQL; psql runs it after the drop, in
     // the same transaction. COMMIT is sent only once pg_restore has
@@ -318,14 +350,16 @@ mod tests {
     }
 
     #[test]
-    fn a_restore_creates_only_what_the_role_owns() {
+    fn a_restore_creates_what_the_role_owns_and_the_extensions() {
         let toc = "\
 ;
 ; Archive created at 2026-12-06 22:00:00 UTC
 ;     dbname: notes
 ;
-2; 3079 16390 EXTENSION - pgcrypto postgres
-3; 0 0 COMMENT - EXTENSION pgcrypto postgres
+2; 3079 16390 EXTENSION - pgcrypto 
+3; 0 0 COMMENT - EXTENSION pgcrypto 
+4; 3079 16391 EXTENSION - citext 
+5; 0 0 COMMENT - EXTENSION citext 
 215; 1259 16386 TABLE public items notes
 216; 1259 16385 SEQUENCE public items_id_seq notes
 3350; 0 16386 TABLE DATA public items notes
@@ -335,8 +369,11 @@ mod tests {
 3361; 0 0 ACL public TABLE items notes
 ";
         assert_eq!(
-            owned_entries(toc, "notes"),
-            "215; 1259 16386 TABLE public items notes\n\
+            owned_entries(toc, "notes", &["citext".to_owned()]),
+            "2; 3079 16390 EXTENSION - pgcrypto\n\
+             3; 0 0 COMMENT - EXTENSION pgcrypto\n\
+             4; 3079 16391 EXTENSION - citext\n\
+             215; 1259 16386 TABLE public items notes\n\
              216; 1259 16385 SEQUENCE public items_id_seq notes\n\
              3350; 0 16386 TABLE DATA public items notes\n\
              3357; 0 0 SEQUENCE SET public items_id_seq notes\n\
@@ -344,6 +381,6 @@ mod tests {
              3361; 0 0 ACL public TABLE items notes\n"
         );
         // A role whose name ends another's is not that role.
-        assert_eq!(owned_entries(toc, "tes"), "");
+        assert!(!owned_entries(toc, "tes", &[]).contains("TABLE"));
     }
 }

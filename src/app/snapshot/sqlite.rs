@@ -294,8 +294,8 @@ mod tests {
     use super::*;
     use std::path::PathBuf;
 
-    use crate::app::snapshot::tests::{contents, journal_mode, mode_of, service, Writer};
     use crate::app::snapshot::restore::restore_with;
+    use crate::app::snapshot::tests::{contents, journal_mode, mode_of, service, Writer};
     use crate::app::snapshot::{create, read};
 
     #[test]
