@@ -40,7 +40,7 @@ systemctl daemon-reload
 /// `sql` run as the superuser in `db`, unaligned, errors in the answer.
 pub async fn psql(w: &World, db: &str, sql: &str) -> String {
     w.sh(&format!(
-        "cd / && runuser -u postgres -- psql -X -A -t -d {db} -c \"{sql}\" 2>&1"
+        "cd / && runuser -u postgres -- psql -X -A -t -d {db} -c \"{sql}\" 2>&1 || true"
     ))
     .await
     .trim()
@@ -90,6 +90,14 @@ pub async fn load_snapshot(w: &World, dump: &str) -> &'static str {
 /// Whether the live database equals the snapshot in `dump` (see
 /// [`state`]); `Err` shows the difference.
 pub async fn equals_snapshot(w: &World, dump: &str) -> Result<(), String> {
+    let listed = w
+        .sh(&format!(
+            "pg_restore -l {dump} >/dev/null 2>&1 && echo ok || true"
+        ))
+        .await;
+    if listed.trim() != "ok" {
+        return Err(format!("no whole dump at {dump}"));
+    }
     let snap = load_snapshot(w, dump).await;
     let upto = max_row(w, snap).await;
     let want = state(w, snap, upto).await;
