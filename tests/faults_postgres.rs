@@ -206,7 +206,7 @@ async fn snapshot_kill(w: &World) -> Row {
                     "pg_restore -l {DIR}/snapshots/{id}/postgres.{PG_DB} >/dev/null 2>&1 && echo ok || true"
                 ))
                 .await;
-            if !s["postgres"].as_array().is_some_and(|a| !a.is_empty()) || reads.trim() != "ok" {
+            if s["postgres"].as_array().is_none_or(|a| a.is_empty()) || reads.trim() != "ok" {
                 p.push(format!("snapshot {id} is listed but its dump is not whole"));
             }
         }
