@@ -384,3 +384,42 @@ mod tests {
         assert!(!owned_entries(toc, "tes", &[]).contains("TABLE"));
     }
 }
+
+/// One step of bench/postgres/run, timed: berth's own snapshot of the
+/// database `BERTH_BENCH_PG_DB` into the new directory `BERTH_BENCH_PG_DIR`
+/// (`BERTH_BENCH_PG_STEP=snapshot`), or its restore from there
+/// (`restore`). Prints the seconds it took on stdout. Run by the script, as
+/// the user owning the database, against its cluster (`PGHOST`).
+#[cfg(test)]
+#[test]
+#[ignore = "a benchmark: run bench/postgres/run"]
+fn bench_postgres_step() {
+    let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("set {name}"));
+    let (db, dir, step) = (
+        var("BERTH_BENCH_PG_DB"),
+        PathBuf::from(var("BERTH_BENCH_PG_DIR")),
+        var("BERTH_BENCH_PG_STEP"),
+    );
+    let log = JobLog::new();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let started = std::time::Instant::now();
+    runtime.block_on(async {
+        match step.as_str() {
+            "snapshot" => {
+                let data = super::Data {
+                    postgres: vec![db],
+                    ..Default::default()
+                };
+                let base = dir.parent().unwrap();
+                data.snapshot(&dir, "bench", "bench", base, &log)
+                    .await
+                    .unwrap();
+            }
+            "restore" => {
+                super::restore(&dir, "bench", false, &log).await.unwrap();
+            }
+            other => panic!("BERTH_BENCH_PG_STEP={other}: snapshot or restore"),
+        }
+    });
+    println!("{:.2}", started.elapsed().as_secs_f64());
+}
