@@ -741,6 +741,33 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_says_what_it_holds_and_old_ones_read_without_postgres() {
+        let old = r#"{"id": "d1", "service": "app", "created": 1, "databases": [],
+            "files": [], "complete": true}"#;
+        let mut snap: Snapshot = serde_json::from_str(old).unwrap();
+        assert!(snap.postgres.is_empty());
+        assert_eq!(
+            snap.summary(),
+            "0 SQLite database(s) (0.0 MiB), 0 file tree(s)"
+        );
+        snap.postgres.push(PgSnapshot {
+            name: "notes".into(),
+            dump: "postgres.notes".into(),
+            role: "notes".into(),
+            bytes: 3 << 20,
+            size: 9 << 20,
+        });
+        assert_eq!(
+            snap.summary(),
+            "0 SQLite database(s) (0.0 MiB), 1 PostgreSQL database(s) (dump 3.0 MiB), 0 file tree(s)"
+        );
+        let mut names = Names::new();
+        assert_eq!(names.take_postgres("notes"), "postgres.notes");
+        assert_eq!(names.take_postgres("a b/c"), "postgres.a_b_c");
+        assert_eq!(names.take_postgres("a_b_c"), "postgres.a_b_c.2");
+    }
+
+    #[test]
     fn names_are_unique_counting_sqlite_files() {
         let base = Path::new("/srv/app");
         let mut names = Names::new();
