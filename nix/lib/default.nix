@@ -59,7 +59,7 @@ in {
   # --- berth.services.<name> ---------------------------------------------
 
   # manifest name cfg -> the attrset to write as
-  # /etc/berth/services/<name>.json (builtins.toJSON): src/app/manifest.rs's
+  # /etc/berth/services/<name>.json (builtins.toJSON): src/app/manifest/mod.rs's
   # schema, version 1.
   manifest = import ./manifest.nix;
 

@@ -1,5 +1,5 @@
 # The app manifest the module writes to /etc/berth/services/<name>.json:
-# exactly what src/app/manifest.rs reads (`Manifest`, version 1), every
+# exactly what src/app/manifest/mod.rs reads (`Manifest`, version 1), every
 # field present, as serde would print it.
 let
   service = import ./service.nix;

@@ -6,7 +6,7 @@ let
   inherit (builtins) attrNames concatLists filter genList match;
   util = import ./util.nix;
 
-  # The layout berth's agent uses (src/app/manifest.rs, `Layout`).
+  # The layout berth's agent uses (src/app/manifest/mod.rs, `Layout`).
   dir = name: "/var/lib/${name}";
   # Present while a deploy has the service stopped (`Layout::hold`).
   hold = name: "${dir name}/.berth/hold";

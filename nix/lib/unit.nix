@@ -50,7 +50,7 @@ let
     else port + command;
 
   # With socketActivation, a start waits while berth holds the service
-  # (src/app/manifest.rs, `Layout::hold`): a connection that reaches the
+  # (src/app/manifest/mod.rs, `Layout::hold`): a connection that reaches the
   # socket while a deploy migrates does not start the app early.
   waitForHold = name: let
     hold = service.hold name;

@@ -1,4 +1,4 @@
-# The manifest must be exactly what src/app/manifest.rs reads.
+# The manifest must be exactly what src/app/manifest/mod.rs reads.
 lib: let
   # The service of the Rust tests' `minimal("notes")`.
   notes = lib.serviceDefaults "notes" {

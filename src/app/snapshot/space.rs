@@ -168,4 +168,19 @@ mod tests {
         );
         assert!(err.hint().unwrap().contains(&mount.display().to_string()));
     }
+
+    #[test]
+    fn postgresql_dumps_count_where_the_snapshot_goes() {
+        let (_tmp, base, _) = service(1_000, 100);
+        let dir = base.join("snapshots/d1");
+        let free = free_bytes(&base).unwrap();
+        check_space(&dir, &[], &[], free / 2, false).unwrap();
+        match check_space(&dir, &[], &[], free + 1, false) {
+            Err(SnapshotError::NoSpace { needed, what, .. }) => {
+                assert_eq!(needed, free + 1 + HEADROOM);
+                assert_eq!(what, "a snapshot of the data");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }
