@@ -14,9 +14,10 @@
   ...
 }: let
   berth = import ../nix/lib {};
+  backup = import ../nix/lib/backup.nix;
   util = import ../nix/lib/util.nix;
 
-  inherit (lib) attrNames attrValues concatLines concatLists concatMap elem escapeShellArg escapeShellArgs filter filterAttrs getExe' groupBy head listToAttrs mapAttrs mapAttrs' mapAttrsToList mkDefault mkIf mkMerge nameValuePair optional optionalAttrs optionalString optionals unique;
+  inherit (lib) attrNames attrValues concatLists concatMap elem escapeShellArg filter filterAttrs getExe' groupBy hasPrefix head listToAttrs mapAttrs mapAttrs' mapAttrsToList mkDefault mkIf mkMerge nameValuePair optional optionalAttrs optionals unique;
 
   inherit (config.berth) services agent;
   enabled = filterAttrs (_: cfg: cfg.enable) services;
@@ -56,9 +57,9 @@
 
   # --- The app's unit --------------------------------------------------------
 
-  # Until the first release there is no `current` to run: the unit is
-  # skipped, not failed (a failed unit would fail the system deploy). The
-  # first release starts it.
+  # nix/lib's unit, skipped until the first release (its
+  # ConditionPathExists), with the runtime and git on its PATH and ordered
+  # after PostgreSQL for data.postgres.
   appUnit = name: cfg: let
     unit = berth.unit name cfg;
   in
@@ -67,7 +68,6 @@
       wants = unit.wants ++ postgresUnits cfg;
       after = unit.after ++ postgresUnits cfg;
       path = runtimePackages cfg ++ [pkgs.git];
-      unitConfig.ConditionPathExists = "${dir name}/current";
     };
 
   # --- The first release -----------------------------------------------------
@@ -131,65 +131,27 @@
   # `berth agent snapshot create`, the snapshot a deploy takes (and prunes
   # like one), on a timer: SQLite and files copied, PostgreSQL dumped into
   # it; then, with backup.restic, `restic backup` of the snapshots and of
-  # data.files. As the service's user, which owns them.
-  backupName = name: "berth-backup-${name}";
-  hasData = cfg: cfg.data.sqlite != [] || cfg.data.postgres != [] || cfg.data.files != [];
-  hasBackup = cfg: cfg.backup.enable && hasData cfg;
+  # data.files. As the service's user, which owns them. nix/lib/backup.nix
+  # makes the unit (tests/restic.rs runs it as rendered); here it gets
+  # PostgreSQL's tools and ordering, and ssh for an sftp: repository
+  # (restic runs `ssh` from PATH, which NixOS's default PATH lacks).
+  backupName = backup.unitName;
+  hasBackup = backup.has;
 
   backupUnit = name: cfg: let
-    inherit (cfg.backup) restic;
-    paths = ["${dir name}/snapshots"] ++ filter (path: path != null) (map (berth.dataPath name) cfg.data.files);
-    # Lists in files, so no path or glob goes through systemd's quoting.
-    resticArgs =
-      ["backup" "--tag" "berth-${name}" "--files-from-verbatim" (pkgs.writeText "${backupName name}-paths" (concatLines paths))]
-      ++ optionals (cfg.data.exclude != []) ["--exclude-file" (pkgs.writeText "${backupName name}-exclude" (concatLines cfg.data.exclude))];
-  in {
-    description = "berth: snapshot of the data of ${name}${optionalString (restic != null) ", sent to restic"}";
-    wants = optional (restic != null) "network-online.target" ++ postgresUnits cfg;
-    after = optional (restic != null) "network-online.target" ++ postgresUnits cfg;
-    path = postgresPackages cfg;
-    environment =
-      {BERTH_STATE_DIR = agent.stateDir;}
-      // optionalAttrs (restic != null) {
-        RESTIC_REPOSITORY = restic.repository;
-        # The password file may be root's only: systemd hands it over.
-        RESTIC_PASSWORD_FILE = "%d/restic-password";
-        RESTIC_CACHE_DIR = "%C/${backupName name}";
-      };
-    serviceConfig =
-      {
-        Type = "oneshot";
-        User = cfg.user;
-        Group = cfg.group;
-        ExecStart =
-          ["${berthExe} ${escapeShellArgs (berth.snapshotArgs name)}"]
-          ++ optional (restic != null) "${getExe' pkgs.restic "restic"} ${escapeShellArgs resticArgs}";
-        NoNewPrivileges = true;
-        PrivateTmp = true;
-        ProtectSystem = "strict";
-        ProtectHome = true;
-        ReadWritePaths = [(dir name)];
-      }
-      // optionalAttrs (restic != null) (
-        {
-          LoadCredential = ["restic-password:${restic.passwordFile}"];
-          CacheDirectory = backupName name;
-        }
-        // optionalAttrs (restic.environmentFile != null) {
-          EnvironmentFile = restic.environmentFile;
-        }
-      );
-  };
-
-  backupTimer = _name: cfg: {
-    wantedBy = ["timers.target"];
-    timerConfig = {
-      OnCalendar = cfg.backup.schedule;
-      # A run missed while the host was down happens at the next boot.
-      Persistent = true;
-      RandomizedDelaySec = "10min";
+    unit = backup.unit name cfg {
+      berth = berthExe;
+      restic = getExe' pkgs.restic "restic";
+      inherit (pkgs) writeText;
+      inherit (agent) stateDir;
     };
-  };
+  in
+    unit
+    // {
+      wants = unit.wants ++ postgresUnits cfg;
+      after = unit.after ++ postgresUnits cfg;
+      path = postgresPackages cfg ++ optional (cfg.backup.restic != null && hasPrefix "sftp:" cfg.backup.restic.repository) config.programs.ssh.package;
+    };
 
   # --- Caddy -------------------------------------------------------------------
 
@@ -300,14 +262,10 @@ in {
           caddy.serviceConfig.LoadCredential = caddyCredentials;
         })
       ];
-      timers = unitsOf hasBackup backupName backupTimer;
+      timers = unitsOf hasBackup backupName backup.timer;
       # <name>.socket of a service with socketActivation, also skipped until
       # the first release (its start then pulls the socket in: Requires=).
-      sockets = unitsOf (cfg: cfg.socketActivation) (name: name) (name: cfg:
-        berth.socketUnit name cfg
-        // {
-          unitConfig.ConditionPathExists = "${dir name}/current";
-        });
+      sockets = unitsOf (cfg: cfg.socketActivation) (name: name) berth.socketUnit;
       # A template runs as its instances: `instances` of them at boot (and
       # after a system deploy); `berth app scale` changes the count until
       # the next app deploy.

@@ -1,12 +1,57 @@
-//! The sudo rule of `berth.agent.deployUsers` as a host's `/etc/sudoers`
-//! gets it: nix/lib's rule, rendered as nixpkgs renders `extraRules`, is
-//! the exact text below, and `visudo -c` accepts it. Needs nix-instantiate
-//! and visudo (scripts/install-deps); not root.
+//! The sudo rules berth's modules write, as a host's `/etc/sudoers` gets
+//! them: the rule of `berth.agent.deployUsers` and the rule of a
+//! service's user (plain, and with instances), nix/lib's rules rendered as
+//! nixpkgs renders `extraRules`, are the exact text below, and `visudo -c`
+//! accepts them. What a Debian host's sudo then allows and refuses is in
+//! tests/rendered_units.rs (the service's rule) and tests/deploy_user.rs
+//! (the deploy users'). Needs nix-instantiate and visudo
+//! (scripts/install-deps); not root.
 
 #[path = "common/sudoers.rs"]
 mod sudoers;
 
 use serde_json::json;
+
+const SYSTEMCTL: &str = "/run/current-system/sw/bin/systemctl";
+
+/// The four verbs of `unit`, as the rule lists them.
+fn verbs(unit: &str) -> Vec<String> {
+    ["restart", "stop", "start", "status"]
+        .map(|verb| format!("NOPASSWD: {SYSTEMCTL} {verb} {unit}"))
+        .to_vec()
+}
+
+#[test]
+fn a_service_user_may_restart_stop_start_and_query_its_own_unit_alone() {
+    let text = sudoers::service_rule("notes", &json!({ "port": 8090 }), SYSTEMCTL);
+    assert_eq!(
+        text,
+        format!(
+            "notes     ALL=(root)    {}\n",
+            verbs("notes.service").join(", ")
+        )
+    );
+    sudoers::check_with_visudo(&text).unwrap();
+}
+
+#[test]
+fn a_service_with_instances_names_each_instance_up_to_max_instances() {
+    let text = sudoers::service_rule(
+        "notes",
+        &json!({ "port": 8090, "instances": 2, "maxInstances": 3, "user": "deploy-notes" }),
+        SYSTEMCTL,
+    );
+    let commands: Vec<String> = (1..=3)
+        .flat_map(|i| verbs(&format!("notes@{i}.service")))
+        .collect();
+    assert_eq!(
+        text,
+        format!("deploy-notes     ALL=(root)    {}\n", commands.join(", "))
+    );
+    // No wildcard: `notes@*` would match `notes@1.service other.service`.
+    assert!(!text.contains('*'), "{text}");
+    sudoers::check_with_visudo(&text).unwrap();
+}
 
 #[test]
 fn the_deploy_rule_allows_the_agents_system_verbs_alone() {

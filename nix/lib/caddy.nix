@@ -133,6 +133,51 @@ let
     map (name: "${credentialId name}:${services.${name}.caddy.tls.dnsTokenFile}")
     (filter (name: services.${name}.caddy.tls.dnsProvider != null && services.${name}.caddy.tls.dnsTokenFile != null) (servedNames services));
 
+  # caddyfile { services; extraGlobalConfig ? ""; logDir ? "/var/log/caddy"; }:
+  # the Caddyfile nixpkgs' services.caddy assembles from what
+  # modules/services.nix sets, before the module runs `caddy fmt
+  # --overwrite` on it. Test support, so that Debian's caddy reads what a
+  # NixOS host would (tests/caddy.rs); exported from this file only. Every
+  # other services.caddy option is at its default: no email, acmeCA, ports,
+  # listenAddresses or useACMEHost; the global `log { level ERROR }`, and
+  # each host's access log in `logDir` (services.caddy.logDir).
+  # `extraGlobalConfig`: lines a user adds to services.caddy.globalConfig,
+  # after berth's, which come after the module's own (nixpkgs' modules are
+  # evaluated before the user's, and `lines` joins definitions in that
+  # order). The hosts come in the order of their names (attrValues of
+  # services.caddy.virtualHosts). The authority is nixpkgs'
+  # nixos/modules/services/web-servers/caddy/default.nix and
+  # vhost-options.nix: this follows them as read at nixpkgs commit 0145c6da.
+  caddyfile = {
+    services,
+    extraGlobalConfig ? "",
+    logDir ? "/var/log/caddy",
+  }: let
+    hosts =
+      sort (a: b: a.hostName < b.hostName)
+      (map (name: virtualHost name services.${name}) (servedNames services));
+    # The module's defaults (email, acmeCA, httpPort and httpsPort unset
+    # leave empty lines), then its logFormat, "level ERROR\n".
+    moduleGlobal = "\n\n\n\nlog {\n  level ERROR\n\n}\n";
+    global = concatStringsSep "\n" (filter (lines: lines != "") [moduleGlobal (globalConfig services) extraGlobalConfig]);
+    # A virtual host: its names, the empty bind and tls lines, the access
+    # log (the default logFormat, "output file <logDir>/access-<name>.log\n"),
+    # then berth's extraConfig.
+    vhost = host:
+      concatStringsSep "" [
+        "${host.hostName} ${concatStringsSep " " host.serverAliases} {\n"
+        "  \n"
+        "  \n"
+        "  log {\n  output file ${logDir}/access-${host.hostName}.log\n\n}\n"
+        "\n"
+        "\n"
+        "  ${host.extraConfig}\n"
+        "}\n"
+      ];
+  in
+    # The module's extraConfig is empty: its line stays.
+    "{\n  ${global}\n}\n\n${concatStringsSep "\n" (map vhost hosts)}\n";
+
   # caddyPlugins services: the Go modules Caddy must be built with.
   plugins = services: let
     served' = map (name: services.${name}) (servedNames services);
@@ -146,5 +191,5 @@ let
       (map (cfg: "github.com/caddy-dns/${cfg.caddy.tls.dnsProvider}") (filter (cfg: cfg.caddy.tls.dnsProvider != null) served'))
     ]));
 in {
-  inherit virtualHost globalConfig credentials plugins rateLimitPlugin pluginVersions;
+  inherit virtualHost globalConfig credentials plugins rateLimitPlugin pluginVersions caddyfile;
 }

@@ -63,21 +63,32 @@ in {
   # schema, version 1.
   manifest = import ./manifest.nix;
 
-  # unit name cfg -> { description; wants; after; wantedBy; environment;
-  # serviceConfig; } for systemd.services.<name>. Add to it: `path` (the
-  # runtime, git), and the first release's unit in `after`/`requires`.
+  # unit name cfg -> { description; wants; requires; after; wantedBy;
+  # unitConfig; environment; serviceConfig; } for systemd.services.<name>;
+  # unitConfig.ConditionPathExists skips it until the first release. Add
+  # to it: `path` (the runtime, git), and the first release's unit in
+  # `after`/`requires`.
   # ExecStart is `/bin/sh -c "<start>"` in /var/lib/<name>/current.
   # Secrets: LoadCredential=<NAME>:<file>, and <NAME>_FILE=%d/<NAME> in the
   # environment (the app reads $CREDENTIALS_DIRECTORY/<NAME>).
   inherit (unit) unit;
 
-  # unitFile name cfg -> the text of <name>.service as NixOS renders
-  # `unit` (minus nixpkgs' own PATH etc.): what the hardening check scores.
+  # unitFile name cfg -> the text of <name>.service as NixOS writes `unit`
+  # (nixpkgs' systemd-lib), without `path` and what NixOS adds to every
+  # service: what the hardening check scores.
   inherit (unit) unitFile;
 
   # socketUnit name cfg -> systemd.sockets.<name> of a service with
-  # socketActivation: { description; wantedBy; listenStreams; }.
+  # socketActivation: { description; wantedBy; unitConfig; listenStreams; }
+  # (unitConfig: the same ConditionPathExists).
   inherit (unit) socketUnit;
+
+  # socketFile name cfg -> the text of <name>.socket as NixOS writes it;
+  # serviceText, socketText, timerText def -> the text NixOS writes for
+  # any systemd.services / sockets / timers definition (`path` a list of
+  # directories: their bin/ and sbin/ on PATH). For the tests, which run
+  # these files with Debian's systemd.
+  inherit (unit) socketFile serviceText socketText timerText;
 
   # serviceConfig name cfg -> the [Service] settings: how the app runs,
   # then `hardening`, then hardening.extraServiceConfig over everything.

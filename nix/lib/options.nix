@@ -513,8 +513,16 @@ let
       enable = mkEnable true ''
         Whether to sandbox the unit: code and system read-only, `data/`
         writable, no privileges, capabilities, devices, kernel access or
-        other users' files, a system call allow list, private `/tmp`
-        (`systemd-analyze security` scores a default unit 1.1, "OK").
+        other users' files, a system call allow list, private `/tmp`.
+        `systemd-analyze security` scores a default unit 1.1, "OK" (0 is
+        the safest, 10 the most exposed), for every runtime: offline, and
+        running on a host with systemd 252 (a python app and a node app
+        started by `npm start`, each serving and writing `data/`; berth's
+        tests). What it still counts: the network (`PrivateNetwork=`,
+        `IPAddressDeny=`: the app serves on a port), local and Internet
+        sockets, the host's root directory, the clock device (`char-rtc`),
+        and, for bun and node, writable executable memory (their JIT
+        compilers need it).
       '';
       extraServiceConfig = option {
         type = t.attrsOf t.anything;

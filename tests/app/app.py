@@ -30,7 +30,8 @@ Environment: APP_DB (default ../data/app.db, relative to the cwd), APP_PORT
 template unit; default 1).
 
 Endpoints: GET /health -> {"revision", "rows", "instance"}; GET /rows -> {"count",
-"max_id", "revision"}; GET /api/items -> 401; anything else 404.
+"max_id", "revision"}; GET /api/items -> 401; POST /echo -> {"revision", "bytes"}
+(the body's length, read whole); anything else 404.
 """
 
 import json
@@ -207,6 +208,14 @@ def main():
                 self.send(200, {"count": rows, "max_id": max_id, "revision": revision})
             elif path == "/api/items":
                 self.send(401, {"error": "unauthorized"}, [("WWW-Authenticate", "Bearer")])
+            else:
+                self.send(404, {"error": "not found"})
+
+        def do_POST(self):
+            # The body is read whole before the answer, as an app would.
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if urlsplit(self.path).path == "/echo":
+                self.send(200, {"revision": revision, "bytes": len(body)})
             else:
                 self.send(404, {"error": "not found"})
 

@@ -6,11 +6,14 @@
 #![allow(dead_code)]
 
 pub mod app;
+pub mod backup;
+pub mod caddy;
 pub mod deploy_user;
 pub mod faults;
 pub mod fleet;
 pub mod postgres;
 pub mod sudoers;
+pub mod units;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};

@@ -1,7 +1,8 @@
 //! The sudoers lines a NixOS host gets from `security.sudo.extraRules`, as
-//! nixpkgs' `nixos/modules/security/sudo.nix` renders them; the deploy
-//! users' rule of nix/lib (`deploySudoRules`) evaluated and rendered; and
-//! `visudo -c` on a text, so tests can prove what a host's sudo will allow.
+//! nixpkgs' `nixos/modules/security/sudo.nix` renders them; nix/lib's
+//! rules (the deploy users', `deploySudoRules`, and a service user's,
+//! `sudoRules`) evaluated and rendered; and `visudo -c` on a text, so tests
+//! can prove what a host's sudo will allow.
 
 use std::io::Write;
 use std::path::Path;
@@ -55,12 +56,42 @@ pub fn render(rules: &Value) -> String {
 /// `nix-instantiate` from the repository's root and rendered by [`render`].
 pub fn deploy_rule(users: &[&str], berth: &str) -> String {
     let users = serde_json::to_string(users).expect("a list of strings is JSON");
-    let out = Command::new("nix-instantiate")
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["--eval", "--strict", "--json", "-E"])
-        // A function, so the values come in as --argstr and need no quoting.
-        .arg("{ users, berth }: let lib = import ./nix/lib { }; in lib.deploySudoRules (builtins.fromJSON users) berth")
-        .args(["--argstr", "users", &users, "--argstr", "berth", berth])
+    render(&eval(
+        "{ users, berth }: let lib = import ./nix/lib { }; in lib.deploySudoRules (builtins.fromJSON users) berth",
+        &[("users", &users), ("berth", berth)],
+    ))
+}
+
+/// The sudoers lines of nix/lib's `sudoRules name cfg systemctl`, the rule
+/// modules/services.nix gives the user of `berth.services.<name>`, for the
+/// service `partial` declares (a JSON object of its options, the rest
+/// defaulted by `serviceDefaults`), rendered by [`render`]. The module
+/// passes the system's systemctl (`/run/current-system/sw/bin/systemctl`
+/// on NixOS; a Debian host's is `/usr/bin/systemctl`).
+pub fn service_rule(name: &str, partial: &Value, systemctl: &str) -> String {
+    render(&eval(
+        "{ name, partial, systemctl }: let lib = import ./nix/lib { }; \
+         in lib.sudoRules name (lib.serviceDefaults name (builtins.fromJSON partial)) systemctl",
+        &[
+            ("name", name),
+            ("partial", &partial.to_string()),
+            ("systemctl", systemctl),
+        ],
+    ))
+}
+
+/// The JSON value of `function` (a Nix function of an attrset) applied to
+/// `args`, each passed with `--argstr`, so no value needs Nix quoting;
+/// evaluated with `nix-instantiate` from the repository's root. Panics
+/// when it does not evaluate.
+pub fn eval(function: &str, args: &[(&str, &str)]) -> Value {
+    let mut cmd = Command::new("nix-instantiate");
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["--eval", "--strict", "--json", "-E", function]);
+    for (name, value) in args {
+        cmd.args(["--argstr", name, value]);
+    }
+    let out = cmd
         .output()
         .expect("nix-instantiate could not start (scripts/install-deps installs it)");
     assert!(
@@ -69,9 +100,7 @@ pub fn deploy_rule(users: &[&str], berth: &str) -> String {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    let rules: Value =
-        serde_json::from_slice(&out.stdout).expect("nix-instantiate --json prints JSON");
-    render(&rules)
+    serde_json::from_slice(&out.stdout).expect("nix-instantiate --json prints JSON")
 }
 
 /// Whether `visudo -c` accepts `text` as a sudoers file; `Err` holds what

@@ -1,4 +1,6 @@
 lib: let
+  # caddyfile is test support, exported from caddy.nix only.
+  inherit (import ../caddy.nix) caddyfile;
   notes = lib.serviceDefaults "notes" {
     enable = true;
     port = 3000;
@@ -118,6 +120,93 @@ in [
     name = "Caddy's unit loads the DNS token files as credentials";
     actual = lib.caddyCredentials {inherit notes shop wiki worker;};
     expected = ["berth-shop-dns-token:/run/agenix/cloudflare-token"];
+  }
+  {
+    name = "the Caddyfile nixpkgs' module assembles: its global options, berth's, the user's; the hosts by name, each with its access log";
+    actual = caddyfile {
+      services = {
+        inherit worker;
+        zeta = lib.serviceDefaults "zeta" {
+          enable = true;
+          port = 3003;
+          domain = "zeta.example.com";
+          serverAliases = ["www.zeta.example.com"];
+          caddy = {
+            hsts = false;
+            rateLimit.trustedProxies = ["private_ranges"];
+          };
+        };
+        alpha = lib.serviceDefaults "alpha" {
+          enable = true;
+          port = 3004;
+          domain = "alpha.example.com";
+        };
+      };
+      extraGlobalConfig = "local_certs";
+      logDir = "/tmp/logs";
+    };
+    expected = builtins.concatStringsSep "\n" [
+      "{"
+      "  "
+      ""
+      ""
+      ""
+      "log {"
+      "  level ERROR"
+      ""
+      "}"
+      ""
+      "servers {"
+      "\ttrusted_proxies static private_ranges"
+      "}"
+      ""
+      "local_certs"
+      "}"
+      ""
+      "alpha.example.com  {"
+      "  "
+      "  "
+      "  log {"
+      "  output file /tmp/logs/access-alpha.example.com.log"
+      ""
+      "}"
+      ""
+      ""
+      "  header Strict-Transport-Security \"max-age=31536000; includeSubDomains\""
+      "route {"
+      "\treverse_proxy 127.0.0.1:3004 {"
+      "\t\tlb_try_duration 30s"
+      "\t\tlb_try_interval 250ms"
+      "\t}"
+      "}"
+      ""
+      "}"
+      ""
+      "zeta.example.com www.zeta.example.com {"
+      "  "
+      "  "
+      "  log {"
+      "  output file /tmp/logs/access-zeta.example.com.log"
+      ""
+      "}"
+      ""
+      ""
+      "  route {"
+      "\treverse_proxy 127.0.0.1:3003 {"
+      "\t\tlb_try_duration 30s"
+      "\t\tlb_try_interval 250ms"
+      "\t}"
+      "}"
+      ""
+      "}"
+      ""
+      ""
+    ];
+  }
+  {
+    name = "a Caddyfile without berth's global options or the user's, and with no host";
+    actual = caddyfile {services = {inherit worker;};};
+    expected = "{\n  \n\n\n\nlog {\n  level ERROR\n\n}\n\n}\n\n\n";
   }
   {
     name = "the plugins Caddy must be built with";

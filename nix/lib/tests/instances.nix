@@ -60,6 +60,7 @@ in [
     expected = ''
       [Unit]
       After=network-online.target
+      ConditionPathExists=/var/lib/notes/current
       Description=berth service notes
       Wants=network-online.target
 
@@ -72,8 +73,6 @@ in [
       Type=exec
       User=notes
       WorkingDirectory=/var/lib/notes/current
-
-      [Install]
     '';
   }
   {

@@ -1,4 +1,6 @@
 lib: let
+  # socketFile, serviceText and socketText are nix/lib/unit.nix's own.
+  unit = import ../unit.nix;
   notes = lib.serviceDefaults "notes" {
     enable = true;
     port = 3000;
@@ -18,6 +20,7 @@ in [
     expected = ''
       [Unit]
       After=network-online.target
+      ConditionPathExists=/var/lib/notes/current
       Description=berth service notes
       Wants=network-online.target
 
@@ -50,6 +53,8 @@ in [
       requires = [];
       after = ["network-online.target"];
       wantedBy = ["multi-user.target"];
+      # Skipped, not failed, until the first release.
+      unitConfig.ConditionPathExists = "/var/lib/notes/current";
       environment = {
         GREETING = "100%% \"ok\"";
         LOG_LEVEL = "info";
@@ -102,6 +107,7 @@ in [
       socket = {
         description = "berth service notes (its listening socket)";
         wantedBy = ["sockets.target"];
+        unitConfig.ConditionPathExists = "/var/lib/notes/current";
         listenStreams = ["127.0.0.1:3000"];
       };
       unit = {
@@ -125,5 +131,87 @@ in [
     name = "the backup timer's snapshot";
     actual = lib.snapshotArgs "notes";
     expected = ["agent" "snapshot" "create" "--service" "notes" "--actor" "backup-timer" "--lock-wait" "600"];
+  }
+  {
+    name = "the socket file, as NixOS renders the socket: blank lines where its template has them";
+    actual = unit.socketFile "notes" (lib.serviceDefaults "notes" {
+      port = 3000;
+      socketActivation = true;
+      runtime = "python";
+      start = "exec python3 app.py";
+    });
+    expected = ''
+      [Unit]
+      ConditionPathExists=/var/lib/notes/current
+      Description=berth service notes (its listening socket)
+
+      [Socket]
+
+      ListenStream=127.0.0.1:3000
+
+
+      [Install]
+      WantedBy=sockets.target
+    '';
+  }
+  {
+    name = "a definition's path on PATH (bin/, then sbin/), sorted among the environment; unitConfig after the unit's own settings";
+    actual = unit.serviceText {
+      description = "x";
+      after = ["a.target" "b.service"];
+      wantedBy = ["multi-user.target" "other.target"];
+      unitConfig.ConditionPathExists = "/srv/x";
+      path = ["/usr" "/opt/tool"];
+      environment = {
+        A = "1";
+        Z = "2";
+      };
+      serviceConfig = {
+        ExecStart = "/bin/true";
+        NoNewPrivileges = true;
+        MemoryDenyWriteExecute = false;
+        SystemCallFilter = ["@system-service" "~@privileged"];
+      };
+    };
+    expected = ''
+      [Unit]
+      After=a.target b.service
+      ConditionPathExists=/srv/x
+      Description=x
+
+      [Service]
+      Environment="A=1"
+      Environment="PATH=/usr/bin:/opt/tool/bin:/usr/sbin:/opt/tool/sbin"
+      Environment="Z=2"
+      ExecStart=/bin/true
+      MemoryDenyWriteExecute=false
+      NoNewPrivileges=true
+      SystemCallFilter=@system-service
+      SystemCallFilter=~@privileged
+
+      [Install]
+      WantedBy=multi-user.target other.target
+    '';
+  }
+  {
+    name = "nothing wanted, no [Install]; no description, no Description=";
+    actual = unit.serviceText {serviceConfig.ExecStart = "/bin/true";};
+    expected = ''
+      [Unit]
+
+      [Service]
+      ExecStart=/bin/true
+    '';
+  }
+  {
+    name = "a timer as nixpkgs' timerToUnit writes it: [Timer], an empty line, then [Install]";
+    actual = unit.timerText {
+      wantedBy = ["timers.target"];
+      timerConfig = {
+        OnCalendar = "daily";
+        Persistent = true;
+      };
+    };
+    expected = "[Unit]\n\n[Timer]\nOnCalendar=daily\nPersistent=true\n\n\n[Install]\nWantedBy=timers.target\n";
   }
 ]
