@@ -7,9 +7,9 @@
 //! (the deploy users'). Needs nix-instantiate and visudo
 //! (scripts/install-deps); not root.
 
-#[path = "common/sudoers.rs"]
-mod sudoers;
+mod common;
 
+use common::sudoers;
 use serde_json::json;
 
 const SYSTEMCTL: &str = "/run/current-system/sw/bin/systemctl";

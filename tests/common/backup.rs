@@ -25,7 +25,6 @@
 //! link in `<target>.wants/`.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 
 use serde_json::Value;
 
@@ -60,14 +59,12 @@ impl Backup {
     /// `berth.agent.stateDir` its default, and renders it. Panics when the
     /// service has no backup (backup.enable off, or no data).
     pub fn render(service: &str, partial: &Value, berth: &str, restic: &str) -> Backup {
-        let out = Command::new("nix-instantiate")
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["--eval", "--strict", "--json", "-E"])
+        let partial = partial.to_string();
+        let v = super::nix_eval(
             // A function, so the values come in as --argstr and need no
             // quoting. writeText gives the file's path; its text comes from
             // `files`, the same function the unit calls writeText with.
-            .arg(
-                r#"{ service, partial, berth, restic, dir }: let
+            r#"{ service, partial, berth, restic, dir }: let
                   lib = import ./nix/lib { };
                   backup = import ./nix/lib/backup.nix;
                   unit = import ./nix/lib/unit.nix;
@@ -85,22 +82,14 @@ impl Backup {
                   timerWantedBy = timer.wantedBy;
                   files = backup.files service cfg;
                 }"#,
-            )
-            .args(["--argstr", "service", service])
-            .args(["--argstr", "partial", &partial.to_string()])
-            .args(["--argstr", "berth", berth])
-            .args(["--argstr", "restic", restic])
-            .args(["--argstr", "dir", FILES])
-            .output()
-            .expect("nix-instantiate could not start (scripts/install-deps installs it)");
-        assert!(
-            out.status.success(),
-            "nix-instantiate failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
+            &[
+                ("service", service),
+                ("partial", &partial),
+                ("berth", berth),
+                ("restic", restic),
+                ("dir", FILES),
+            ],
         );
-        let v: Value =
-            serde_json::from_slice(&out.stdout).expect("nix-instantiate --json prints JSON");
         assert_eq!(v["has"], true, "{service} has no backup: {partial}");
         let files = v["files"]
             .as_object()

@@ -36,25 +36,10 @@ pub fn assemble(services: &str, extra_global: &str, log_dir: &str) -> String {
          caddy.caddyfile {{ services = builtins.mapAttrs lib.serviceDefaults ({services}); \
          extraGlobalConfig = extra; inherit logDir; }}"
     );
-    let out = Command::new("nix-instantiate")
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["--eval", "--strict", "--json", "-E", &expr])
-        .args([
-            "--argstr",
-            "extra",
-            extra_global,
-            "--argstr",
-            "logDir",
-            log_dir,
-        ])
-        .output()
-        .expect("nix-instantiate runs (scripts/install-deps)");
-    assert!(
-        out.status.success(),
-        "nix-instantiate: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice::<String>(&out.stdout).expect("the Caddyfile is a JSON string")
+    super::nix_eval(&expr, &[("extra", extra_global), ("logDir", log_dir)])
+        .as_str()
+        .expect("the Caddyfile is a string")
+        .to_owned()
 }
 
 /// What a NixOS host gets: [`assemble`], then `caddy fmt` (the module runs

@@ -351,3 +351,26 @@ pub async fn lab_deploy_user(
     root.close().await.unwrap();
     (keys, secret.to_string_lossy().into_owned(), public)
 }
+
+/// The JSON value of `function` (a Nix function of an attrset) applied to
+/// `args`, each passed with `--argstr`, so no value needs Nix quoting;
+/// evaluated with `nix-instantiate` from the repository's root. Panics
+/// when it does not evaluate.
+pub fn nix_eval(function: &str, args: &[(&str, &str)]) -> Value {
+    let mut cmd = std::process::Command::new("nix-instantiate");
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["--eval", "--strict", "--json", "-E", function]);
+    for (name, value) in args {
+        cmd.args(["--argstr", name, value]);
+    }
+    let out = cmd
+        .output()
+        .expect("nix-instantiate could not start (scripts/install-deps installs it)");
+    assert!(
+        out.status.success(),
+        "nix-instantiate failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("nix-instantiate --json prints JSON")
+}

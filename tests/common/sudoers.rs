@@ -56,7 +56,7 @@ pub fn render(rules: &Value) -> String {
 /// `nix-instantiate` from the repository's root and rendered by [`render`].
 pub fn deploy_rule(users: &[&str], berth: &str) -> String {
     let users = serde_json::to_string(users).expect("a list of strings is JSON");
-    render(&eval(
+    render(&super::nix_eval(
         "{ users, berth }: let lib = import ./nix/lib { }; in lib.deploySudoRules (builtins.fromJSON users) berth",
         &[("users", &users), ("berth", berth)],
     ))
@@ -69,7 +69,7 @@ pub fn deploy_rule(users: &[&str], berth: &str) -> String {
 /// passes the system's systemctl (`/run/current-system/sw/bin/systemctl`
 /// on NixOS; a Debian host's is `/usr/bin/systemctl`).
 pub fn service_rule(name: &str, partial: &Value, systemctl: &str) -> String {
-    render(&eval(
+    render(&super::nix_eval(
         "{ name, partial, systemctl }: let lib = import ./nix/lib { }; \
          in lib.sudoRules name (lib.serviceDefaults name (builtins.fromJSON partial)) systemctl",
         &[
@@ -78,29 +78,6 @@ pub fn service_rule(name: &str, partial: &Value, systemctl: &str) -> String {
             ("systemctl", systemctl),
         ],
     ))
-}
-
-/// The JSON value of `function` (a Nix function of an attrset) applied to
-/// `args`, each passed with `--argstr`, so no value needs Nix quoting;
-/// evaluated with `nix-instantiate` from the repository's root. Panics
-/// when it does not evaluate.
-pub fn eval(function: &str, args: &[(&str, &str)]) -> Value {
-    let mut cmd = Command::new("nix-instantiate");
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["--eval", "--strict", "--json", "-E", function]);
-    for (name, value) in args {
-        cmd.args(["--argstr", name, value]);
-    }
-    let out = cmd
-        .output()
-        .expect("nix-instantiate could not start (scripts/install-deps installs it)");
-    assert!(
-        out.status.success(),
-        "nix-instantiate failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("nix-instantiate --json prints JSON")
 }
 
 /// Whether `visudo -c` accepts `text` as a sudoers file; `Err` holds what

@@ -72,7 +72,7 @@ pub struct Rendered {
 /// Renders `berth.services.<name>` as `partial` declares it (a JSON
 /// object of its options; the rest defaulted as the module does).
 pub fn render(name: &str, partial: &Value) -> Rendered {
-    let v = sudoers::eval(
+    let v = super::nix_eval(
         r#"{ name, partial, path }:
 let
   lib = import ./nix/lib { };
