@@ -98,6 +98,37 @@ async fn scenarios(w: &World) {
 
     refusals(w, &good).await;
     snapshot_and_restore(w, &good).await;
+    rollback_with_data(w, &good).await;
+}
+
+/// `app rollback --restore-data`: back to the release before, with the
+/// database as that deploy's snapshot had it (the rows a later "bad" change
+/// deleted come back), and the data it replaced kept in a snapshot of its
+/// own.
+async fn rollback_with_data(w: &World, good: &str) {
+    let next = w.commit(json!({ "v": "pg-after" }), "main").await;
+    let run = w.deploy(&next, &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let id = run.result()["deployment"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    psql(w, PG_DB, "DELETE FROM items WHERE id > 50").await;
+    let run = w.berth(&["app", "rollback", SERVICE, "--host", "h1", "--restore-data"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(w.serving().as_deref(), Some(good));
+    assert_eq!(psql(w, PG_DB, "SELECT count(*) FROM items").await, "100");
+    equals_snapshot(w, &format!("{DIR}/snapshots/{id}/postgres.{PG_DB}"))
+        .await
+        .unwrap();
+    // What the rollback replaced is kept: the 50 rows left then.
+    let kept = run.result()["deployment"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let dump = format!("{DIR}/snapshots/{kept}/postgres.{PG_DB}");
+    let snap = postgres::load_snapshot(w, &dump).await;
+    assert_eq!(psql(w, snap, "SELECT count(*) FROM items").await, "50");
 }
 
 /// A database the agent cannot reach, or with a table of another role, is
