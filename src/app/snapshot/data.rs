@@ -1,25 +1,20 @@
-//! The service's data as a deploy sees it: one interface (check, size,
-//! snapshot, restore) over the three kinds a service declares, each of
-//! which lives in its own file: SQLite databases (`sqlite.rs`), file trees
-//! (`files.rs`) and PostgreSQL databases (`postgres.rs`).
+//! The service's data as a deploy sees it: one interface (check, room and
+//! snapshot on the manifest's [`Data`], and [`restore`]) over the three
+//! kinds a service declares, each of which lives in its own file: SQLite
+//! databases (`sqlite.rs`), file trees (`files.rs`) and PostgreSQL
+//! databases (`postgres.rs`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use super::postgres::{restore_pg, snapshot_pg, verify_pg};
+use super::postgres::{restore_pg, snapshot_pg, verify_pg, PgFacts};
 use super::{
     abandon_if_failed, begin, check_postgres, check_space, check_sqlite, fill, read,
     restore::restore_with, Names, Snapshot, SnapshotError,
 };
+use crate::app::manifest::Data;
 use crate::process::JobLog;
 
-/// What a service declares as its data (absolute paths, database names).
-#[derive(Clone, Debug, Default)]
-pub struct Data {
-    pub sqlite: Vec<PathBuf>,
-    pub files: Vec<PathBuf>,
-    pub postgres: Vec<String>,
-}
-
+/// The data a manifest declares (its paths resolved, absolute).
 impl Data {
     /// Each piece as the messages name it: paths, and `postgres:<name>`.
     pub fn names(&self) -> Vec<String> {
@@ -47,41 +42,36 @@ impl Data {
         Ok(())
     }
 
-    /// Checks there is room for a snapshot into `dir` (and, with
-    /// `restore`, for an undo to stage it beside the live files): see
-    /// [`check_space`]. A PostgreSQL database counts with its size, more
-    /// than its dump takes. Also makes the checks of [`Data::check`].
-    pub async fn check_space(
-        &self,
-        dir: &Path,
-        restore: bool,
-        log: &JobLog,
-    ) -> Result<(), SnapshotError> {
-        let mut dumps = 0;
-        for db in &self.postgres {
-            dumps += check_postgres(db, log).await?.size;
-        }
-        check_space(dir, &self.sqlite, &self.files, dumps, restore)
-    }
-
-    /// Takes a snapshot into `dir` (new): PostgreSQL dumps, then the SQLite
-    /// copies and file trees, then `snapshot.json`, last, which makes it
-    /// complete. On an error the directory is removed again.
+    /// Takes a snapshot into `dir` (new), after checking that every
+    /// filesystem has room for it (and, with `restore`, for an undo to
+    /// stage it beside the live files: see [`check_space`]; a PostgreSQL
+    /// database counts with its size, more than its dump takes) and that
+    /// each PostgreSQL database is one a restore can put back. Then the
+    /// PostgreSQL dumps, the SQLite copies and file trees, and
+    /// `snapshot.json`, last, which makes it complete. On an error the
+    /// directory is removed again.
     pub async fn snapshot(
         &self,
         dir: &Path,
         id: &str,
         service: &str,
         base: &Path,
+        restore: bool,
         log: &JobLog,
     ) -> Result<Snapshot, SnapshotError> {
+        let mut facts: Vec<PgFacts> = Vec::with_capacity(self.postgres.len());
+        for db in &self.postgres {
+            facts.push(check_postgres(db, log).await?);
+        }
+        let dumps = facts.iter().map(|f| f.size).sum();
+        check_space(dir, &self.sqlite, &self.files, dumps, restore)?;
         begin(dir, &self.sqlite, &self.files)?;
         let made = async {
             let mut names = Names::new();
             let mut dumps = Vec::with_capacity(self.postgres.len());
-            for db in &self.postgres {
+            for (db, facts) in self.postgres.iter().zip(facts) {
                 let dump = names.take_postgres(db);
-                dumps.push(snapshot_pg(db, dir, dump, log).await?);
+                dumps.push(snapshot_pg(db, facts, dir, dump, log).await?);
             }
             fill(
                 dir,

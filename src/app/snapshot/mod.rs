@@ -38,11 +38,13 @@ mod restore;
 mod space;
 mod sqlite;
 
-pub use data::{restore, Data};
-pub use postgres::{check_postgres, PgSnapshot};
+pub use data::restore;
+pub use postgres::PgSnapshot;
 pub use prune::{list, prune};
-pub use space::check_space;
-pub use sqlite::check_sqlite;
+
+use postgres::check_postgres;
+use space::check_space;
+use sqlite::check_sqlite;
 
 use files::snapshot_files;
 use sqlite::snapshot_db;

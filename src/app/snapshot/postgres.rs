@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::files::tree_bytes;
 use super::{exists, io_err, sync_dir, SnapshotError};
 use crate::process::{self, Cmd, JobLog, Via};
 
@@ -131,14 +132,15 @@ SELECT current_user, pg_database_size(current_database()), coalesce(( \
     })
 }
 
-/// Dumps `db` into `dir/<dump>` (a new directory) and syncs it.
+/// Dumps `db`, which [`check_postgres`] found as `facts`, into
+/// `dir/<dump>` (a new directory) and syncs it.
 pub(super) async fn snapshot_pg(
     db: &str,
+    facts: PgFacts,
     dir: &Path,
     dump: String,
     log: &JobLog,
 ) -> Result<PgSnapshot, SnapshotError> {
-    let facts = check_postgres(db, log).await?;
     let path = dir.join(&dump);
     let cmd = Cmd::new("pg_dump")
         .args(["--format=directory", "--compress=1", "--no-password"])
@@ -175,19 +177,6 @@ fn sync_tree(dir: &Path) -> Result<u64, SnapshotError> {
             .len();
     }
     sync_dir(dir)?;
-    Ok(bytes)
-}
-
-/// The bytes of a dump directory's files.
-fn tree_bytes(dir: &Path) -> Result<u64, SnapshotError> {
-    let mut bytes = 0;
-    for entry in fs::read_dir(dir).map_err(io_err(format!("list {}", dir.display())))? {
-        let entry = entry.map_err(io_err(format!("list {}", dir.display())))?;
-        bytes += entry
-            .metadata()
-            .map_err(io_err(format!("read {}", entry.path().display())))?
-            .len();
-    }
     Ok(bytes)
 }
 
@@ -406,12 +395,12 @@ fn bench_postgres_step() {
     runtime.block_on(async {
         match step.as_str() {
             "snapshot" => {
-                let data = super::Data {
+                let data = crate::app::manifest::Data {
                     postgres: vec![db],
                     ..Default::default()
                 };
                 let base = dir.parent().unwrap();
-                data.snapshot(&dir, "bench", "bench", base, &log)
+                data.snapshot(&dir, "bench", "bench", base, false, &log)
                     .await
                     .unwrap();
             }

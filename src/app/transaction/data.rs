@@ -1,20 +1,11 @@
 //! The transaction's steps on the service's data: the snapshot before a
 //! change, the undo that puts it back, `snapshot create`, `snapshot
-//! restore` and pruning. What each kind of data needs is
-//! [`snapshot::Data`]'s.
+//! restore` and pruning. What each kind of data needs is the manifest's
+//! `Data`'s (src/app/snapshot/data.rs).
 
 use super::*;
 
 impl AppAgent {
-    /// The data the manifest declares.
-    pub(super) fn data(&self) -> Data {
-        Data {
-            sqlite: self.manifest.data.sqlite.clone(),
-            files: self.manifest.data.files.clone(),
-            postgres: self.manifest.data.postgres.clone(),
-        }
-    }
-
     /// Snapshots the declared data under `id`, after checking there is room
     /// for it (and, with `restore`, for an undo to put it back).
     pub(super) async fn snapshot_into(
@@ -22,11 +13,18 @@ impl AppAgent {
         id: &str,
         restore: bool,
     ) -> Result<Snapshot, AppError> {
-        let data = self.data();
         let dir = self.layout.snapshot(id);
-        data.check_space(&dir, restore, &self.log).await?;
-        Ok(data
-            .snapshot(&dir, id, self.service(), &self.layout.dir, &self.log)
+        Ok(self
+            .manifest
+            .data
+            .snapshot(
+                &dir,
+                id,
+                self.service(),
+                &self.layout.dir,
+                restore,
+                &self.log,
+            )
             .await?)
     }
 
@@ -63,7 +61,7 @@ impl AppAgent {
         }
         let snap_dir = self.layout.snapshot(&d.id);
         let mut data_note = String::new();
-        let data = self.data().names().join(", ");
+        let data = self.manifest.data.names().join(", ");
         if skipped && !data.is_empty() {
             data_note = format!(
                 "; its data was NOT restored (the snapshot was skipped with --skip-snapshot): \

@@ -23,7 +23,7 @@ use serde::Serialize;
 use super::changes::{Changes, Filter};
 use super::manifest::{Layout, Manifest};
 use super::release::{self, ReleaseError, Repo, Wanted};
-use super::snapshot::{self, Data, Snapshot, SnapshotError};
+use super::snapshot::{self, Snapshot, SnapshotError};
 use super::unit::{self, HealthCheck, UnitState};
 use crate::agent::{AgentResult, Outcome, EVENT_PHASE, EVENT_WARNING};
 use crate::output::Printer;
@@ -116,7 +116,7 @@ pub struct SkipSnapshotGuard {
 /// `allowSkipSnapshot` allows it, or the service declares no data (there
 /// is nothing to lose); checked before anything is touched.
 pub fn check_skip_snapshot(manifest: &Manifest, guard: SkipSnapshotGuard) -> Result<(), AppError> {
-    let data = declared_data(manifest);
+    let data = manifest.data.names();
     if guard.in_ci && !guard.allowed_in_ci && !manifest.allow_skip_snapshot && !data.is_empty() {
         return Err(AppError::SkipSnapshotInCi {
             service: manifest.service.clone(),
@@ -124,16 +124,6 @@ pub fn check_skip_snapshot(manifest: &Manifest, guard: SkipSnapshotGuard) -> Res
         });
     }
     Ok(())
-}
-
-/// The manifest's data, as declared.
-fn declared_data(manifest: &Manifest) -> Vec<String> {
-    Data {
-        sqlite: manifest.data.sqlite.clone(),
-        files: manifest.data.files.clone(),
-        postgres: manifest.data.postgres.clone(),
-    }
-    .names()
 }
 
 /// What `app rollback` asks for.
@@ -446,7 +436,7 @@ impl AppAgent {
     /// Checks what a deploy of `wanted` needs, and resolves it. Touches
     /// nothing but the repository cache.
     async fn prepare(&self, req: &DeployRequest) -> Result<String, AppError> {
-        match self.data().check(&self.log).await {
+        match self.manifest.data.check(&self.log).await {
             Err(SnapshotError::NotSqlite(db)) => return Err(AppError::NotSqlite(db)),
             checked => checked?,
         }
@@ -659,7 +649,7 @@ impl AppAgent {
     /// What `--skip-snapshot` leaves unprotected, in the words the deploy's
     /// warning and history use.
     fn skip_warning(&self) -> String {
-        let data = declared_data(&self.manifest);
+        let data = self.manifest.data.names();
         if data.is_empty() {
             return format!(
                 "--skip-snapshot: {} declares no data, so there was nothing to snapshot",
