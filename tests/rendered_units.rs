@@ -286,7 +286,22 @@ systemctl start pyapp.service other.service",
 
         // Its own unit: restarted (a new process), and serving again.
         let ran = as_user(root, "pyapp", &["systemctl", "restart", "pyapp.service"]).await;
-        assert_eq!(ran.0, 0, "{}", ran.1);
+        if ran.0 != 0 {
+            // Why the start failed, for whoever reads the failure.
+            let journal = root_sh_output(
+                root,
+                "journalctl -u pyapp.service -n 40 --no-pager",
+                &[],
+                "",
+            )
+            .await;
+            panic!(
+                "restart of pyapp.service exited {}: {}\n{}",
+                ran.0,
+                ran.1,
+                String::from_utf8_lossy(&journal.stdout)
+            );
+        }
         assert_ne!(pid("pyapp.service").await, app);
         serving(root, &python, 8101).await;
         // Each instance of its own, up to maxInstances (not released yet:
