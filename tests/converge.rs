@@ -1,8 +1,8 @@
 //! `berth converge` on a plain lab host, following a local git repo of the
 //! example fleet: a new revision is deployed, the same one is unchanged, a
 //! pause holds until it expires, a revision that rolls back is blocked; with
-//! `--require-ci`, against a replay of GitHub's API on the machine's end of
-//! the host's veth: a failed check deploys nothing (and is asked again next
+//! `--require-ci`, against a replay of GitHub's API on the machine's address
+//! in the lab's network: a failed check deploys nothing (and is asked again next
 //! run), pending checks past the timeout skip the run, green ones deploy.
 //! Needs root and the lab's packages (scripts/install-deps).
 
@@ -37,8 +37,8 @@ fn head(dir: &Path) -> String {
     git(dir, &["rev-parse", "HEAD"])
 }
 
-/// GitHub as far as `sha` of [`CI_REPO`] goes, on the machine's end of h1's
-/// veth: the check runs `runs`, no commit statuses; any other commit is 404.
+/// GitHub as far as `sha` of [`CI_REPO`] goes, on the machine's address in
+/// the lab's network: the check runs `runs`, no commit statuses; any other commit is 404.
 fn github(lab: &Lab, sha: &str, runs: Vec<Value>) -> Server {
     let ip = lab.host("h1").unwrap().net.out_addr;
     let sha = sha.to_owned();

@@ -480,26 +480,27 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn ip_link(dev: &str, state: &str) {
+/// Sets the host's port on the lab's switch `down` or `up`.
+fn ip_link(net: &berth::lab::HostNet, state: &str) {
     let status = std::process::Command::new("ip")
-        .args(["link", "set", dev, state])
+        .args(["-n", &net.switch_netns, "link", "set", &net.veth_out, state])
         .status()
         .unwrap();
-    assert!(status.success(), "ip link set {dev} {state}");
+    assert!(status.success(), "ip link set {} {state}", net.veth_out);
 }
 
 /// Each trial: the link to the host cut at a random moment 0–5 s into a
 /// deploy, back after 30 s.
 async fn link_cut_trials(w: &mut World, row: &mut Row) {
-    let veth = w.lab.host(&w.host).unwrap().net.veth_out.clone();
+    let net = w.lab.host(&w.host).unwrap().net.clone();
     for _ in 0..row.planned() {
         let new = w.next(json!({ "delay": 1 }));
         let offset = row.moment(Duration::ZERO, Duration::from_secs(5));
         let deploy = w.deploy(&[]);
         tokio::time::sleep(offset).await;
-        ip_link(&veth, "down");
+        ip_link(&net, "down");
         tokio::time::sleep(Duration::from_secs(30)).await;
-        ip_link(&veth, "up");
+        ip_link(&net, "up");
         let run = deploy.finish(Duration::from_secs(180));
         let (truth, _) = w.settle(Duration::from_secs(CONFIRM) + SETTLE_GRACE).await;
         let (outcome, verdict) = w.judge(&truth, &new, Some(&run));
@@ -536,7 +537,7 @@ async fn deployer_kill_trials(w: &mut World, row: &mut Row) {
 }
 
 const LINK_CUT: &str =
-    "link to the host cut at a random offset 0–5 s into a system deploy (veth down, back after 30 s)";
+    "link to the host cut at a random offset 0–5 s into a system deploy (its port on the lab's switch down, back after 30 s)";
 const LINK_CUT_EXPECTED: &str = "previous generation, or new and confirmed; exit code says which";
 const DEPLOYER_KILL: &str = "`kill -9` of the deployer at a random moment of a system deploy";
 const DEPLOYER_KILL_EXPECTED: &str =

@@ -1,5 +1,5 @@
 {
-  description = "berth benchmark: a system closure of ~300 paths, ~100 MB, on one node (bench, host h1) and on eight (big1..big8, hosts h1..h8, tag big)";
+  description = "berth benchmark: a system closure of ~300 paths, ~100 MB, on one node (bench, host h1), on eight (big1..big8, hosts h1..h8, tag big) and on 32 (wide1..wide32, hosts h1..h32, tag wide; bench/fanout)";
 
   outputs = _: let
     system = "x86_64-linux";
@@ -44,7 +44,12 @@
         value = node "h${toString (i + 1)}" ["big"];
       })
       8);
+    wide = builtins.listToAttrs (builtins.genList (i: {
+        name = "wide${toString (i + 1)}";
+        value = node "h${toString (i + 1)}" ["wide"];
+      })
+      32);
   in {
-    nixosConfigurations = {bench = node "h1" [];} // eight;
+    nixosConfigurations = {bench = node "h1" [];} // eight // wide;
   };
 }

@@ -5,6 +5,7 @@
 //! stdout; the deployer reads them.
 
 pub mod config;
+pub mod peer;
 mod signing;
 pub mod system;
 pub use signing::DryActivation;
@@ -214,6 +215,30 @@ pub mod call {
     pub fn dry_activate(program: &str, path: &StorePath, signatures: &[SignedPath]) -> Cmd {
         let cmd = agent(program, "dry-activate").args(["--path", path.as_str()]);
         with_signatures(cmd, signatures)
+    }
+
+    /// `agent serve`: as the user SSH logged in as, not root.
+    pub fn serve(program: &str, path: &StorePath) -> Cmd {
+        Cmd::new(program).args(["agent", "serve", "--path", path.as_str()])
+    }
+
+    /// `agent fetch` of `paths` from the peer caches at `urls`, the paths
+    /// on stdin.
+    pub fn fetch(
+        program: &str,
+        paths: &[StorePath],
+        urls: &[String],
+        deployer_key: Option<&crate::nix::keys::PublicKey>,
+    ) -> Cmd {
+        let list: String = paths.iter().map(|p| format!("{p}\n")).collect();
+        let mut cmd = agent(program, "fetch").stdin(list.into_bytes());
+        for url in urls {
+            cmd = cmd.args(["--from", url]);
+        }
+        match deployer_key {
+            Some(key) => cmd.args(["--trusted-key", key.as_str()]),
+            None => cmd,
+        }
     }
 
     pub fn history(program: &str, node: &str, limit: usize) -> Cmd {

@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use std::time::Duration;
 
 use crate::agent::call::Audit;
+use crate::agent::peer;
 use crate::agent::system::{Activation, Agent, Goal, DEFAULT_ACTIVATION_TIMEOUT};
 use crate::agent::{
     AgentResult, Outcome, EVENT_DEPLOYMENT, EVENT_DRY_ACTIVATE, EVENT_RESULT, EVENT_STATUS,
@@ -308,6 +309,30 @@ pub enum Verb {
         #[arg(long)]
         signatures_on_stdin: bool,
     },
+    /// Serve the signed paths of PATH's closure to peer hosts as a binary cache, until the SSH
+    /// session that started it ends
+    Serve {
+        #[arg(long, value_name = "STORE_PATH")]
+        path: String,
+        /// The address to listen on (default: the one this SSH session reached)
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::IpAddr>,
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Stop after this long at the latest
+        #[arg(long, value_name = "SECS", default_value_t = 3600)]
+        lifetime: u64,
+    },
+    /// Take the store paths on stdin (one a line) from peer hosts' caches (`serve`), those the
+    /// peers have, trusting only signed paths
+    Fetch {
+        /// A peer's cache URL, as `serve` printed it; tried in order
+        #[arg(long = "from", value_name = "URL", required = true, value_parser = parse_peer_url)]
+        from: Vec<String>,
+        /// The deployer's public key, trusted when the host's agent.json names no keys
+        #[arg(long, value_name = "KEY", value_parser = crate::nix::keys::PublicKey::parse)]
+        trusted_key: Option<crate::nix::keys::PublicKey>,
+    },
     /// Past deployments, newest first
     History {
         #[arg(long, value_parser = crate::flake::parse_node_name)]
@@ -365,6 +390,8 @@ fn refuse_escalated(args: &Args, user: &str) -> Result<(), crate::error::UsageEr
         | Verb::Status { .. }
         | Verb::History { .. }
         | Verb::DryActivate { .. }
+        | Verb::Serve { .. }
+        | Verb::Fetch { .. }
         | Verb::Lock { service: None, .. } => return Ok(()),
         Verb::Lock { .. } => "lock a service (only the host)",
         Verb::AppDeploy { .. } => "run app-deploy",
@@ -392,6 +419,9 @@ pub async fn run(_ctx: &Context, args: Args) -> anyhow::Result<Exit> {
     }
     let printer = Printer::new(true, false);
     if let Some(exit) = run_app(&args, printer).await? {
+        return Ok(exit);
+    }
+    if let Some(exit) = run_peer(&args.verb, printer).await? {
         return Ok(exit);
     }
     let mut agent = Agent::open(&args.state_dir, &args.profile)?;
@@ -510,9 +540,64 @@ pub async fn run(_ctx: &Context, args: Args) -> anyhow::Result<Exit> {
         | Verb::Snapshot { .. }
         | Verb::Restore { .. }
         | Verb::Lock { .. } => unreachable!("run_app handles the app verbs"),
+        Verb::Serve { .. } | Verb::Fetch { .. } => unreachable!("run_peer handles them"),
     };
     printer.event(EVENT_RESULT, &result);
     Ok(exit_of(&result))
+}
+
+/// The fan-out verbs, which need no state: `serve` runs as the user SSH
+/// logged in as (reading the store needs no root), `fetch` as root.
+async fn run_peer(verb: &Verb, printer: Printer) -> anyhow::Result<Option<Exit>> {
+    let log = crate::process::JobLog::new();
+    match verb {
+        Verb::Serve {
+            path,
+            listen,
+            port,
+            lifetime,
+        } => {
+            let options = peer::ServeOptions {
+                listen: *listen,
+                port: *port,
+                lifetime: Duration::from_secs(*lifetime),
+            };
+            peer::serve(&StorePath::new(path.as_str())?, &options, &log, |serving| {
+                printer.event(peer::EVENT_SERVING, serving)
+            })
+            .await?;
+            Ok(Some(Exit::SUCCESS))
+        }
+        Verb::Fetch { from, trusted_key } => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .context("read the store paths on stdin")?;
+            let paths = text
+                .lines()
+                .map(StorePath::new)
+                .collect::<Result<Vec<_>, _>>()?;
+            let config = std::path::Path::new(crate::agent::config::AGENT_CONFIG);
+            let (keys, extra) =
+                peer::fetch_keys(config, trusted_key.clone(), escalated_by().is_some())?;
+            let fetched = peer::fetch(&paths, from, &keys, extra, &log).await?;
+            printer.event(peer::EVENT_FETCHED, &fetched);
+            Ok(Some(Exit::SUCCESS))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// A peer cache's URL: `http://…`, one word (Nix splits its substituters
+/// on whitespace).
+fn parse_peer_url(text: &str) -> Result<String, String> {
+    if text.starts_with("http://") && !text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "`{}` is not a peer cache URL (http://ADDR:PORT/TOKEN)",
+            crate::error::printable(text)
+        ))
+    }
 }
 
 /// The app verbs; `None` for a system verb.

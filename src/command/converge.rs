@@ -354,6 +354,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
         ssh: ctx.ssh.clone(),
         revision: source.revision.clone(),
         sign_key: None,
+        fan_out: false,
     };
     let job = Job {
         node: meta.name,

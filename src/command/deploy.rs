@@ -71,6 +71,10 @@ pub struct Args {
     /// one of their keys
     #[arg(long, value_name = "FILE", env = env::BERTH_SIGN_KEY)]
     pub sign_key: Option<PathBuf>,
+    /// Copy every system from here: no host takes a signed system from another
+    /// (fan-out, on by default with --sign-key and two hosts or more)
+    #[arg(long)]
+    pub no_fan_out: bool,
     /// Tell this webhook how each host's deploy went (Discord, Slack or generic JSON); repeatable,
     /// added to each node's `notify` setting
     #[arg(long, value_name = "URL")]
@@ -136,6 +140,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
         ssh: ctx.ssh.clone(),
         revision: source.revision.clone(),
         sign_key: args.sign_key.clone().filter(|_| !args.dry_run),
+        fan_out: !args.no_fan_out,
     });
 
     // --skip-superseded: ask the hosts first, and build only for the rest.

@@ -3,6 +3,7 @@
 //! check health, then confirm over a fresh connection or roll back. Many
 //! hosts run with bounded parallelism, canaries first.
 
+mod fanout;
 pub mod health;
 mod supersede;
 
@@ -82,6 +83,10 @@ pub struct Options {
     /// here or on a build host are signed before they are deployed; one
     /// built on its target is signed there, after the build.
     pub sign_key: Option<std::path::PathBuf>,
+    /// Let hosts take a signed system from each other (`--no-fan-out`
+    /// turns it off); only with `sign_key`, and only where two or more
+    /// hosts copy from here.
+    pub fan_out: bool,
 }
 
 /// How one host's deploy ended.
@@ -174,9 +179,15 @@ pub async fn deploy_all(
         waves
     };
     let progress = Progress::new(printer);
+    let mut tickets = fan_out_tickets(&waves, &options);
     let mut halted: Option<String> = None;
     for (i, wave) in waves.into_iter().enumerate() {
+        let wave_tickets: Vec<Option<fanout::Ticket>> = wave
+            .iter()
+            .map(|job| take_ticket(&mut tickets, job))
+            .collect();
         if let Some(why) = &halted {
+            drop(wave_tickets);
             for job in wave {
                 let report = Report {
                     host: job.settings.target_host(&job.node).to_owned(),
@@ -191,7 +202,16 @@ pub async fn deploy_all(
             }
             continue;
         }
-        let wave_reports = run_wave(wave, &options, parallel, &mut ahead, printer, &progress).await;
+        let wave_reports = run_wave(
+            wave,
+            wave_tickets,
+            &options,
+            parallel,
+            &mut ahead,
+            printer,
+            &progress,
+        )
+        .await;
         if canary > 0 && wave_reports.iter().any(|r| !r.outcome.ok()) {
             halted = Some(if i == 0 {
                 "a canary host failed".into()
@@ -204,8 +224,45 @@ pub async fn deploy_all(
     reports
 }
 
+/// Whether `job` copies its system from this machine, which fan-out
+/// replaces (a build on the target or a build host copies nothing here).
+fn copies_from_here(job: &Job) -> bool {
+    job.drv.is_none() && job.built_on.is_none()
+}
+
+/// One fan-out ticket per host that copies from here, when fan-out can
+/// help: systems signed (hosts check what peers give them by signature)
+/// and two hosts or more.
+fn fan_out_tickets(waves: &[Vec<Job>], options: &Options) -> Vec<fanout::Ticket> {
+    let hosts = waves
+        .iter()
+        .flatten()
+        .filter(|j| copies_from_here(j))
+        .count();
+    let key = match &options.sign_key {
+        Some(file) if options.fan_out && hosts >= 2 => nix::keys::public_key_of(file),
+        _ => return Vec::new(),
+    };
+    match key {
+        Ok(key) => fanout::FanOut::tickets(key, hosts),
+        Err(err) => {
+            tracing::warn!("no fan-out: {err}");
+            Vec::new()
+        }
+    }
+}
+
+fn take_ticket(tickets: &mut Vec<fanout::Ticket>, job: &Job) -> Option<fanout::Ticket> {
+    if copies_from_here(job) {
+        tickets.pop()
+    } else {
+        None
+    }
+}
+
 async fn run_wave(
     jobs: Vec<Job>,
+    tickets: Vec<Option<fanout::Ticket>>,
     options: &Arc<Options>,
     parallel: usize,
     ahead: &mut Ahead,
@@ -214,7 +271,7 @@ async fn run_wave(
 ) -> Vec<Report> {
     let limit = Arc::new(tokio::sync::Semaphore::new(parallel));
     let mut tasks = tokio::task::JoinSet::new();
-    for (index, job) in jobs.into_iter().enumerate() {
+    for (index, (job, ticket)) in jobs.into_iter().zip(tickets).enumerate() {
         let limit = limit.clone();
         let options = options.clone();
         let line = progress.host(job.node.as_ref());
@@ -223,7 +280,7 @@ async fn run_wave(
             let _permit = limit.acquire_owned().await;
             (
                 index,
-                deploy_host(&job, &options, early, printer, &line).await,
+                deploy_host(&job, &options, early, ticket, printer, &line).await,
             )
         });
     }
@@ -244,6 +301,7 @@ async fn deploy_host(
     job: &Job,
     options: &Options,
     early: Option<Early>,
+    ticket: Option<fanout::Ticket>,
     printer: Printer,
     line: &HostProgress,
 ) -> Report {
@@ -258,6 +316,7 @@ async fn deploy_host(
         ssh: options.ssh.clone(),
         agent: options.agent.for_node(&job.settings),
         line,
+        ticket,
     };
     let outcome = run.run(early).await;
     let log = if outcome.ok() {
@@ -299,6 +358,7 @@ pub async fn deploy_here(
         ssh: options.ssh.clone(),
         agent: options.agent.for_node(&job.settings),
         line,
+        ticket: None,
     };
     let outcome = match contact(host, &run.agent, job.node.as_ref()).await {
         Ok(status) => run.on_host(host, None, "auto", status).await,
@@ -500,6 +560,8 @@ struct HostRun<'a> {
     /// The agent this node's host runs.
     agent: agent::Program,
     line: &'a HostProgress,
+    /// Its place in the deploy's fan-out, until it is past its copy.
+    ticket: Option<fanout::Ticket>,
 }
 
 impl HostRun<'_> {
@@ -639,8 +701,18 @@ impl HostRun<'_> {
                 };
             }
         } else {
-            self.phase("copy", &format!("copying {}", job.toplevel));
-            if let Err(err) = host.copy_closure(std::slice::from_ref(&job.toplevel)).await {
+            let copied = match &self.ticket {
+                Some(ticket) => {
+                    let phase = |message: &str| self.phase("copy", message);
+                    ticket.copy(host, agent, node, &job.toplevel, &phase).await
+                }
+                None => {
+                    self.phase("copy", &format!("copying {}", job.toplevel));
+                    host.copy_closure(std::slice::from_ref(&job.toplevel)).await
+                }
+            };
+            self.ticket = None;
+            if let Err(err) = copied {
                 return Outcome::Failed {
                     why: copy_refused(&err, &job.settings.target_user),
                 };

@@ -27,6 +27,13 @@ pub trait Host: Send + Sync {
     /// Runs `cmd` on the host to the end, whatever its exit status.
     async fn output(&self, cmd: &Cmd) -> Result<Output, CommandError>;
 
+    /// Starts `cmd` (not as root) on the host, to run until it ends or the
+    /// returned [`Background`] is dropped; its lines go to `log` as they
+    /// come. `None` where the host cannot (this machine, for `converge`).
+    fn start(&self, _cmd: Cmd, _log: JobLog) -> Option<Background> {
+        None
+    }
+
     /// Copies `paths` and their closures into the host's Nix store.
     async fn copy_closure(&self, paths: &[StorePath]) -> Result<(), CommandError>;
 
@@ -50,5 +57,28 @@ pub trait Host: Send + Sync {
     /// The contents of a file on the host.
     async fn read_file(&self, path: &Path) -> Result<Vec<u8>, CommandError> {
         Ok(self.run(&Cmd::new("cat").arg("--").arg(path)).await?.stdout)
+    }
+}
+
+/// A command running on a host in the background (a peer cache): stopped,
+/// its channel closed, when this is dropped.
+pub struct Background(tokio::task::JoinHandle<Result<Output, CommandError>>);
+
+impl Background {
+    pub fn spawn(
+        run: impl std::future::Future<Output = Result<Output, CommandError>> + Send + 'static,
+    ) -> Background {
+        Background(tokio::spawn(run))
+    }
+
+    /// Whether it still runs.
+    pub fn is_running(&self) -> bool {
+        !self.0.is_finished()
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use openssh::{KnownHosts, SessionBuilder};
 
-use super::Host;
+use super::{Background, Host};
 use crate::nix::{self, StorePath};
 use crate::process::{
     self, Cmd, CommandError, Escalation, EscalationError, JobLog, Output, SudoMode, SudoPassword,
@@ -195,7 +195,9 @@ impl ConnectError {
 pub struct SshHost {
     destination: Destination,
     name: String,
-    session: openssh::Session,
+    /// Shared with commands started in the background ([`Host::start`]),
+    /// which keep the connection open while they run.
+    session: std::sync::Arc<openssh::Session>,
     settings: SshSettings,
     log: JobLog,
     /// How its sudo takes commands, once the first one told (`None`: not
@@ -237,7 +239,7 @@ impl SshHost {
         Ok(SshHost {
             name: destination.to_string(),
             destination: destination.clone(),
-            session,
+            session: std::sync::Arc::new(session),
             settings: settings.clone(),
             log: JobLog::new(),
             sudo: std::sync::Mutex::new(None),
@@ -331,9 +333,13 @@ impl SshHost {
         nix_sshopts(&self.settings, Some(self.control_path()))
     }
 
-    /// Closes the master connection.
+    /// Closes the master connection, or leaves it to the commands still
+    /// running in the background, which close it when they end.
     pub async fn close(self) -> Result<(), openssh::Error> {
-        self.session.close().await
+        match std::sync::Arc::try_unwrap(self.session) {
+            Ok(session) => session.close().await,
+            Err(_) => Ok(()),
+        }
     }
 }
 
@@ -418,6 +424,17 @@ impl Host for SshHost {
             Some((escalation, user)) => self.output_as_root(cmd, escalation, user).await,
             None => self.run_here(cmd).await,
         }
+    }
+
+    fn start(&self, cmd: Cmd, log: JobLog) -> Option<Background> {
+        let (session, name) = (self.session.clone(), self.name.clone());
+        Some(Background::spawn(async move {
+            let via = Via::Ssh {
+                session: &session,
+                host: &name,
+            };
+            process::output(&cmd, via, &log).await
+        }))
     }
 
     async fn copy_closure(&self, paths: &[StorePath]) -> Result<(), CommandError> {

@@ -95,7 +95,7 @@ mod tests {
             Path::new("/srv/lab/known_hosts"),
         );
         assert!(
-            text.contains("\nHost h1\n  HostName 10.231.3.6\n  User root\n"),
+            text.contains("\nHost h1\n  HostName 10.231.3.2\n  User root\n"),
             "{text}"
         );
         assert!(
@@ -109,13 +109,13 @@ mod tests {
     fn known_hosts_lists_alias_and_address_without_comment() {
         let h = host();
         let text = known_hosts([(&h, "ssh-ed25519 AAAAC3Nza root@box\n")]);
-        assert_eq!(text, "h1,10.231.3.6 ssh-ed25519 AAAAC3Nza\n");
+        assert_eq!(text, "h1,10.231.3.2 ssh-ed25519 AAAAC3Nza\n");
     }
 
     #[test]
     fn plain_sshd_listens_only_on_its_address() {
         let text = plain_sshd_config(&host(), Path::new("/k"), Path::new("/a"));
-        assert!(text.contains("ListenAddress 10.231.3.6\n"));
+        assert!(text.contains("ListenAddress 10.231.3.2\n"));
         assert!(text.contains("HostKey /k\n") && text.contains("AuthorizedKeysFile /a\n"));
     }
 }

@@ -1,15 +1,19 @@
 //! The lab: throwaway target hosts on this machine, each in its own network
 //! namespace with its own sshd, keys and empty `/nix`; a systemd host boots a
-//! container (systemd-nspawn) on an overlay of `/`. Everything made is
-//! recorded in the lab directory first, so [`Lab::down`] removes it all, also
-//! after a crash.
+//! container (systemd-nspawn) on an overlay of `/`. The hosts and the machine
+//! meet on one bridge in a switch namespace, each over its own veth pair,
+//! optionally rate-limited (see [`Shaping`]). Everything made is recorded in
+//! the lab directory first, so [`Lab::down`] removes it all, also after a
+//! crash.
 
 mod files;
 mod net;
 mod procs;
+mod shape;
 mod state;
 
-pub use net::{HostNet, MAX_HOSTS};
+pub use net::{HostNet, SwitchNet, MAX_HOSTS};
+pub use shape::{Rate, Shaping, RATE_SYNTAX};
 pub use state::{HostKind, LabHost};
 
 use std::fs;
@@ -47,6 +51,7 @@ const NEEDS: &[(&str, &str)] = &[
     ("mount", "mount"),
 ];
 const NEEDS_SYSTEMD: &[(&str, &str)] = &[("systemd-nspawn", "systemd-container")];
+const NEEDS_SHAPING: &[(&str, &str)] = &[("tc", "iproute2")];
 
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
@@ -161,8 +166,18 @@ impl Lab {
     /// answers SSH (and a systemd host has booted). On failure, removes
     /// whatever it made before returning the error.
     pub async fn up(dir: &Path, kinds: &[HostKind]) -> Result<Lab, LabError> {
+        Lab::up_shaped(dir, kinds, Shaping::default()).await
+    }
+
+    /// As [`Lab::up`], with the uplink and each host's link limited to the
+    /// rates of `shaping`.
+    pub async fn up_shaped(
+        dir: &Path,
+        kinds: &[HostKind],
+        shaping: Shaping,
+    ) -> Result<Lab, LabError> {
         check_dir(dir)?;
-        check_prerequisites(kinds)?;
+        check_prerequisites(kinds, &shaping)?;
         if kinds.is_empty() || kinds.len() > MAX_HOSTS as usize {
             return Err(LabError::HostCount(kinds.len()));
         }
@@ -179,6 +194,8 @@ impl Lab {
             dir: dir.to_owned(),
             state: LabState {
                 slot,
+                switch: None,
+                shaping,
                 hosts: Vec::new(),
             },
         };
@@ -210,6 +227,16 @@ impl Lab {
 
     pub fn hosts(&self) -> &[LabHost] {
         &self.state.hosts
+    }
+
+    /// The switch the hosts and the machine meet on.
+    pub fn switch(&self) -> Option<&SwitchNet> {
+        self.state.switch.as_ref()
+    }
+
+    /// The rates the lab's links are limited to.
+    pub fn shaping(&self) -> &Shaping {
+        &self.state.shaping
     }
 
     pub fn host(&self, name: &str) -> Result<&LabHost, LabError> {
@@ -299,6 +326,14 @@ impl Lab {
         keygen(&client_key, "berth-lab-client", &log).await?;
         let client_pub = read(&client_key.with_extension("pub"))?;
         write(&self.dir.join("authorized_keys"), &client_pub, 0o600)?;
+
+        let switch = net::switch_net(self.state.slot);
+        self.state.switch = Some(switch.clone());
+        self.save()?;
+        for cmd in switch_cmds(&switch, self.state.shaping.uplink.as_ref()) {
+            run(&cmd, &log).await?;
+        }
+
         for (i, &kind) in kinds.iter().enumerate() {
             let index = i as u8 + 1;
             let host = LabHost::new(
@@ -337,7 +372,13 @@ impl Lab {
 
         self.state.hosts[i].net_made = true;
         self.save()?;
-        for cmd in net_cmds(&self.state.hosts[i].net) {
+        let switch = self
+            .state
+            .switch
+            .as_ref()
+            .expect("the switch is made first");
+        let link = self.state.shaping.link.as_ref();
+        for cmd in net_cmds(switch, &self.state.hosts[i].net, link) {
             run(&cmd, log).await?;
         }
 
@@ -439,7 +480,8 @@ impl Lab {
 
     /// Removes everything the lab in `dir` recorded: its processes (by pid,
     /// after checking they are still its own), whatever still runs in its
-    /// namespaces, its mounts, namespaces, veths, slot and directory.
+    /// namespaces, its mounts, namespaces (the switch's takes the bridge and
+    /// every veth pair with it), the uplink, its slot and directory.
     pub async fn down(dir: &Path) -> Result<(), LabError> {
         let lab = Lab::open(dir)?;
         let log = JobLog::new();
@@ -459,6 +501,11 @@ impl Lab {
                 if let Err(problem) = unmount(mount, &log).await {
                     problems.push(format!("{}: {problem}", host.name));
                 }
+            }
+        }
+        if let Some(switch) = &lab.state.switch {
+            if let Err(problem) = remove_switch(switch, &log).await {
+                problems.push(format!("the switch: {problem}"));
             }
         }
         if problems.is_empty() {
@@ -484,8 +531,16 @@ pub struct LabGuard {
 
 impl LabGuard {
     pub async fn up(dir: &Path, kinds: &[HostKind]) -> Result<LabGuard, LabError> {
+        LabGuard::up_shaped(dir, kinds, Shaping::default()).await
+    }
+
+    pub async fn up_shaped(
+        dir: &Path,
+        kinds: &[HostKind],
+        shaping: Shaping,
+    ) -> Result<LabGuard, LabError> {
         Ok(LabGuard {
-            lab: Some(Lab::up(dir, kinds).await?),
+            lab: Some(Lab::up_shaped(dir, kinds, shaping).await?),
         })
     }
 
@@ -552,7 +607,7 @@ fn check_dir(dir: &Path) -> Result<(), LabError> {
     Ok(())
 }
 
-fn check_prerequisites(kinds: &[HostKind]) -> Result<(), LabError> {
+fn check_prerequisites(kinds: &[HostKind], shaping: &Shaping) -> Result<(), LabError> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err(LabError::NotRoot);
@@ -561,6 +616,9 @@ fn check_prerequisites(kinds: &[HostKind]) -> Result<(), LabError> {
     if kinds.contains(&HostKind::Systemd) {
         needs.extend_from_slice(NEEDS_SYSTEMD);
     }
+    if shaping.is_some() {
+        needs.extend_from_slice(NEEDS_SHAPING);
+    }
     let missing: Vec<_> = needs
         .into_iter()
         .filter(|(program, _)| process::find_program(program).is_none())
@@ -568,8 +626,12 @@ fn check_prerequisites(kinds: &[HostKind]) -> Result<(), LabError> {
     if missing.is_empty() {
         return Ok(());
     }
-    let mut packages: Vec<String> = missing.iter().map(|(_, p)| p.to_string()).collect();
-    packages.dedup();
+    let mut packages: Vec<String> = Vec::new();
+    for (_, package) in &missing {
+        if !packages.iter().any(|p| p == package) {
+            packages.push(package.to_string());
+        }
+    }
     Err(LabError::Missing {
         programs: missing.iter().map(|(p, _)| p.to_string()).collect(),
         packages,
@@ -606,31 +668,94 @@ fn release_slot(slot: u8, dir: &Path) {
     }
 }
 
-/// The commands that give a host its namespace, veth pair and addresses.
-fn net_cmds(net: &HostNet) -> Vec<Cmd> {
-    let ns = net.netns.as_str();
-    let out_cidr = format!("{}/{}", net.out_addr, net.prefix_len);
-    let in_cidr = format!("{}/{}", net.addr, net.prefix_len);
-    vec![
+/// The commands that make the lab's switch: a namespace with a bridge, and
+/// the uplink veth pair from the machine's own namespace to a port of it,
+/// the machine's end holding the machine's address on the lab network. With
+/// `uplink`, each end of the pair limits what it sends: the machine's end
+/// what the deployer sends to the hosts, the switch's end what they send
+/// back.
+fn switch_cmds(switch: &SwitchNet, uplink: Option<&Rate>) -> Vec<Cmd> {
+    let ns = switch.netns.as_str();
+    let in_ns = |args: &[&str]| Cmd::new("ip").args(["-n", ns]).args(args);
+    let cidr = format!("{}/{}", switch.addr, switch.prefix_len);
+    let mut cmds = vec![
         Cmd::new("ip").args(["netns", "add", ns]),
+        in_ns(&["link", "set", "lo", "up"]),
+        in_ns(&["link", "add", "name", &switch.bridge, "type", "bridge"]),
+        in_ns(&["link", "set", &switch.bridge, "up"]),
+        // Made with its peer already in the switch's namespace, so no end of
+        // it is ever left in the machine's namespace under a name no record
+        // has.
         Cmd::new("ip").args([
             "link",
             "add",
+            "name",
+            &switch.uplink_out,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &switch.uplink_in,
+            "netns",
+            ns,
+        ]),
+        in_ns(&["link", "set", &switch.uplink_in, "master", &switch.bridge]),
+        in_ns(&["link", "set", &switch.uplink_in, "up"]),
+        Cmd::new("ip").args(["addr", "add", &cidr, "dev", &switch.uplink_out]),
+        Cmd::new("ip").args(["link", "set", &switch.uplink_out, "up"]),
+    ];
+    if let Some(rate) = uplink {
+        cmds.push(shape::tbf_cmd(None, &switch.uplink_out, rate));
+        cmds.push(shape::tbf_cmd(Some(ns), &switch.uplink_in, rate));
+    }
+    cmds
+}
+
+/// The commands that give a host its namespace, a veth pair from a port of
+/// the switch's bridge into it, and its address. With `link`, each end of
+/// the pair limits what it sends: the switch's end what reaches the host,
+/// the host's end what it sends.
+fn net_cmds(switch: &SwitchNet, net: &HostNet, link: Option<&Rate>) -> Vec<Cmd> {
+    let ns = net.netns.as_str();
+    let sw = net.switch_netns.as_str();
+    let cidr = format!("{}/{}", net.addr, net.prefix_len);
+    let mut cmds = vec![
+        Cmd::new("ip").args(["netns", "add", ns]),
+        // Without loopback an app in the host cannot bind 127.0.0.1.
+        Cmd::new("ip").args(["-n", ns, "link", "set", "lo", "up"]),
+        Cmd::new("ip").args([
+            "-n",
+            sw,
+            "link",
+            "add",
+            "name",
             &net.veth_out,
             "type",
             "veth",
             "peer",
             "name",
             &net.veth_in,
+            "netns",
+            ns,
         ]),
-        Cmd::new("ip").args(["link", "set", &net.veth_in, "netns", ns]),
-        Cmd::new("ip").args(["addr", "add", &out_cidr, "dev", &net.veth_out]),
-        Cmd::new("ip").args(["link", "set", &net.veth_out, "up"]),
-        Cmd::new("ip").args(["-n", ns, "addr", "add", &in_cidr, "dev", &net.veth_in]),
+        Cmd::new("ip").args([
+            "-n",
+            sw,
+            "link",
+            "set",
+            &net.veth_out,
+            "master",
+            &switch.bridge,
+        ]),
+        Cmd::new("ip").args(["-n", sw, "link", "set", &net.veth_out, "up"]),
+        Cmd::new("ip").args(["-n", ns, "addr", "add", &cidr, "dev", &net.veth_in]),
         Cmd::new("ip").args(["-n", ns, "link", "set", &net.veth_in, "up"]),
-        // Without loopback an app in the host cannot bind 127.0.0.1.
-        Cmd::new("ip").args(["-n", ns, "link", "set", "lo", "up"]),
-    ]
+    ];
+    if let Some(rate) = link {
+        cmds.push(shape::tbf_cmd(Some(sw), &net.veth_out, rate));
+        cmds.push(shape::tbf_cmd(Some(ns), &net.veth_in, rate));
+    }
+    cmds
 }
 
 /// sshd in the host's namespace, with the host's own `/nix`,
@@ -750,32 +875,59 @@ fn prepare_container_root(
     Ok(())
 }
 
+/// Deletes a host's namespace, which takes its veth pair with it (the
+/// bridge port in the switch's namespace included).
 async fn remove_net(net: &HostNet, log: &JobLog) -> Result<(), String> {
-    if Path::new("/run/netns").join(&net.netns).exists() {
-        // What still runs in the namespace was started there by the lab
-        // (sshd sessions, a container's leftovers).
-        let pids = run(&Cmd::new("ip").args(["netns", "pids", &net.netns]), log)
-            .await
-            .map_err(|e| e.to_string())?
-            .stdout_str()
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect::<Vec<u32>>();
-        for &pid in &pids {
-            procs::signal(pid, libc::SIGKILL);
-        }
-        if !procs::wait_gone(&pids, Duration::from_secs(5)).await {
-            return Err(format!("processes {pids:?} in {} did not exit", net.netns));
-        }
-        run(&Cmd::new("ip").args(["netns", "del", &net.netns]), log)
-            .await
-            .map_err(|e| e.to_string())?;
+    remove_netns(&net.netns, log).await?;
+    // A lab recorded by a berth from before the switch had the pair's other
+    // end in the machine's own namespace.
+    if net.switch_netns.is_empty() {
+        remove_machine_link(&net.veth_out, log).await?;
     }
-    // Deleting the namespace deletes the pair, but not always at once.
-    let veth = Path::new("/sys/class/net").join(&net.veth_out);
-    if veth.exists() {
-        if let Err(err) = run(&Cmd::new("ip").args(["link", "del", &net.veth_out]), log).await {
-            if veth.exists() {
+    Ok(())
+}
+
+/// Deletes the switch's namespace, which takes the bridge, its ports and
+/// the uplink pair with it, and then the uplink's end in the machine's
+/// namespace if it outlived that.
+async fn remove_switch(switch: &SwitchNet, log: &JobLog) -> Result<(), String> {
+    remove_netns(&switch.netns, log).await?;
+    remove_machine_link(&switch.uplink_out, log).await
+}
+
+/// Deletes a lab namespace, after killing what still runs in it: what runs
+/// there was started there by the lab (sshd sessions, a container's
+/// leftovers).
+async fn remove_netns(netns: &str, log: &JobLog) -> Result<(), String> {
+    if !Path::new("/run/netns").join(netns).exists() {
+        return Ok(());
+    }
+    let pids = run(&Cmd::new("ip").args(["netns", "pids", netns]), log)
+        .await
+        .map_err(|e| e.to_string())?
+        .stdout_str()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect::<Vec<u32>>();
+    for &pid in &pids {
+        procs::signal(pid, libc::SIGKILL);
+    }
+    if !procs::wait_gone(&pids, Duration::from_secs(5)).await {
+        return Err(format!("processes {pids:?} in {netns} did not exit"));
+    }
+    run(&Cmd::new("ip").args(["netns", "del", netns]), log)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Deletes a veth end in the machine's own namespace. Deleting the
+/// namespace of its peer deletes it too, but not always at once.
+async fn remove_machine_link(name: &str, log: &JobLog) -> Result<(), String> {
+    let link = Path::new("/sys/class/net").join(name);
+    if link.exists() {
+        if let Err(err) = run(&Cmd::new("ip").args(["link", "del", name]), log).await {
+            if link.exists() {
                 return Err(err.to_string());
             }
         }
@@ -912,18 +1064,66 @@ mod tests {
         check_dir(Path::new("/srv/berth-lab")).unwrap();
     }
 
+    fn lines(cmds: &[Cmd]) -> Vec<String> {
+        cmds.iter().map(|c| c.to_string()).collect()
+    }
+
+    #[test]
+    fn switch_commands() {
+        let switch = net::switch_net(3);
+        assert_eq!(
+            lines(&switch_cmds(&switch, None)),
+            [
+                "ip netns add berth-3-sw",
+                "ip -n berth-3-sw link set lo up",
+                "ip -n berth-3-sw link add name br0 type bridge",
+                "ip -n berth-3-sw link set br0 up",
+                "ip link add name b3u type veth peer name uplink netns berth-3-sw",
+                "ip -n berth-3-sw link set uplink master br0",
+                "ip -n berth-3-sw link set uplink up",
+                "ip addr add 10.231.3.1/24 dev b3u",
+                "ip link set b3u up",
+            ]
+        );
+        let rate = Rate::parse("100mbit").unwrap();
+        let shaped = lines(&switch_cmds(&switch, Some(&rate)));
+        assert_eq!(
+            shaped[9..],
+            [
+                "tc qdisc add dev b3u root tbf rate 100000000bit burst 50000 latency 50ms",
+                "tc -n berth-3-sw qdisc add dev uplink root tbf rate 100000000bit burst 50000 latency 50ms",
+            ]
+        );
+    }
+
     #[test]
     fn namespace_commands() {
-        let cmds = net_cmds(&net::host_net(3, 1));
-        let lines: Vec<String> = cmds.iter().map(|c| c.to_string()).collect();
-        assert_eq!(lines[0], "ip netns add berth-3-h1");
-        assert_eq!(lines[1], "ip link add b3h1o type veth peer name b3h1i");
-        assert_eq!(lines[3], "ip addr add 10.231.3.5/30 dev b3h1o");
+        let switch = net::switch_net(3);
         assert_eq!(
-            lines[5],
-            "ip -n berth-3-h1 addr add 10.231.3.6/30 dev b3h1i"
+            lines(&net_cmds(&switch, &net::host_net(3, 1), None)),
+            [
+                "ip netns add berth-3-h1",
+                "ip -n berth-3-h1 link set lo up",
+                "ip -n berth-3-sw link add name b3h1o type veth peer name b3h1i netns berth-3-h1",
+                "ip -n berth-3-sw link set b3h1o master br0",
+                "ip -n berth-3-sw link set b3h1o up",
+                "ip -n berth-3-h1 addr add 10.231.3.2/24 dev b3h1i",
+                "ip -n berth-3-h1 link set b3h1i up",
+            ]
         );
-        assert_eq!(lines[7], "ip -n berth-3-h1 link set lo up");
+        let rate = Rate::parse("1gbit").unwrap();
+        let shaped = lines(&net_cmds(&switch, &net::host_net(3, 40), Some(&rate)));
+        assert_eq!(
+            shaped[5],
+            "ip -n berth-3-h40 addr add 10.231.3.41/24 dev b3h40i"
+        );
+        assert_eq!(
+            shaped[7..],
+            [
+                "tc -n berth-3-sw qdisc add dev b3h40o root tbf rate 1000000000bit burst 500000 latency 50ms",
+                "tc -n berth-3-h40 qdisc add dev b3h40i root tbf rate 1000000000bit burst 500000 latency 50ms",
+            ]
+        );
     }
 
     #[test]

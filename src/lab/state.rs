@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::net::{host_name, HostNet};
+use super::net::{host_name, HostNet, SwitchNet};
+use super::shape::Shaping;
 
 /// A plain host runs only sshd; a systemd host boots a container.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,7 +30,8 @@ pub struct LabHost {
     pub pid: Option<u32>,
     /// Mounts made in the machine's own mount namespace, to undo.
     pub mounts: Vec<PathBuf>,
-    /// Whether the namespace and veth pair were asked for.
+    /// Whether the namespace and veth pair (and the pair's tc qdiscs) were
+    /// asked for.
     pub net_made: bool,
 }
 
@@ -87,6 +89,14 @@ impl LabHost {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LabState {
     pub slot: u8,
+    /// The switch namespace, its bridge and the uplink, recorded before
+    /// they are made (none in a lab recorded by a berth from before the
+    /// switch).
+    #[serde(default)]
+    pub switch: Option<SwitchNet>,
+    /// The rates the lab's links were limited to.
+    #[serde(default)]
+    pub shaping: Shaping,
     pub hosts: Vec<LabHost>,
 }
 
@@ -113,7 +123,8 @@ impl LabState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lab::net::host_net;
+    use crate::lab::net::{host_net, switch_net};
+    use crate::lab::shape::Rate;
 
     #[test]
     fn state_round_trips_through_its_file() {
@@ -123,6 +134,11 @@ mod tests {
         host.mounts.push(host.root_dir());
         LabState {
             slot: 9,
+            switch: Some(switch_net(9)),
+            shaping: Shaping {
+                uplink: Some(Rate::parse("100mbit").unwrap()),
+                link: Some(Rate::parse("1gbit").unwrap()),
+            },
             hosts: vec![host],
         }
         .save(dir.path())
@@ -133,5 +149,23 @@ mod tests {
         assert_eq!(back.hosts[0].pid, Some(42));
         assert_eq!(back.hosts[0].mounts, [dir.path().join("h2/root")]);
         assert_eq!(back.hosts[0].net, host_net(9, 2));
+        assert_eq!(back.switch, Some(switch_net(9)));
+        assert_eq!(back.shaping.uplink.unwrap().to_string(), "100mbit");
+        assert_eq!(back.shaping.link.unwrap().bits_per_second(), 1_000_000_000);
+    }
+
+    #[test]
+    fn a_lab_recorded_before_the_switch_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = r#"{"slot": 4, "hosts": [{"name": "h1", "kind": "plain",
+            "net": {"netns": "berth-4-h1", "veth_out": "b4h1o", "veth_in": "b4h1i",
+                    "out_addr": "10.231.4.5", "addr": "10.231.4.6", "prefix_len": 30},
+            "dir": "/srv/lab/h1", "pid": 7, "mounts": [], "net_made": true}]}"#;
+        std::fs::write(state_file(dir.path()), old).unwrap();
+        let back = LabState::load(dir.path()).unwrap();
+        assert_eq!(back.switch, None);
+        assert_eq!(back.shaping, Shaping::default());
+        assert_eq!(back.hosts[0].net.switch_netns, "");
+        assert_eq!(back.hosts[0].net.veth_out, "b4h1o");
     }
 }

@@ -122,6 +122,23 @@ pub fn check_secret_key_file(path: &Path) -> Result<String, KeyError> {
     }
 }
 
+/// The public key of the secret key in `path`: an ed25519 secret key in
+/// Nix's form holds its public half in its last 32 bytes.
+pub fn public_key_of(path: &Path) -> Result<PublicKey, KeyError> {
+    use base64::Engine as _;
+    let name = check_secret_key_file(path)?;
+    let secret = || KeyError::Secret {
+        path: path.display().to_string(),
+    };
+    let text = std::fs::read_to_string(path).map_err(|_| secret())?;
+    let (_, key) = split_key(text.trim()).ok_or_else(secret)?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(key)
+        .map_err(|_| secret())?;
+    let public = base64::engine::general_purpose::STANDARD.encode(&bytes[32..]);
+    PublicKey::parse(&format!("{name}:{public}"))
+}
+
 /// A path `nix store verify` refused, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refused {
@@ -168,6 +185,26 @@ mod tests {
     use super::*;
 
     const KEY: &str = "deploy-a:w/rzCiwL440o8Yk+10KQh7PpLM4uJd0yxIMpe/U4zyI=";
+
+    /// The public key Nix writes beside a secret key is the one read out
+    /// of the secret key.
+    #[test]
+    fn public_key_of_a_secret_key_is_nixs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (secret, public) = (dir.path().join("sk"), dir.path().join("pk"));
+        let status = std::process::Command::new("nix-store")
+            .args(["--generate-binary-cache-key", "fan-1"])
+            .args([&secret, &public])
+            .status()
+            .expect("nix-store is installed (scripts/install-deps)");
+        assert!(status.success());
+        let expected = std::fs::read_to_string(&public).unwrap();
+        assert_eq!(public_key_of(&secret).unwrap().as_str(), expected.trim());
+        assert!(matches!(
+            public_key_of(&public),
+            Err(KeyError::Secret { .. })
+        ));
+    }
 
     #[test]
     fn public_keys() {

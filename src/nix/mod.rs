@@ -3,6 +3,7 @@
 pub mod diff;
 pub mod dry_activate;
 pub mod keys;
+pub mod nar;
 pub mod profile;
 pub mod signatures;
 mod store_path;
@@ -77,6 +78,42 @@ pub fn copy_between(from: &str, to: &str, paths: &[StorePath], ssh_opts: &str) -
         ])
         .args(paths.iter().map(StorePath::as_str))
         .env(crate::env::NIX_SSHOPTS, ssh_opts)
+}
+
+/// `nix-store --realise` of `paths` from the binary caches at `urls` only
+/// (a host's peers), each path that one of them has (`--keep-going`: one
+/// that none has does not stop the others), with signatures required: Nix takes a path
+/// only if its narinfo is signed by one of `keys` (or, with `extra`, by
+/// those or a key this host's Nix already trusts) and the NAR it gets
+/// hashes to what was signed. A cache that fails is left for the next one
+/// (`fallback`), quickly (one retry, short timeouts): a peer that died
+/// costs seconds, not the retries meant for a distant cache.
+pub fn substitute(paths: &[StorePath], urls: &[String], keys: &[PublicKey], extra: bool) -> Cmd {
+    let keys: Vec<&str> = keys.iter().map(PublicKey::as_str).collect();
+    let option = |cmd: Cmd, name: &str, value: &str| cmd.args(["--option", name, value]);
+    let mut cmd = Cmd::new("nix-store")
+        .args(["--realise", "--keep-going"])
+        .args(paths.iter().map(StorePath::as_str));
+    if !keys.is_empty() || !extra {
+        let name = if extra {
+            "extra-trusted-public-keys"
+        } else {
+            "trusted-public-keys"
+        };
+        cmd = option(cmd, name, &keys.join(" "));
+    }
+    for (name, value) in [
+        ("substituters", urls.join(" ")),
+        ("require-sigs", "true".into()),
+        ("fallback", "true".into()),
+        ("connect-timeout", "5".into()),
+        ("stalled-download-timeout", "15".into()),
+        ("download-attempts", "2".into()),
+        ("narinfo-cache-negative-ttl", "0".into()),
+    ] {
+        cmd = option(cmd, name, &value);
+    }
+    cmd
 }
 
 /// Whether `path` is valid in the store the command runs against.

@@ -9,6 +9,7 @@ pub mod app;
 pub mod backup;
 pub mod caddy;
 pub mod deploy_user;
+pub mod fanout;
 pub mod faults;
 pub mod fleet;
 pub mod postgres;
@@ -154,8 +155,8 @@ impl Server {
         Server::start_on(Ipv4Addr::LOCALHOST.into(), script)
     }
 
-    /// A server on `ip`, e.g. the machine's end of a lab host's veth, which
-    /// the lab host reaches.
+    /// A server on `ip`, e.g. the machine's address in a lab's network,
+    /// which the lab's hosts reach.
     pub fn start_on(
         ip: IpAddr,
         script: impl Fn(&str, usize) -> Answer + Send + Sync + 'static,

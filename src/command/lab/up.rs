@@ -2,7 +2,7 @@
 
 use crate::context::Context;
 use crate::error::Exit;
-use crate::lab::{HostKind, Lab};
+use crate::lab::{HostKind, Lab, Rate, Shaping, RATE_SYNTAX};
 
 use super::status::print_hosts;
 use super::LabDir;
@@ -15,6 +15,12 @@ pub struct Args {
     /// Boot systemd in each host (a container on an overlay of /), for units and sudo
     #[arg(long)]
     pub systemd: bool,
+    /// Limit the link between this machine and the lab to RATE each way, e.g. 100mbit (tc units: kbit, mbit, gbit)
+    #[arg(long, value_name = "RATE", value_parser = |s: &str| parse_rate(s, "--uplink 100mbit"))]
+    pub uplink: Option<Rate>,
+    /// Limit each host's own link to RATE each way, e.g. 1gbit (tc units: kbit, mbit, gbit)
+    #[arg(long, value_name = "RATE", value_parser = |s: &str| parse_rate(s, "--link 1gbit"))]
+    pub link: Option<Rate>,
     #[command(flatten)]
     pub dir: LabDir,
 }
@@ -33,8 +39,12 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
         if args.systemd { "systemd" } else { "plain" },
         dir.display()
     ));
+    let shaping = Shaping {
+        uplink: args.uplink,
+        link: args.link,
+    };
     let lab = tokio::select! {
-        lab = Lab::up(dir, &kinds) => lab?,
+        lab = Lab::up_shaped(dir, &kinds, shaping) => lab?,
         _ = tokio::signal::ctrl_c() => {
             ctx.printer.warn("interrupted: removing what was made");
             Lab::down(dir).await?;
@@ -47,4 +57,15 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<Exit> {
         lab.ssh_config().display()
     ));
     Ok(Exit::SUCCESS)
+}
+
+/// A rate, or clap's usage error with `example` (the flag and a value).
+fn parse_rate(text: &str, example: &str) -> Result<Rate, String> {
+    Rate::parse(text).map_err(|err| {
+        if err.contains(RATE_SYNTAX) {
+            format!("{RATE_SYNTAX}, e.g. `{example}`")
+        } else {
+            format!("{err}, e.g. `{example}`")
+        }
+    })
 }
