@@ -68,7 +68,8 @@ fn the_deploy_rule_allows_the_agents_system_verbs_alone() {
             "NOPASSWD: /run/current-system/sw/bin/berth agent history *, ",
             "NOPASSWD: /run/current-system/sw/bin/berth agent record *, ",
             "NOPASSWD: /run/current-system/sw/bin/berth agent lock *, ",
-            "NOPASSWD: /run/current-system/sw/bin/berth agent dry-activate *\n",
+            "NOPASSWD: /run/current-system/sw/bin/berth agent dry-activate *, ",
+            "NOPASSWD: /run/current-system/sw/bin/berth agent fetch *\n",
         )
     );
     sudoers::check_with_visudo(&text).unwrap();

@@ -186,7 +186,7 @@ in {
   # deploySudoRules deployUsers berth -> security.sudo.extraRules: the
   # users of berth.agent.deployUsers may run `<berth> agent <verb> …` as
   # root without a password for activate, confirm, rollback, status, show,
-  # history, record, lock and dry-activate (with any arguments), nothing
+  # history, record, lock, dry-activate and fetch (with any arguments), nothing
   # else. Pass
   # "/run/current-system/sw/bin/berth" (see sudo.nix for why).
   deploySudoRules = sudo.deploy;

@@ -865,10 +865,12 @@ in {
         (`berth.deployment.targetUser`). Each gets a sudo rule that lets it
         run, as root and without a password, only `berth agent` with the
         verbs system deploys need: `activate`, `confirm`, `rollback`,
-        `status`, `show`, `history`, `record`, `lock` and `dry-activate`. So
-        it can
+        `status`, `show`, `history`, `record`, `lock`, `dry-activate` and
+        `fetch`. So it can
         activate, confirm and roll back systems, read the host's status and
-        history, take the host's lock, and dry-activate; it cannot run a
+        history, take the host's lock, dry-activate, and take signed paths
+        from peer hosts during a fan-out deploy (only paths signed by a key
+        in `trustedPublicKeys` or the host's Nix trusts); it cannot run a
         shell, `nix-env`, `systemctl` or any other program as root, nor the
         agent's app verbs, nor the agent with another state directory,
         profile or manifest directory (the agent refuses them under sudo).

@@ -27,7 +27,7 @@ let
   service = import ./service.nix;
 
   # The verbs the deployer runs, each with arguments.
-  verbs = ["activate" "confirm" "rollback" "status" "show" "history" "record" "lock" "dry-activate"];
+  verbs = ["activate" "confirm" "rollback" "status" "show" "history" "record" "lock" "dry-activate" "fetch"];
 in {
   service = name: cfg: systemctl: [
     {

@@ -76,6 +76,10 @@ lib: [
             command = "/run/current-system/sw/bin/berth agent dry-activate *";
             options = ["NOPASSWD"];
           }
+          {
+            command = "/run/current-system/sw/bin/berth agent fetch *";
+            options = ["NOPASSWD"];
+          }
         ];
       }
     ];
