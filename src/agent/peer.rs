@@ -365,6 +365,9 @@ pub struct Fetched {
     /// Of those, the ones still not in the store (no peer had them, or
     /// the peers that had them failed): the deployer copies them.
     pub missing: usize,
+    /// Nix's first error when it did not give them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
 }
 
 /// Realises those of `paths` the peer caches at `urls` have, trusting
@@ -385,18 +388,39 @@ pub async fn fetch(
             .collect::<Vec<_>>()
     };
     let wanted = missing(paths);
+    let mut why = None;
     if !wanted.is_empty() {
+        // Nix's narinfo cache (an SQLite file under XDG_CACHE_HOME) of
+        // its own: peers' URLs are new each deploy, so it would only
+        // grow, and Nix processes writing one such file at once fail
+        // with "executing SQLite statement" (seen in the lab, whose
+        // hosts share root's home).
+        let cache = tempfile::tempdir().map_err(|source| AgentError::Io {
+            what: "make a temporary directory".into(),
+            source,
+        })?;
         // Its exit status says only that some path was not given.
-        process::output(
-            &nix::substitute(&wanted, urls, keys, extra),
-            Via::Local,
-            log,
-        )
-        .await?;
+        let cmd = nix::substitute(&wanted, urls, keys, extra).env("XDG_CACHE_HOME", cache.path());
+        let out = process::output(&cmd, Via::Local, log).await?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let lines: Vec<&str> = stderr
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            why = lines
+                .iter()
+                .find(|l| l.starts_with("error:") || l.starts_with("warning:"))
+                .or(lines.last())
+                .map(|l| l.chars().take(300).collect());
+        }
     }
+    let missing = missing(&wanted).len();
     Ok(Fetched {
         paths: paths.len(),
-        missing: missing(&wanted).len(),
+        missing,
+        why: why.filter(|_| missing > 0),
     })
 }
 

@@ -233,10 +233,18 @@ impl Ticket {
                 // it there, the copy only checks.
                 match fetched {
                     Ok(Some(f)) if f.missing == 0 => {}
-                    Ok(Some(f)) => phase(&format!(
-                        "copying the {} of {} paths its peers did not give",
-                        f.missing, f.paths
-                    )),
+                    Ok(Some(f)) => {
+                        // One path missing is the host's own toplevel, as
+                        // a rule: no need to say why.
+                        let why = match &f.why {
+                            Some(why) if f.missing > 1 => format!(" ({why})"),
+                            _ => String::new(),
+                        };
+                        phase(&format!(
+                            "copying the {} of {} paths its peers did not give{why}",
+                            f.missing, f.paths
+                        ))
+                    }
                     Ok(None) => phase("copying: the agent did not say what it took from its peers"),
                     Err(err) => {
                         tracing::warn!(node, "taking {toplevel} from {from}: {err}");
