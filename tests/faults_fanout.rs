@@ -27,24 +27,10 @@ const PEER_KILLED_EXPECTED: &str = "every host on the new system, confirmed (wha
 /// The pids of this trial's peer caches: `agent serve` of a system named
 /// with `salt`, on any lab host (they share this machine's pid space).
 fn serving(salt: &str) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let words: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .map(|w| String::from_utf8_lossy(w).into_owned())
-            .collect();
-        let is_serve = words.windows(2).any(|w| w[0] == "agent" && w[1] == "serve");
-        if is_serve && words.iter().any(|w| w.ends_with(&format!("-{salt}"))) {
-            pids.push(pid);
-        }
-    }
-    pids
+    common::processes(|_, words| {
+        words.windows(2).any(|w| w[0] == "agent" && w[1] == "serve")
+            && words.iter().any(|w| w.ends_with(&format!("-{salt}")))
+    })
 }
 
 /// What host `i` runs and what its agent recorded last.

@@ -330,25 +330,11 @@ impl World {
         ))
         .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
         .unwrap();
-        let mut pids = Vec::new();
-        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-                continue;
-            };
+        common::processes(|pid, words| {
             let in_host = std::fs::metadata(format!("/proc/{pid}/ns/net"))
                 .is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == netns);
-            if in_host
-                && String::from_utf8_lossy(&cmdline)
-                    .replace('\0', " ")
-                    .contains(needle)
-            {
-                pids.push(pid);
-            }
-        }
-        pids
+            in_host && words.join(" ").contains(needle)
+        })
     }
 }
 

@@ -96,6 +96,29 @@ impl Run {
     }
 }
 
+/// The pids of this machine's processes whose argv (`/proc/PID/cmdline`,
+/// split at NUL) `matches`: a plain lab host's processes share this
+/// machine's pid space.
+pub fn processes(matches: impl Fn(u32, &[String]) -> bool) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let words: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|w| String::from_utf8_lossy(w).into_owned())
+            .collect();
+        if matches(pid, &words) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
 /// Runs `cmd`: its exit code, stdout and stderr.
 pub fn run(cmd: &mut Command) -> (i32, String, String) {
     let Run {
