@@ -142,7 +142,8 @@ fn completions_and_man_page() {
 #[test]
 fn lab_up_as_non_root_is_refused_and_touches_nothing() {
     let dir = Path::new("/tmp/berth-test-nonroot-lab");
-    let (code, out, err) = run(berth()
+    let bin = tempfile::tempdir().unwrap();
+    let (code, out, err) = run(common::berth_for_anyone(bin.path())
         .args(["lab", "up", "--lab-dir"])
         .arg(dir)
         .uid(65534)

@@ -30,7 +30,24 @@ use serde_json::{json, Value};
 /// a lab directory, an SSH config, a log filter, a GitHub token, a proxy
 /// (which would stand between berth and 127.0.0.1), colour.
 pub fn berth() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+    berth_at(std::path::Path::new(env!("CARGO_BIN_EXE_berth")))
+}
+
+/// A copy of the built berth that any user may run, in `dir` (the build
+/// may sit under root's home, which is private on Debian), and
+/// [`berth`]'s command for it.
+pub fn berth_for_anyone(dir: &std::path::Path) -> Command {
+    use std::os::unix::fs::PermissionsExt;
+    let copy = dir.join("berth");
+    std::fs::copy(env!("CARGO_BIN_EXE_berth"), &copy).unwrap();
+    for path in [dir, copy.as_path()] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    berth_at(&copy)
+}
+
+fn berth_at(program: &std::path::Path) -> Command {
+    let mut cmd = Command::new(program);
     for var in [
         "BERTH_LAB_DIR",
         "BERTH_SSH_CONFIG",
