@@ -7,7 +7,8 @@
 //!
 //! Nothing here is trusted that a signature does not vouch for: a host's
 //! Nix takes a path from a peer only when a key the host trusts signed it.
-//! A host asks for every path of its closure, so hosts whose systems
+//! A host asks for every signed path of its closure (the signatures the
+//! deployer reads for the activation anyway), so hosts whose systems
 //! differ still share what they have in common; whatever its peers did
 //! not give it (a path only it needs, a peer that died mid-copy: Nix tries
 //! the next peer, then gives up on the path) the deployer copies after,
@@ -22,6 +23,7 @@ use tokio::sync::Notify;
 use crate::agent::{call, peer};
 use crate::host::{Background, Host};
 use crate::nix::keys::PublicKey;
+use crate::nix::signatures::SignedPath;
 use crate::nix::StorePath;
 use crate::process::{CommandError, JobLog, Stream};
 
@@ -65,8 +67,9 @@ struct Peer {
 enum Role {
     /// Copy from the deployer.
     Seed,
-    /// Fetch from these peers, the first one counted as feeding it.
-    Fetch(Vec<String>),
+    /// Fetch from the peers at `urls`, the first one counted as feeding
+    /// it; `from` names their nodes.
+    Fetch { urls: Vec<String>, from: String },
 }
 
 /// A host's place in the fan-out until it is past its copy: dropping it
@@ -98,20 +101,21 @@ impl FanOut {
             let changed = self.changed.notified();
             {
                 let mut state = self.lock();
-                state.peers.retain(|p| p.serving.is_running());
-                let mut open: Vec<usize> = (0..state.peers.len()).collect();
-                if !open.is_empty() {
+                let peers = &mut state.peers;
+                peers.retain(|p| p.serving.is_running());
+                if !peers.is_empty() {
                     // The least busy peer first; the rest, from a turn
                     // that moves, as fallbacks.
-                    let turn = self.turn.fetch_add(1, Ordering::Relaxed) % open.len();
-                    open.rotate_left(turn);
-                    open.sort_by_key(|&i| state.peers[i].feeding);
-                    let first = &mut state.peers[open[0]];
-                    if first.feeding < PER_PEER {
-                        first.feeding += 1;
-                        return Role::Fetch(
-                            open.iter().map(|&i| state.peers[i].url.clone()).collect(),
-                        );
+                    let turn = self.turn.fetch_add(1, Ordering::Relaxed) % peers.len();
+                    peers.rotate_left(turn);
+                    peers.sort_by_key(|p| p.feeding);
+                    if peers[0].feeding < PER_PEER {
+                        peers[0].feeding += 1;
+                        let names: Vec<&str> = peers.iter().map(|p| p.node.as_str()).collect();
+                        return Role::Fetch {
+                            urls: peers.iter().map(|p| p.url.clone()).collect(),
+                            from: names.join(", "),
+                        };
                     }
                 } else if state.seeding < SEEDS {
                     state.seeding += 1;
@@ -120,17 +124,6 @@ impl FanOut {
             }
             let _ = tokio::time::timeout(RECHECK, changed).await;
         }
-    }
-
-    /// The nodes serving at `urls`, for messages.
-    fn names(&self, urls: &[String]) -> String {
-        let state = self.lock();
-        let names: Vec<&str> = urls
-            .iter()
-            .filter_map(|u| state.peers.iter().find(|p| &p.url == u))
-            .map(|p| p.node.as_str())
-            .collect();
-        names.join(", ")
     }
 
     fn fed(&self, url: &str) {
@@ -189,14 +182,17 @@ impl FanOut {
 
 impl Ticket {
     /// Gets `toplevel`'s closure onto `node`'s `host`: what its peers have
-    /// from them, then the rest (all of it, for the seed) from here; then
-    /// serves it to the hosts still waiting. `phase` tells the operator.
+    /// of its `signed` paths (the closure's, as this machine has them; a
+    /// peer serves no other) from them, then the rest (all of it, for the
+    /// seed) from here; then serves it to the hosts still waiting. `phase`
+    /// tells the operator.
     pub async fn copy(
         &self,
         host: &dyn Host,
         agent: &str,
         node: &str,
         toplevel: &StorePath,
+        signed: &[SignedPath],
         phase: &(dyn Fn(&str) + Sync),
     ) -> Result<(), CommandError> {
         let fan = &self.0;
@@ -213,20 +209,17 @@ impl Ticket {
                 fan.changed.notify_waiters();
                 copied
             }
-            Role::Fetch(urls) => {
-                let from = fan.names(&urls);
+            Role::Fetch { urls, from } => {
                 phase(&format!("taking {toplevel} from its peers ({from})"));
-                let fetched = match closure(toplevel, host.log()).await {
-                    Ok(paths) => host
-                        .run(&call::fetch(agent, &paths, &urls, Some(&fan.key)))
-                        .await
-                        .map(|out| {
-                            crate::agent::find_events(&out.stdout, peer::EVENT_FETCHED)
-                                .into_iter()
-                                .find_map(|v| serde_json::from_value::<peer::Fetched>(v).ok())
-                        }),
-                    Err(err) => Err(err),
-                };
+                let paths: Vec<StorePath> = signed.iter().map(|p| p.path.clone()).collect();
+                let fetched = host
+                    .run(&call::fetch(agent, &paths, &urls, Some(&fan.key)))
+                    .await
+                    .map(|out| {
+                        crate::agent::find_events(&out.stdout, peer::EVENT_FETCHED)
+                            .into_iter()
+                            .find_map(|v| serde_json::from_value::<peer::Fetched>(v).ok())
+                    });
                 fan.fed(&urls[0]);
                 // What the peers did not give (a path only this host
                 // needs, a peer that died) comes from here; with all of
@@ -257,21 +250,6 @@ impl Ticket {
             }
         }
     }
-}
-
-/// The paths of `toplevel`'s closure in this machine's store, toplevel
-/// last: a host fetches each of them its peers have, whatever its own
-/// toplevel, which no peer may have.
-async fn closure(toplevel: &StorePath, log: &JobLog) -> Result<Vec<StorePath>, CommandError> {
-    let cmd =
-        crate::process::Cmd::new("nix-store").args(["--query", "--requisites", toplevel.as_str()]);
-    let out = crate::process::output(&cmd, crate::process::Via::Local, log)
-        .await?
-        .check()?;
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|line| StorePath::new(line.trim()).ok())
-        .collect())
 }
 
 impl Drop for Ticket {

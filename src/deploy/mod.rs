@@ -649,6 +649,18 @@ impl HostRun<'_> {
             };
         }
 
+        // Read before the copy: a fan-out fetch asks peers for these paths
+        // (only signed ones can come from a peer).
+        let signatures = if self.options.sign_key.is_some() && job.drv.is_none() {
+            let from = job.built_on.as_deref().map(|f| (f, self.ssh.nix_sshopts()));
+            match closure_signatures(&job.toplevel, from, host.log()).await {
+                Ok(signatures) => signatures,
+                Err(why) => return Outcome::Failed { why },
+            }
+        } else {
+            Vec::new()
+        };
+
         if let Some(drv) = &job.drv {
             self.phase("copy", "copying the derivation to build it on the host");
             if let Err(err) = host.copy_derivations(std::slice::from_ref(drv)).await {
@@ -704,7 +716,9 @@ impl HostRun<'_> {
             let copied = match &self.ticket {
                 Some(ticket) => {
                     let phase = |message: &str| self.phase("copy", message);
-                    ticket.copy(host, agent, node, &job.toplevel, &phase).await
+                    ticket
+                        .copy(host, agent, node, &job.toplevel, &signatures, &phase)
+                        .await
                 }
                 None => {
                     self.phase("copy", &format!("copying {}", job.toplevel));
@@ -718,16 +732,6 @@ impl HostRun<'_> {
                 };
             }
         }
-        let signatures = if self.options.sign_key.is_some() && job.drv.is_none() {
-            let from = job.built_on.as_deref().map(|f| (f, self.ssh.nix_sshopts()));
-            match closure_signatures(&job.toplevel, from, host.log()).await {
-                Ok(signatures) => signatures,
-                Err(why) => return Outcome::Failed { why },
-            }
-        } else {
-            Vec::new()
-        };
-
         let id = state::new_id();
         self.deployment = Some(id.clone());
         let timeout = self.confirm_timeout();
